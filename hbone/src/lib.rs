@@ -1,0 +1,52 @@
+//! HBONE: the secure tunnel between mesh proxies.
+//!
+//! HBONE carries one TCP connection per HTTP/2 `CONNECT` stream, over mutual TLS in which both
+//! sides present a certificate with a single SPIFFE URI SAN
+//! (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`). The target of the tunnel is
+//! the request's `:authority` (`<ip>:<port>`); the server listens on port 15008.
+//!
+//! This crate is a library with no knowledge of workloads or policies. It sits between the node
+//! proxy's listeners (which decide *where* a connection goes) and the network:
+//!
+//! ```text
+//! app bytes ─▶ client::Pool ──h2 CONNECT over mTLS──▶ server::serve ─▶ handler(Request, Stream)
+//! ```
+//!
+//! # Layout
+//! - [`identity`]: SPIFFE identities, strictly parsed.
+//! - [`cert`]: workload certificates and a swappable certificate store (rotation).
+//! - [`ca`]: a local certificate authority (generated root or Istio's plug-in CA layout).
+//! - [`tls`]: rustls configurations and the SPIFFE-aware certificate verifiers.
+//! - [`headers`]: the HBONE request headers (`forwarded`, `baggage`, `traceparent`).
+//! - [`client`] and [`pool`]: opening tunnels, multiplexed over pooled HTTP/2 connections.
+//! - [`server`]: accepting tunnels and handing them to a handler.
+//! - [`stream`]: an HTTP/2 stream as an `AsyncRead + AsyncWrite` byte stream.
+//! - [`copy`]: bidirectional copy with half-close and adaptive buffers.
+//! - [`config`] and [`error`]: the knobs and the typed errors of all of the above.
+
+pub mod ca;
+pub mod cert;
+pub mod client;
+pub mod config;
+pub mod copy;
+pub mod error;
+pub mod headers;
+pub mod identity;
+pub mod pool;
+pub mod server;
+mod sniff;
+pub mod stream;
+pub mod tls;
+
+/// The port HBONE servers listen on.
+pub const HBONE_PORT: u16 = 15008;
+
+pub use ca::LocalCa;
+pub use cert::{CertStore, WorkloadCertificate};
+pub use client::TunnelRequest;
+pub use config::Config;
+pub use error::Error;
+pub use identity::Identity;
+pub use pool::{Pool, PoolKey, Tunnel};
+pub use server::{Handler, InboundRequest, Responder, Server, Shutdown};
+pub use stream::H2Stream;

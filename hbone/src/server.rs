@@ -1,0 +1,322 @@
+//! The server side of HBONE: accept mTLS connections on port 15008 and hand each `CONNECT` to a
+//! handler.
+//!
+//! Per connection: TLS handshake within a deadline (the client must present a certificate from
+//! the mesh roots with one SPIFFE identity), HTTP/2 with bounded windows and streams, then one
+//! task per stream. A request that is not `CONNECT`, or whose authority is missing, gets 400; the
+//! rest reach the [`Handler`] with the request metadata and the peer's verified identity, and the
+//! handler decides the status (200 with a byte stream, or 401/503/… ).
+//!
+//! Draining: when asked to shut down, the server stops accepting, sends `GOAWAY` on every
+//! connection and lets in-flight tunnels finish; after the drain deadline the rest are closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::keepalive;
+use crate::config::Config;
+use crate::error::Error;
+use crate::headers::{self, TraceParent};
+use crate::identity::Identity;
+use crate::stream::H2Stream;
+use crate::tls;
+
+/// A tunnel request as the handler sees it.
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// The `CONNECT` authority (`ip:port`, or `host:port` for double HBONE).
+    pub authority: http::uri::Authority,
+    /// The request headers (`forwarded`, `baggage`, `traceparent`, …).
+    pub headers: HeaderMap,
+    /// The identity the client proved in the TLS handshake.
+    pub peer_identity: Identity,
+    /// The client's address on this connection.
+    pub peer_addr: SocketAddr,
+    /// The address the client connected to.
+    pub local_addr: SocketAddr,
+}
+
+impl InboundRequest {
+    /// The target as a socket address; fails when the authority is a hostname.
+    pub fn target(&self) -> Result<SocketAddr, Error> {
+        self.authority
+            .as_str()
+            .parse()
+            .map_err(|_| Error::InvalidAuthority(self.authority.to_string()))
+    }
+
+    /// The original client from the `forwarded` header, when present and well-formed.
+    pub fn forwarded_for(&self) -> Option<SocketAddr> {
+        self.headers
+            .get(headers::FORWARDED)
+            .and_then(headers::forwarded_for)
+    }
+
+    /// The source workload's baggage.
+    pub fn baggage(&self) -> Vec<(String, String)> {
+        self.headers
+            .get(headers::BAGGAGE)
+            .map(headers::parse_baggage)
+            .unwrap_or_default()
+    }
+
+    /// The connection's trace context.
+    pub fn traceparent(&self) -> Option<TraceParent> {
+        self.headers
+            .get(headers::TRACEPARENT)
+            .and_then(TraceParent::parse)
+    }
+}
+
+/// Answers one tunnel request. Dropping it unanswered answers 500.
+#[derive(Debug)]
+pub struct Responder {
+    respond: Option<h2::server::SendResponse<Bytes>>,
+    recv: Option<h2::RecvStream>,
+}
+
+impl Responder {
+    /// Answers 200 (with `headers`) and returns the tunnel's byte stream.
+    pub fn accept(mut self, headers: HeaderMap) -> Result<H2Stream, Error> {
+        let (Some(mut respond), Some(recv)) = (self.respond.take(), self.recv.take()) else {
+            return Err(Error::Status(StatusCode::INTERNAL_SERVER_ERROR));
+        };
+        let mut response = http::Response::new(());
+        *response.headers_mut() = headers;
+        let send = respond.send_response(response, false)?;
+        Ok(H2Stream::new(send, recv, None))
+    }
+
+    /// Refuses the tunnel with `status`.
+    pub fn reject(mut self, status: StatusCode) {
+        if let Some(respond) = self.respond.take() {
+            send_status(respond, status);
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(respond) = self.respond.take() {
+            send_status(respond, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+}
+
+fn send_status(mut respond: h2::server::SendResponse<Bytes>, status: StatusCode) {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    // The client may already be gone; nothing to do then.
+    let _ = respond.send_response(response, true);
+}
+
+/// Decides what happens to each tunnel request.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request; runs in its own task.
+    fn handle(
+        &self,
+        request: InboundRequest,
+        responder: Responder,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(InboundRequest, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn handle(
+        &self,
+        request: InboundRequest,
+        responder: Responder,
+    ) -> impl Future<Output = ()> + Send {
+        self(request, responder)
+    }
+}
+
+/// Signals that stop a server: `drain` starts a graceful shutdown, `force` ends what is left.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Stop accepting, send GOAWAY, let in-flight tunnels finish.
+    pub drain: CancellationToken,
+    /// Close every connection now.
+    pub force: CancellationToken,
+}
+
+/// An HBONE server: a TLS configuration, a handler and the HTTP/2 limits.
+#[derive(Debug)]
+pub struct Server<H> {
+    config: Config,
+    tls: Arc<rustls::ServerConfig>,
+    handler: Arc<H>,
+}
+
+impl<H: Handler> Server<H> {
+    /// Creates a server; `tls` comes from [`crate::tls::server_config`].
+    pub fn new(config: Config, tls: Arc<rustls::ServerConfig>, handler: H) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            tls,
+            handler: Arc::new(handler),
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown.drain`, then waits for the open
+    /// connections to finish, for at most `drain_deadline` before forcing them closed.
+    pub async fn run(self, listener: TcpListener, shutdown: Shutdown, drain_deadline: Duration) {
+        let tracker = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.drain.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let (config, tls, handler, shutdown) =
+                            (self.config.clone(), self.tls.clone(), self.handler.clone(), shutdown.clone());
+                        tracker.spawn(async move {
+                            if let Err(e) = serve_connection(&config, tls, tcp, handler, shutdown).await {
+                                tracing::debug!(%peer, error = %e, "hbone connection ended with error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "hbone accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracker.close();
+        if tokio::time::timeout(drain_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "drain deadline passed; closing hbone connections"
+            );
+            shutdown.force.cancel();
+            tracker.wait().await;
+        }
+    }
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve_connection<H: Handler>(
+    config: &Config,
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let peer_addr = tcp.peer_addr()?;
+    let local_addr = tcp.local_addr()?;
+    let _ = tcp.set_nodelay(true);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let deadline = config.tls_handshake_timeout;
+    let handshake = async {
+        let tls_stream = acceptor.accept(tcp).await.map_err(Error::from_handshake)?;
+        let peer_identity = tls::peer_identity(tls_stream.get_ref().1)?;
+        let conn = h2::server::Builder::new()
+            .initial_window_size(config.window_size)
+            .initial_connection_window_size(config.connection_window_size)
+            .max_frame_size(config.frame_size)
+            .max_concurrent_streams(config.server_max_concurrent_streams)
+            .max_header_list_size(config.max_header_list_size)
+            .max_send_buffer_size(config.window_size as usize)
+            .handshake::<_, Bytes>(tls_stream)
+            .await?;
+        Ok::<_, Error>((conn, peer_identity))
+    };
+    let (mut conn, peer_identity) = tokio::time::timeout(deadline, handshake)
+        .await
+        .map_err(|_| Error::HandshakeTimeout(deadline))??;
+
+    let ping = conn.ping_pong();
+    let keepalive = async {
+        match (ping, config.keepalive_interval) {
+            (Some(ping), Some(interval)) => {
+                keepalive(ping, interval, config.keepalive_timeout).await
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(keepalive);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.force.cancelled() => {
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                // Flush the GOAWAY, briefly; the connection is dropped either way.
+                let _ = tokio::time::timeout(Duration::from_millis(100), std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
+                return Ok(());
+            }
+            _ = shutdown.drain.cancelled(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            reason = &mut keepalive => {
+                tracing::warn!(%peer_addr, %reason, "hbone server connection torn down: keepalive failed");
+                return Ok(());
+            }
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    let handler = handler.clone();
+                    let peer_identity = peer_identity.clone();
+                    tokio::spawn(async move {
+                        dispatch(&*handler, request, respond, peer_identity, peer_addr, local_addr).await;
+                    });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Checks the request is a well-formed `CONNECT` and hands it to the handler.
+async fn dispatch<H: Handler>(
+    handler: &H,
+    request: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+) {
+    if request.method() != http::Method::CONNECT {
+        tracing::debug!(method = %request.method(), %peer_addr, "non-CONNECT request refused");
+        send_status(respond, StatusCode::BAD_REQUEST);
+        return;
+    }
+    let Some(authority) = request.uri().authority().cloned() else {
+        send_status(respond, StatusCode::BAD_REQUEST);
+        return;
+    };
+    let (parts, recv) = request.into_parts();
+    let inbound = InboundRequest {
+        authority,
+        headers: parts.headers,
+        peer_identity,
+        peer_addr,
+        local_addr,
+    };
+    handler
+        .handle(
+            inbound,
+            Responder {
+                respond: Some(respond),
+                recv: Some(recv),
+            },
+        )
+        .await;
+}

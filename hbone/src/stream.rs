@@ -1,0 +1,204 @@
+//! One HBONE tunnel as a byte stream.
+//!
+//! [`H2Stream`] turns the send and receive halves of an HTTP/2 `CONNECT` stream into
+//! `AsyncRead + AsyncWrite`, honouring HTTP/2 flow control: writes wait for send capacity, and
+//! received bytes give their window back as soon as they are taken from the connection.
+//! Shutting down the write side sends `END_STREAM` (a half-close); the read side reports EOF when
+//! the peer does the same.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// An open HBONE tunnel, on either the client or the server side.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received bytes not yet handed to the reader.
+    pending: Bytes,
+    /// The peer has ended its side of the stream.
+    recv_done: bool,
+    /// We have ended our side of the stream.
+    send_done: bool,
+    /// Released when the stream is dropped (pool accounting on the client side).
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("id", &self.send.stream_id())
+            .field("recv_done", &self.recv_done)
+            .field("send_done", &self.send_done)
+            .finish()
+    }
+}
+
+impl H2Stream {
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            recv_done: false,
+            send_done: false,
+            _guard: guard,
+        }
+    }
+
+    /// Receives the next chunk of bytes from the peer without copying; `None` at end of stream.
+    pub fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Some(Ok(std::mem::take(&mut self.pending))));
+        }
+        if self.recv_done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Give the window back now: the bytes leave HTTP/2's accounting here and the
+                    // caller bounds what it buffers itself.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(h2_to_io(e)))),
+                None => {
+                    self.recv_done = true;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    /// Sends bytes the caller already owns, without copying. Returns how many were sent (at
+    /// least one, unless `data` is empty); the rest is left in `data`.
+    pub fn poll_send_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.send_done {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel write side is closed",
+            )));
+        }
+        let n = ready!(self.poll_send_capacity(cx, data.len()))?;
+        let chunk = data.split_to(n);
+        self.send.send_data(chunk, false).map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits until some send capacity (≤ `want`) is available.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.send.reserve_capacity(want);
+        loop {
+            let cap = self.send.capacity();
+            if cap > 0 {
+                return Poll::Ready(Ok(cap.min(want)));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "tunnel was closed by the peer",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending.is_empty() {
+            match ready!(this.poll_recv_bytes(cx)) {
+                Some(Ok(data)) => this.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = buf.remaining().min(this.pending.len());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.send_done {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel write side is closed",
+            )));
+        }
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
+        this.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes frames out as soon as they are queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.send_done {
+            this.send_done = true;
+            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Maps an HTTP/2 error onto the closest I/O error kind.
+pub(crate) fn h2_to_io(err: h2::Error) -> io::Error {
+    if err.is_io() {
+        return err
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("http/2 i/o error"));
+    }
+    let kind = match err.reason() {
+        Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) if err.is_reset() => {
+            io::ErrorKind::ConnectionReset
+        }
+        Some(_) if err.is_go_away() => io::ErrorKind::ConnectionAborted,
+        Some(_) => io::ErrorKind::ConnectionReset,
+        None => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, err)
+}
