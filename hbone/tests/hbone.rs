@@ -55,6 +55,27 @@ impl Mesh {
     fn pool(&self, config: Config) -> Pool {
         Pool::new(config, self.ca.roots().to_vec()).unwrap()
     }
+
+    /// Opens a tunnel from the client workload to the server at `addr`.
+    async fn open(&self, pool: &Pool, addr: SocketAddr) -> hbone::Tunnel {
+        pool.connect(
+            &self.client,
+            vec![self.server_id.clone()],
+            addr,
+            &TunnelRequest::new(addr),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Writes `msg`, half-closes, and returns everything the server sends back.
+async fn finish(stream: &mut hbone::H2Stream, msg: &[u8]) -> Vec<u8> {
+    stream.write_all(msg).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    got
 }
 
 /// What the server saw of one request: authority, peer identity, forwarded-for, baggage, and
@@ -193,15 +214,7 @@ async fn one_gib_through_one_tunnel_arrives_intact() {
     };
     let (addr, _shutdown) = start_server(&m, Config::default(), handler).await;
     let pool = m.pool(Config::default());
-    let mut tunnel = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap();
+    let mut tunnel = m.open(&pool, addr).await;
     let mut hasher = Sha256::new();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -238,19 +251,8 @@ async fn half_close_still_delivers_the_whole_response() {
     };
     let (addr, _shutdown) = start_server(&m, Config::default(), handler).await;
     let pool = m.pool(Config::default());
-    let mut tunnel = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap();
-    tunnel.stream.write_all(b"GET / please").await.unwrap();
-    tunnel.stream.shutdown().await.unwrap();
-    let mut response = Vec::new();
-    tunnel.stream.read_to_end(&mut response).await.unwrap();
+    let mut tunnel = m.open(&pool, addr).await;
+    let response = finish(&mut tunnel.stream, b"GET / please").await;
     assert_eq!(response.len(), 3 << 20);
     assert!(response.iter().all(|b| *b == b'r'));
 }
@@ -583,15 +585,7 @@ async fn goaway_moves_new_streams_to_a_new_connection_without_failures() {
         }
     });
     let pool = m.pool(Config::default());
-    let mut first = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap();
+    let mut first = m.open(&pool, addr).await;
     // Short tunnels keep being opened while the server drains the first connection.
     let failures = Arc::new(AtomicUsize::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -650,10 +644,7 @@ async fn goaway_moves_new_streams_to_a_new_connection_without_failures() {
         "new tunnels moved to exactly one new connection"
     );
     // The tunnel opened before the GOAWAY still works, then finishes normally.
-    first.stream.write_all(b"still here").await.unwrap();
-    first.stream.shutdown().await.unwrap();
-    let mut b = Vec::new();
-    first.stream.read_to_end(&mut b).await.unwrap();
+    let b = finish(&mut first.stream, b"still here").await;
     assert_eq!(b, b"still here");
 }
 
@@ -670,15 +661,7 @@ async fn rotation_mid_connection_keeps_tunnels_and_new_handshakes_use_the_new_ce
     tokio::spawn(server.run(listener, Shutdown::default(), Duration::from_secs(1)));
 
     let pool = m.pool(Config::default());
-    let mut before = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap();
+    let mut before = m.open(&pool, addr).await;
     before.stream.write_all(b"one").await.unwrap();
 
     server_certs
@@ -697,17 +680,11 @@ async fn rotation_mid_connection_keeps_tunnels_and_new_handshakes_use_the_new_ce
         )
         .await
         .expect("new handshake presents the rotated certificate");
-    after.stream.write_all(b"two").await.unwrap();
-    after.stream.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    after.stream.read_to_end(&mut got).await.unwrap();
+    let got = finish(&mut after.stream, b"two").await;
     assert_eq!(got, b"two");
 
     // The connection established before the rotation still carries its tunnel.
-    before.stream.write_all(b" and more").await.unwrap();
-    before.stream.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    before.stream.read_to_end(&mut got).await.unwrap();
+    let got = finish(&mut before.stream, b" and more").await;
     assert_eq!(got, b"one and more");
 }
 
@@ -789,19 +766,8 @@ async fn garbage_on_the_server_port_never_panics() {
     }
     // And the server still serves real clients.
     let pool = m.pool(Config::default());
-    let mut t = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap();
-    t.stream.write_all(b"ok").await.unwrap();
-    t.stream.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    t.stream.read_to_end(&mut got).await.unwrap();
+    let mut t = m.open(&pool, addr).await;
+    let got = finish(&mut t.stream, b"ok").await;
     assert_eq!(got, b"ok");
     // Closing the pool's connection ends its server task normally too.
     drop(t);
@@ -853,22 +819,11 @@ async fn drain_lets_inflight_tunnels_finish_and_refuses_new_connections() {
     let m = mesh();
     let (addr, shutdown) = start_server(&m, Config::default(), echo_handler(Seen::default())).await;
     let pool = m.pool(Config::default());
-    let mut t = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap();
+    let mut t = m.open(&pool, addr).await;
     shutdown.drain.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // In flight: keeps working after the GOAWAY.
-    t.stream.write_all(b"finishing").await.unwrap();
-    t.stream.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    t.stream.read_to_end(&mut got).await.unwrap();
+    let got = finish(&mut t.stream, b"finishing").await;
     assert_eq!(got, b"finishing");
     // New: the listener is closed.
     let err = m
@@ -882,4 +837,66 @@ async fn drain_lets_inflight_tunnels_finish_and_refuses_new_connections() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "got {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_keepalive_tears_down_a_dead_connection() {
+    let m = mesh();
+    let (server, _shutdown) =
+        start_server(&m, Config::default(), echo_handler(Seen::default())).await;
+    // A relay that can go silent: the sockets stay open but nothing is forwarded any more, as
+    // when a peer node disappears without closing its connections.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let freeze = tokio_util::sync::CancellationToken::new();
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let (f, h) = (freeze.clone(), held.clone());
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = relay.accept().await {
+            let mut b = TcpStream::connect(server).await.unwrap();
+            let (f, h) = (f.clone(), h.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                    _ = f.cancelled() => {}
+                }
+                h.lock().unwrap().extend([a, b]);
+            });
+        }
+    });
+    let config = Config {
+        keepalive_interval: Some(Duration::from_millis(100)),
+        keepalive_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let pool = m.pool(config);
+    let mut t = pool
+        .connect(
+            &m.client,
+            vec![m.server_id.clone()],
+            relay_addr,
+            &TunnelRequest::new(relay_addr),
+        )
+        .await
+        .unwrap();
+    t.stream.write_all(b"alive").await.unwrap();
+    let mut buf = [0u8; 5];
+    t.stream.read_exact(&mut buf).await.unwrap();
+    // Several keepalive rounds pass while the peer still answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.connections_pooled(), 1);
+
+    freeze.cancel();
+    let read = tokio::time::timeout(Duration::from_secs(3), t.stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Err(_))),
+        "the tunnel fails once pings go unanswered: {read:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        pool.connections_pooled(),
+        0,
+        "the dead connection left the pool"
+    );
+    assert!(!held.lock().unwrap().is_empty());
 }
