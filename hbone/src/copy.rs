@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stream::H2Stream;
 
 /// Buffer size a direction starts with.
 pub const INITIAL_BUFFER: usize = 1024;
@@ -93,19 +96,95 @@ where
     }
 }
 
-/// One direction of a copy.
+/// Copies between an application stream and an HBONE tunnel, like [`copy_bidirectional`]
+/// (`a` = `io`, `b` = `tunnel`), but hands buffers to HTTP/2 and takes them back from it
+/// without copying: what `io` reads is frozen and queued on the tunnel as is, and what the
+/// tunnel receives is written to `io` straight from the received frames.
+pub async fn copy_tunnel<A>(
+    io: &mut A,
+    tunnel: &mut H2Stream,
+    counters: Option<Arc<ByteCounters>>,
+) -> Result<Transferred, CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = ToTunnel::default();
+    let mut down = FromTunnel::default();
+    let result = poll_fn(|cx| {
+        let ab = up.poll_copy(cx, &mut *io, tunnel, counters.as_ref().map(|c| &c.a_to_b));
+        let ba = down.poll_copy(cx, tunnel, &mut *io, counters.as_ref().map(|c| &c.b_to_a));
+        match (ab, ba) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    let transferred = Transferred {
+        a_to_b: up.amount,
+        b_to_a: down.amount,
+    };
+    result.map(|()| transferred).map_err(|source| CopyError {
+        transferred,
+        source,
+    })
+}
+
+/// Chooses a direction's buffer size from how full its reads come back.
+#[derive(Debug, Default)]
+struct Sizer {
+    /// Index into [`SIZES`] of the current size.
+    step: usize,
+    full_reads: u8,
+    small_reads: u8,
+}
+
+impl Sizer {
+    fn size(&self) -> usize {
+        SIZES[self.step]
+    }
+
+    /// Records a read of `n` bytes into a buffer of `size`.
+    fn observe(&mut self, n: usize, size: usize) {
+        if n >= size {
+            self.small_reads = 0;
+            self.full_reads = self.full_reads.saturating_add(1);
+        } else if n < size / 4 {
+            self.full_reads = 0;
+            self.small_reads = self.small_reads.saturating_add(1);
+        } else {
+            self.full_reads = 0;
+            self.small_reads = 0;
+        }
+    }
+
+    /// Moves one step up after repeated full reads, one step down after repeated small ones.
+    /// Returns whether the size changed.
+    fn adjust(&mut self) -> bool {
+        if self.full_reads >= GROW_AFTER && self.step + 1 < SIZES.len() {
+            self.step += 1;
+            self.full_reads = 0;
+            true
+        } else if self.small_reads >= SHRINK_AFTER && self.step > 0 {
+            self.step -= 1;
+            self.small_reads = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One direction of a copy between two byte streams.
 #[derive(Default)]
 struct Direction {
     buf: Vec<u8>,
-    /// Index into [`SIZES`] of the current buffer size.
-    step: usize,
+    sizer: Sizer,
     pos: usize,
     end: usize,
     read_done: bool,
     finished: bool,
     need_flush: bool,
-    full_reads: u8,
-    small_reads: u8,
     amount: u64,
 }
 
@@ -126,7 +205,9 @@ impl Direction {
         }
         loop {
             if self.pos == self.end && !self.read_done {
-                self.resize();
+                if self.sizer.adjust() || self.buf.is_empty() {
+                    self.buf = vec![0; self.sizer.size()];
+                }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
                     Poll::Pending => {
@@ -144,7 +225,7 @@ impl Direction {
                         if n == 0 {
                             self.read_done = true;
                         } else {
-                            self.observe(n);
+                            self.sizer.observe(n, self.buf.len());
                         }
                     }
                 }
@@ -158,9 +239,7 @@ impl Direction {
                 self.pos += n;
                 self.amount += n as u64;
                 self.need_flush = true;
-                if let Some(counter) = counter {
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                }
+                count(counter, n);
             }
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
@@ -172,34 +251,127 @@ impl Direction {
             }
         }
     }
+}
 
-    /// Records a read of `n` bytes and decides whether the buffer should change size.
-    fn observe(&mut self, n: usize) {
-        let size = self.buf.len();
-        if n == size {
-            self.small_reads = 0;
-            self.full_reads = self.full_reads.saturating_add(1);
-        } else if n < size / 4 {
-            self.full_reads = 0;
-            self.small_reads = self.small_reads.saturating_add(1);
-        } else {
-            self.full_reads = 0;
-            self.small_reads = 0;
+fn count(counter: Option<&AtomicU64>, n: usize) {
+    if let Some(counter) = counter {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Application stream → tunnel, handing each read buffer to HTTP/2 without a copy.
+#[derive(Default)]
+struct ToTunnel {
+    buf: BytesMut,
+    pending: Bytes,
+    sizer: Sizer,
+    read_done: bool,
+    finished: bool,
+    amount: u64,
+}
+
+impl ToTunnel {
+    fn poll_copy<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        tunnel: &mut H2Stream,
+        counter: Option<&AtomicU64>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        if self.finished {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pending.is_empty() && !self.read_done {
+                self.sizer.adjust();
+                // Reuses the allocation once HTTP/2 has released the previous chunk.
+                self.buf.reserve(self.sizer.size());
+                let room = self.buf.capacity() - self.buf.len();
+                let n = ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut *reader),
+                    cx,
+                    &mut self.buf
+                ))?;
+                if n == 0 {
+                    self.read_done = true;
+                } else {
+                    self.sizer.observe(n, room);
+                    self.pending = self.buf.split().freeze();
+                }
+            }
+            while !self.pending.is_empty() {
+                let n = ready!(tunnel.poll_send_bytes(cx, &mut self.pending))?;
+                self.amount += n as u64;
+                count(counter, n);
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *tunnel).poll_shutdown(cx))?;
+                self.finished = true;
+                self.buf = BytesMut::new();
+                return Poll::Ready(Ok(()));
+            }
         }
     }
+}
 
-    /// Applies a pending grow or shrink; only called while the buffer holds no unsent bytes.
-    fn resize(&mut self) {
-        if self.full_reads >= GROW_AFTER && self.step + 1 < SIZES.len() {
-            self.step += 1;
-            self.full_reads = 0;
-            self.buf = vec![0; SIZES[self.step]];
-        } else if self.small_reads >= SHRINK_AFTER && self.step > 0 {
-            self.step -= 1;
-            self.small_reads = 0;
-            self.buf = vec![0; SIZES[self.step]];
-        } else if self.buf.is_empty() {
-            self.buf = vec![0; SIZES[self.step]];
+/// Tunnel → application stream, writing received frames out as they are.
+#[derive(Default)]
+struct FromTunnel {
+    pending: Bytes,
+    done: bool,
+    finished: bool,
+    need_flush: bool,
+    amount: u64,
+}
+
+impl FromTunnel {
+    fn poll_copy<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        tunnel: &mut H2Stream,
+        writer: &mut W,
+        counter: Option<&AtomicU64>,
+    ) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.finished {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pending.is_empty() && !self.done {
+                match tunnel.poll_recv_bytes(cx) {
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(Ok(data))) => self.pending = data,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => self.done = true,
+                }
+            }
+            while !self.pending.is_empty() {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pending.advance(n);
+                self.amount += n as u64;
+                self.need_flush = true;
+                count(counter, n);
+            }
+            if self.done {
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.finished = true;
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -252,19 +424,19 @@ mod tests {
 
     #[test]
     fn buffer_grows_for_bulk_and_shrinks_when_chatty() {
-        let mut d = Direction::default();
-        d.resize();
-        assert_eq!(d.buf.len(), INITIAL_BUFFER);
+        let mut sizer = Sizer::default();
+        assert_eq!(sizer.size(), INITIAL_BUFFER);
         for _ in 0..(GROW_AFTER as usize * (SIZES.len() + 2)) {
-            let n = d.buf.len();
-            d.observe(n);
-            d.resize();
+            let size = sizer.size();
+            sizer.observe(size, size);
+            sizer.adjust();
         }
-        assert_eq!(d.buf.len(), *SIZES.last().unwrap());
+        assert_eq!(sizer.size(), *SIZES.last().unwrap());
         for _ in 0..(SHRINK_AFTER as usize * (SIZES.len() + 2)) {
-            d.observe(10);
-            d.resize();
+            let size = sizer.size();
+            sizer.observe(10, size);
+            sizer.adjust();
         }
-        assert_eq!(d.buf.len(), INITIAL_BUFFER);
+        assert_eq!(sizer.size(), INITIAL_BUFFER);
     }
 }

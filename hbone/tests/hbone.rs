@@ -900,3 +900,87 @@ async fn unanswered_keepalive_tears_down_a_dead_connection() {
     );
     assert!(!held.lock().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_tunnel_proxies_both_ways_with_half_close_and_counts_bytes() {
+    const UP: usize = 24 << 20;
+    const DOWN: usize = 40 << 20;
+    let m = mesh();
+    // The application behind the server: reads the whole request, then answers with its digest
+    // followed by DOWN bytes of pattern.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = app.accept().await.unwrap();
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).await.unwrap();
+        s.write_all(&Sha256::digest(&request)).await.unwrap();
+        let mut state = 7u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..DOWN >> 20 {
+            fill(&mut state, &mut chunk);
+            s.write_all(&chunk).await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+    });
+    // The server node proxies each tunnel to the application, as ztunnel's inbound does.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |req: InboundRequest, responder: Responder| {
+        let done_tx = done_tx.clone();
+        async move {
+            let mut app = TcpStream::connect(req.target().unwrap()).await.unwrap();
+            let mut tunnel = responder.accept(http::HeaderMap::new()).unwrap();
+            let counters = Arc::new(hbone::copy::ByteCounters::default());
+            let t = hbone::copy::copy_tunnel(&mut app, &mut tunnel, Some(counters.clone()))
+                .await
+                .unwrap();
+            let _ = done_tx.send((t, counters));
+        }
+    };
+    let (addr, _shutdown) = start_server(&m, Config::default(), handler).await;
+    let pool = m.pool(Config::default());
+    let t = pool
+        .connect(
+            &m.client,
+            vec![m.server_id.clone()],
+            addr,
+            &TunnelRequest::new(app_addr),
+        )
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(t.stream);
+    let writer = tokio::spawn(async move {
+        let mut hasher = Sha256::new();
+        let mut state = 99u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..UP >> 20 {
+            fill(&mut state, &mut chunk);
+            hasher.update(&chunk);
+            wr.write_all(&chunk).await.unwrap();
+        }
+        wr.shutdown().await.unwrap();
+        hasher.finalize()
+    });
+    let mut response = Vec::new();
+    rd.read_to_end(&mut response).await.unwrap();
+    let sent_digest = writer.await.unwrap();
+    assert_eq!(response.len(), 32 + DOWN);
+    assert_eq!(
+        &response[..32],
+        sent_digest.as_slice(),
+        "the application got every byte"
+    );
+    let mut expected = vec![0u8; DOWN];
+    fill(&mut 7u64, &mut expected);
+    assert!(
+        response[32..] == expected[..],
+        "the response arrived intact"
+    );
+
+    let (t, counters) = done_rx.recv().await.unwrap();
+    // a = the application socket, b = the tunnel.
+    assert_eq!(t.b_to_a, UP as u64);
+    assert_eq!(t.a_to_b, (32 + DOWN) as u64);
+    assert_eq!(counters.b_to_a.load(Ordering::Relaxed), UP as u64);
+    assert_eq!(counters.a_to_b.load(Ordering::Relaxed), (32 + DOWN) as u64);
+}
