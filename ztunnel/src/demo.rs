@@ -189,7 +189,7 @@ async fn inbound(req: InboundRequest, responder: Responder, seen: Arc<Mutex<Opti
     let Ok(mut stream) = responder.accept(http::HeaderMap::new()) else {
         return;
     };
-    if let Err(e) = hbone::copy::copy_bidirectional(&mut stream, &mut app, None).await {
+    if let Err(e) = hbone::copy::copy_tunnel(&mut app, &mut stream, None).await {
         tracing::debug!(error = %e, "demo tunnel ended with error");
     }
 }

@@ -1,0 +1,429 @@
+//! Process configuration: parsed once at start-up from the environment.
+//!
+//! Names follow Istio ztunnel's environment variables wherever a knob exists upstream, so an
+//! existing deployment's settings carry over; knobs of our own are marked as such. Each section
+//! has its own small parser; [`Config::from_env`] assembles them. The environment is read
+//! through the [`Env`] trait so tests pass a map instead of mutating the process environment.
+//!
+//! The result is immutable and shared as `Arc<Config>`; nothing on the data path reads the
+//! environment.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Istio's ports for the node proxy.
+pub mod ports {
+    /// Outbound capture.
+    pub const OUTBOUND: u16 = 15001;
+    /// Inbound plaintext capture.
+    pub const INBOUND_PLAINTEXT: u16 = 15006;
+    /// Inbound HBONE.
+    pub const INBOUND_HBONE: u16 = hbone::HBONE_PORT;
+    /// DNS proxy.
+    pub const DNS: u16 = 15053;
+    /// SOCKS5 outbound (opt-in).
+    pub const SOCKS5: u16 = 15080;
+    /// Admin (localhost only).
+    pub const ADMIN: u16 = 15000;
+    /// Prometheus metrics.
+    pub const METRICS: u16 = 15020;
+    /// Readiness.
+    pub const READINESS: u16 = 15021;
+}
+
+/// Where configuration values come from.
+pub trait Env {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| v.to_string())
+    }
+}
+
+/// A setting that could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The value does not parse as the setting's type.
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// Two settings contradict each other, or one requires another.
+    #[error("{0}")]
+    Conflict(String),
+    /// The HBONE settings are not usable together.
+    #[error("hbone: {0}")]
+    Hbone(String),
+}
+
+/// How many workloads one process serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Many workloads (a node proxy). Upstream `PROXY_MODE=shared`, the default.
+    Shared,
+    /// One workload, named by `PROXY_WORKLOAD_INFO=<namespace>/<name>/<service-account>`.
+    Dedicated(WorkloadInfo),
+}
+
+/// The workload a dedicated proxy serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Workload (pod) name.
+    pub name: String,
+    /// Service account.
+    pub service_account: String,
+}
+
+/// What happens to outbound traffic whose destination the mesh does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    /// Pass it through as plain TCP (Istio's `ALLOW_ANY`, the default).
+    AllowAny,
+    /// Refuse it (Istio's `REGISTRY_ONLY`).
+    RegistryOnly,
+}
+
+/// Where the mesh state comes from when running without a control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalState {
+    /// No local state.
+    None,
+    /// A YAML file, hot-reloaded (`LOCAL_XDS_PATH`).
+    File(PathBuf),
+    /// Inline YAML (`LOCAL_XDS`).
+    Inline(String),
+}
+
+/// Where workload certificates come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// A local CA whose root is generated into (or loaded from) this directory.
+    Local(PathBuf),
+    /// Istio's plug-in CA layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
+    /// `cert-chain.pem`) in this directory.
+    Plugin(PathBuf),
+}
+
+/// Listener addresses. Port 0 lets the OS choose (tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listeners {
+    /// Outbound capture, 15001.
+    pub outbound: SocketAddr,
+    /// Inbound plaintext, 15006.
+    pub inbound_plaintext: SocketAddr,
+    /// Inbound HBONE, 15008.
+    pub inbound_hbone: SocketAddr,
+    /// SOCKS5, 15080 on localhost; `None` unless `UNSTABLE_ENABLE_SOCKS5=true`.
+    pub socks5: Option<SocketAddr>,
+    /// Admin, 15000 on localhost.
+    pub admin: SocketAddr,
+    /// Metrics, 15020.
+    pub metrics: SocketAddr,
+    /// Readiness, 15021.
+    pub readiness: SocketAddr,
+}
+
+/// The node proxy's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Shared (node) or dedicated (one workload).
+    pub proxy_mode: ProxyMode,
+    /// Mesh state without a control plane.
+    pub local_state: LocalState,
+    /// Certificates.
+    pub ca: CaSource,
+    /// Trust domain of local identities (`TRUST_DOMAIN`, default `cluster.local`).
+    pub trust_domain: String,
+    /// Cluster id (`CLUSTER_ID`, or `ISTIO_META_CLUSTER_ID`; default `Kubernetes`).
+    pub cluster_id: String,
+    /// Network of this node (`NETWORK`, default empty).
+    pub network: String,
+    /// Node name (`NODE_NAME`).
+    pub node_name: Option<String>,
+    /// Lifetime requested for workload certificates (`SECRET_TTL`, default 24 h).
+    pub secret_ttl: Duration,
+    /// Unknown destinations (`OUTBOUND_TRAFFIC_POLICY`: `ALLOW_ANY` | `REGISTRY_ONLY`; our own
+    /// knob, named after the mesh config field).
+    pub outbound_policy: OutboundPolicy,
+    /// Listener addresses.
+    pub listeners: Listeners,
+    /// How long draining connections may run after SIGTERM before they are closed
+    /// (`CONNECTION_TERMINATION_DEADLINE`, else derived from `TERMINATION_GRACE_PERIOD_SECONDS`).
+    pub drain_deadline: Duration,
+    /// HBONE client and server settings.
+    pub hbone: hbone::Config,
+}
+
+impl Config {
+    /// Reads the configuration from `env`.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let config = Self {
+            proxy_mode: proxy_mode(env)?,
+            local_state: local_state(env)?,
+            ca: ca(env),
+            trust_domain: string(env, "TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
+            cluster_id: string(env, "CLUSTER_ID")
+                .or_else(|| string(env, "ISTIO_META_CLUSTER_ID"))
+                .unwrap_or_else(|| "Kubernetes".into()),
+            network: string(env, "NETWORK").unwrap_or_default(),
+            node_name: string(env, "NODE_NAME"),
+            secret_ttl: duration(env, "SECRET_TTL")?.unwrap_or(Duration::from_secs(24 * 3600)),
+            outbound_policy: outbound_policy(env)?,
+            listeners: listeners(env)?,
+            drain_deadline: drain_deadline(env)?,
+            hbone: hbone_config(env)?,
+        };
+        Ok(config)
+    }
+}
+
+fn string(env: &impl Env, name: &str) -> Option<String> {
+    env.var(name).filter(|v| !v.is_empty())
+}
+
+fn invalid(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(env: &impl Env, name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match string(env, name) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| invalid(name, &v, e.to_string())),
+    }
+}
+
+fn boolean(env: &impl Env, name: &'static str) -> Result<bool, ConfigError> {
+    match string(env, name)
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(invalid(name, other, "expected true or false")),
+    }
+}
+
+/// Parses durations as Istio writes them: `500ms`, `10s`, `5m`, `24h`, or combinations such as
+/// `1h30m`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("number too large in {s:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            unit => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn duration(env: &impl Env, name: &'static str) -> Result<Option<Duration>, ConfigError> {
+    match string(env, name) {
+        None => Ok(None),
+        Some(v) => parse_duration(&v)
+            .map(Some)
+            .map_err(|reason| invalid(name, &v, reason)),
+    }
+}
+
+fn proxy_mode(env: &impl Env) -> Result<ProxyMode, ConfigError> {
+    let mode = string(env, "PROXY_MODE").unwrap_or_else(|| "shared".into());
+    match mode.to_ascii_lowercase().as_str() {
+        "shared" => Ok(ProxyMode::Shared),
+        "dedicated" => {
+            let info = string(env, "PROXY_WORKLOAD_INFO").ok_or_else(|| {
+                ConfigError::Conflict(
+                    "PROXY_MODE=dedicated requires PROXY_WORKLOAD_INFO=<namespace>/<name>/<service-account>"
+                        .into(),
+                )
+            })?;
+            let parts: Vec<&str> = info.split('/').collect();
+            match parts.as_slice() {
+                [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
+                    Ok(ProxyMode::Dedicated(WorkloadInfo {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                        service_account: sa.to_string(),
+                    }))
+                }
+                _ => Err(invalid(
+                    "PROXY_WORKLOAD_INFO",
+                    &info,
+                    "expected <namespace>/<name>/<service-account>",
+                )),
+            }
+        }
+        _ => Err(invalid("PROXY_MODE", &mode, "expected shared or dedicated")),
+    }
+}
+
+fn local_state(env: &impl Env) -> Result<LocalState, ConfigError> {
+    match (string(env, "LOCAL_XDS_PATH"), string(env, "LOCAL_XDS")) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict(
+            "LOCAL_XDS_PATH and LOCAL_XDS are mutually exclusive".into(),
+        )),
+        (Some(path), None) => Ok(LocalState::File(path.into())),
+        (None, Some(yaml)) => Ok(LocalState::Inline(yaml)),
+        (None, None) => Ok(LocalState::None),
+    }
+}
+
+fn ca(env: &impl Env) -> CaSource {
+    // Our own knobs: the local CA has no upstream equivalent (upstream's FAKE_CA is in-memory).
+    match string(env, "CA_PLUGIN_DIR") {
+        Some(dir) => CaSource::Plugin(dir.into()),
+        None => CaSource::Local(
+            string(env, "LOCAL_CA_DIR")
+                .unwrap_or_else(|| "./var/lib/ztunnel/ca".into())
+                .into(),
+        ),
+    }
+}
+
+fn outbound_policy(env: &impl Env) -> Result<OutboundPolicy, ConfigError> {
+    match string(env, "OUTBOUND_TRAFFIC_POLICY").as_deref() {
+        None | Some("ALLOW_ANY") => Ok(OutboundPolicy::AllowAny),
+        Some("REGISTRY_ONLY") => Ok(OutboundPolicy::RegistryOnly),
+        Some(other) => Err(invalid(
+            "OUTBOUND_TRAFFIC_POLICY",
+            other,
+            "expected ALLOW_ANY or REGISTRY_ONLY",
+        )),
+    }
+}
+
+fn listeners(env: &impl Env) -> Result<Listeners, ConfigError> {
+    let ipv6 = parse::<bool>(env, "IPV6_ENABLED")?.unwrap_or(true);
+    let any: IpAddr = if ipv6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let localhost: IpAddr = Ipv4Addr::LOCALHOST.into();
+    // Our own knob for running several node proxies on one machine: the address the
+    // wildcard listeners bind (e.g. a loopback address per node).
+    let bind = parse::<IpAddr>(env, "ZTUNNEL_BIND_ADDRESS")?.unwrap_or(any);
+    let port = |name: &'static str, default: u16| -> Result<u16, ConfigError> {
+        Ok(parse::<u16>(env, name)?.unwrap_or(default))
+    };
+    let socks5 = boolean(env, "UNSTABLE_ENABLE_SOCKS5")?
+        .then(|| {
+            Ok::<_, ConfigError>(SocketAddr::new(
+                localhost,
+                port("SOCKS5_PORT", ports::SOCKS5)?,
+            ))
+        })
+        .transpose()?;
+    Ok(Listeners {
+        outbound: SocketAddr::new(bind, port("OUTBOUND_PORT", ports::OUTBOUND)?),
+        inbound_plaintext: SocketAddr::new(
+            bind,
+            port("INBOUND_PLAINTEXT_PORT", ports::INBOUND_PLAINTEXT)?,
+        ),
+        inbound_hbone: SocketAddr::new(bind, port("INBOUND_HBONE_PORT", ports::INBOUND_HBONE)?),
+        socks5,
+        admin: SocketAddr::new(localhost, port("ADMIN_PORT", ports::ADMIN)?),
+        metrics: SocketAddr::new(bind, port("STATS_PORT", ports::METRICS)?),
+        readiness: SocketAddr::new(bind, port("READINESS_PORT", ports::READINESS)?),
+    })
+}
+
+/// Upstream's rule: `CONNECTION_TERMINATION_DEADLINE` when set; else from the pod's termination
+/// grace period T: `max(T-5, 1)` s when T > 10, else `max(T-1, 1)` s; else 5 s.
+fn drain_deadline(env: &impl Env) -> Result<Duration, ConfigError> {
+    if let Some(d) = duration(env, "CONNECTION_TERMINATION_DEADLINE")? {
+        return Ok(d);
+    }
+    Ok(
+        match parse::<u64>(env, "TERMINATION_GRACE_PERIOD_SECONDS")? {
+            Some(t) if t > 10 => Duration::from_secs((t - 5).max(1)),
+            Some(t) => Duration::from_secs(t.saturating_sub(1).max(1)),
+            None => Duration::from_secs(5),
+        },
+    )
+}
+
+fn hbone_config(env: &impl Env) -> Result<hbone::Config, ConfigError> {
+    let mut c = hbone::Config::default();
+    if let Some(v) = parse::<u32>(env, "HTTP2_STREAM_WINDOW_SIZE")? {
+        c.window_size = v;
+    }
+    if let Some(v) = parse::<u32>(env, "HTTP2_CONNECTION_WINDOW_SIZE")? {
+        c.connection_window_size = v;
+    }
+    if let Some(v) = parse::<u32>(env, "HTTP2_FRAME_SIZE")? {
+        c.frame_size = v;
+    }
+    if let Some(v) = parse::<u32>(env, "POOL_MAX_STREAMS_PER_CONNECTION")? {
+        c.pool_max_streams_per_connection = v;
+    }
+    if let Some(v) = duration(env, "POOL_UNUSED_RELEASE_TIMEOUT")? {
+        c.pool_unused_release_timeout = v;
+    }
+    c.validate()
+        .map_err(|e| ConfigError::Hbone(e.to_string()))?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+use super::*;
+
+fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+    pairs.iter().copied().collect()
+}
+
+#[test]
+fn defaults_follow_upstream() {
+    let c = Config::from_env(&env(&[])).unwrap();
+    assert_eq!(c.proxy_mode, ProxyMode::Shared);
+    assert_eq!(c.trust_domain, "cluster.local");
+    assert_eq!(c.cluster_id, "Kubernetes");
+    assert_eq!(c.secret_ttl, Duration::from_secs(86_400));
+    assert_eq!(c.outbound_policy, OutboundPolicy::AllowAny);
+    assert_eq!(c.drain_deadline, Duration::from_secs(5));
+    assert_eq!(c.local_state, LocalState::None);
+    assert_eq!(c.listeners.outbound.port(), 15001);
+    assert_eq!(c.listeners.inbound_plaintext.port(), 15006);
+    assert_eq!(c.listeners.inbound_hbone.port(), 15008);
+    assert_eq!(c.listeners.admin, "127.0.0.1:15000".parse().unwrap());
+    assert_eq!(c.listeners.metrics.port(), 15020);
+    assert_eq!(c.listeners.readiness.port(), 15021);
+    assert_eq!(c.listeners.socks5, None);
+    assert_eq!(c.hbone, hbone::Config::default());
+}
+
+#[test]
+fn settings_are_read() {
+    let c = Config::from_env(&env(&[
+        ("PROXY_MODE", "dedicated"),
+        ("PROXY_WORKLOAD_INFO", "default/sleep-1/sleep"),
+        ("LOCAL_XDS_PATH", "examples/localhost.yaml"),
+        ("TRUST_DOMAIN", "example.org"),
+        ("ISTIO_META_CLUSTER_ID", "east"),
+        ("SECRET_TTL", "1h30m"),
+        ("OUTBOUND_TRAFFIC_POLICY", "REGISTRY_ONLY"),
+        ("UNSTABLE_ENABLE_SOCKS5", "true"),
+        ("ZTUNNEL_BIND_ADDRESS", "127.0.0.7"),
+        ("OUTBOUND_PORT", "0"),
+        ("TERMINATION_GRACE_PERIOD_SECONDS", "30"),
+        ("HTTP2_STREAM_WINDOW_SIZE", "1048576"),
+        ("POOL_UNUSED_RELEASE_TIMEOUT", "30s"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        c.proxy_mode,
+        ProxyMode::Dedicated(WorkloadInfo {
+            namespace: "default".into(),
+            name: "sleep-1".into(),
+            service_account: "sleep".into()
+        })
+    );
+    assert_eq!(
+        c.local_state,
+        LocalState::File("examples/localhost.yaml".into())
+    );
+    assert_eq!(c.trust_domain, "example.org");
+    assert_eq!(c.cluster_id, "east");
+    assert_eq!(c.secret_ttl, Duration::from_secs(5400));
+    assert_eq!(c.outbound_policy, OutboundPolicy::RegistryOnly);
+    assert_eq!(c.listeners.socks5, Some("127.0.0.1:15080".parse().unwrap()));
+    assert_eq!(c.listeners.outbound, "127.0.0.7:0".parse().unwrap());
+    assert_eq!(
+        c.listeners.inbound_hbone,
+        "127.0.0.7:15008".parse().unwrap()
+    );
+    assert_eq!(c.drain_deadline, Duration::from_secs(25));
+    assert_eq!(c.hbone.window_size, 1 << 20);
+    assert_eq!(c.hbone.pool_unused_release_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn drain_deadline_rule() {
+    for (vars, want) in [
+        (vec![("TERMINATION_GRACE_PERIOD_SECONDS", "30")], 25),
+        (vec![("TERMINATION_GRACE_PERIOD_SECONDS", "11")], 6),
+        (vec![("TERMINATION_GRACE_PERIOD_SECONDS", "10")], 9),
+        (vec![("TERMINATION_GRACE_PERIOD_SECONDS", "1")], 1),
+        (vec![("TERMINATION_GRACE_PERIOD_SECONDS", "0")], 1),
+        (
+            vec![
+                ("CONNECTION_TERMINATION_DEADLINE", "7s"),
+                ("TERMINATION_GRACE_PERIOD_SECONDS", "30"),
+            ],
+            7,
+        ),
+    ] {
+        let c = Config::from_env(&env(&vars)).unwrap();
+        assert_eq!(c.drain_deadline, Duration::from_secs(want), "{vars:?}");
+    }
+}
+
+#[test]
+fn bad_settings_name_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("PROXY_MODE", "sidecar")], "PROXY_MODE"),
+        (
+            &[
+                ("PROXY_MODE", "dedicated"),
+                ("PROXY_WORKLOAD_INFO", "default/sleep"),
+            ],
+            "PROXY_WORKLOAD_INFO",
+        ),
+        (&[("SECRET_TTL", "10 parsecs")], "SECRET_TTL"),
+        (
+            &[("OUTBOUND_TRAFFIC_POLICY", "allow")],
+            "OUTBOUND_TRAFFIC_POLICY",
+        ),
+        (
+            &[("UNSTABLE_ENABLE_SOCKS5", "yes")],
+            "UNSTABLE_ENABLE_SOCKS5",
+        ),
+        (&[("OUTBOUND_PORT", "70000")], "OUTBOUND_PORT"),
+        (&[("HTTP2_FRAME_SIZE", "-1")], "HTTP2_FRAME_SIZE"),
+    ];
+    for (vars, name) in cases {
+        let map: HashMap<&str, &str> = vars.iter().copied().collect();
+        match Config::from_env(&map) {
+            Err(ConfigError::Invalid { name: got, .. }) => assert_eq!(got, *name),
+            other => panic!("{vars:?}: expected Invalid({name}), got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn conflicting_settings_are_refused() {
+    let both = env(&[("LOCAL_XDS_PATH", "a.yaml"), ("LOCAL_XDS", "workloads: []")]);
+    assert!(matches!(
+        Config::from_env(&both),
+        Err(ConfigError::Conflict(_))
+    ));
+    let dedicated = env(&[("PROXY_MODE", "dedicated")]);
+    assert!(matches!(
+        Config::from_env(&dedicated),
+        Err(ConfigError::Conflict(_))
+    ));
+    let windows = env(&[("HTTP2_STREAM_WINDOW_SIZE", "33554432")]);
+    assert!(matches!(
+        Config::from_env(&windows),
+        Err(ConfigError::Hbone(_))
+    ));
+}
+
+#[test]
+fn durations() {
+    for (s, want) in [
+        ("10", Duration::from_secs(10)),
+        ("500ms", Duration::from_millis(500)),
+        ("5m", Duration::from_secs(300)),
+        ("24h", Duration::from_secs(86_400)),
+        ("1h30m15s", Duration::from_secs(5415)),
+    ] {
+        assert_eq!(parse_duration(s), Ok(want), "{s}");
+    }
+    for bad in ["", "s", "5d", "1.5h", "-1s", "5 m"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}

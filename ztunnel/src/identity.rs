@@ -1,0 +1,339 @@
+//! Workload certificates: one per identity on this node, issued on first use and rotated.
+//!
+//! The inbound listener terminates HBONE with the certificate of the destination workload's
+//! identity and the outbound listener presents the source workload's; both ask the
+//! [`IdentityManager`]. It issues a certificate the first time an identity is needed (concurrent
+//! requests share one issuance), caches it in a [`CertStore`], and renews it at half of its
+//! lifetime in the background; the store swap means new handshakes use the new certificate while
+//! established connections carry on. A failed renewal is retried with capped exponential backoff
+//! while the current certificate stays in use.
+//!
+//! Where certificates come from is a [`CertificateSource`]: the local CA here, Istio's CA in a
+//! cluster.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use hbone::cert::CertError;
+use hbone::{CertStore, Identity, LocalCa, WorkloadCertificate};
+use tokio::sync::OnceCell;
+
+/// First retry delay after a failed renewal.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// Longest delay between renewal attempts.
+const RETRY_MAX: Duration = Duration::from_secs(150);
+
+/// A future returned by a [`CertificateSource`].
+pub type IssueFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<WorkloadCertificate, CertError>> + Send + 'a>>;
+
+/// Issues workload certificates.
+pub trait CertificateSource: Send + Sync + 'static {
+    /// Issues a certificate for `id`, valid for `ttl`.
+    fn issue<'a>(&'a self, id: &'a Identity, ttl: Duration) -> IssueFuture<'a>;
+}
+
+impl CertificateSource for LocalCa {
+    fn issue<'a>(&'a self, id: &'a Identity, ttl: Duration) -> IssueFuture<'a> {
+        Box::pin(async move { LocalCa::issue(self, id, ttl) })
+    }
+}
+
+/// Why a certificate could not be provided.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// Issuing the first certificate for the identity failed.
+    #[error("no certificate for {identity}: {source}")]
+    Issue {
+        /// The identity.
+        identity: Identity,
+        /// Why issuing failed.
+        #[source]
+        source: CertError,
+    },
+}
+
+/// Certificates for the identities on this node.
+pub struct IdentityManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Box<dyn CertificateSource>,
+    ttl: Duration,
+    certs: Mutex<HashMap<Identity, Arc<Entry>>>,
+}
+
+struct Entry {
+    store: OnceCell<Arc<CertStore>>,
+    rotation: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.rotation.cancel();
+    }
+}
+
+impl std::fmt::Debug for IdentityManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityManager")
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityManager {
+    /// Creates a manager issuing certificates valid for `ttl` from `source`.
+    pub fn new(source: impl CertificateSource, ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source: Box::new(source),
+                ttl,
+                certs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The certificate store of `id`, issuing the first certificate if needed.
+    pub async fn fetch(&self, id: &Identity) -> Result<Arc<CertStore>, IdentityError> {
+        let entry = {
+            let mut certs = self.inner.certs.lock().unwrap_or_else(|p| p.into_inner());
+            certs
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    Arc::new(Entry {
+                        store: OnceCell::new(),
+                        rotation: tokio_util::sync::CancellationToken::new(),
+                    })
+                })
+                .clone()
+        };
+        let store = entry
+            .store
+            .get_or_try_init(|| async {
+                let cert = self
+                    .inner
+                    .source
+                    .issue(id, self.inner.ttl)
+                    .await
+                    .map_err(|source| IdentityError::Issue {
+                        identity: id.clone(),
+                        source,
+                    })?;
+                let store = Arc::new(CertStore::new(cert));
+                tokio::spawn(rotate(
+                    Arc::downgrade(&self.inner),
+                    store.clone(),
+                    entry.rotation.clone(),
+                ));
+                Ok::<_, IdentityError>(store)
+            })
+            .await?;
+        Ok(store.clone())
+    }
+
+    /// Forgets `id` (its last workload left the node): rotation stops, the next fetch issues anew.
+    pub fn forget(&self, id: &Identity) {
+        let removed = self
+            .inner
+            .certs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        drop(removed);
+    }
+
+    /// The current certificate of every identity, for `config_dump`.
+    pub fn certificates(&self) -> Vec<(Identity, Arc<WorkloadCertificate>)> {
+        let certs = self.inner.certs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = certs
+            .iter()
+            .filter_map(|(id, e)| e.store.get().map(|s| (id.clone(), s.current())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// When a certificate should be renewed: half-way through its validity.
+pub fn refresh_at(cert: &WorkloadCertificate) -> SystemTime {
+    let lifetime = cert
+        .not_after()
+        .duration_since(cert.not_before())
+        .unwrap_or_default();
+    cert.not_before() + lifetime / 2
+}
+
+/// Renews the certificate in `store` at half-life until cancelled or the manager is gone.
+async fn rotate(
+    manager: Weak<Inner>,
+    store: Arc<CertStore>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut retry = RETRY_INITIAL;
+    loop {
+        let current = store.current();
+        let wait = refresh_at(&current)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let Some(inner) = manager.upgrade() else {
+            return;
+        };
+        let id = store.identity();
+        match inner.source.issue(&id, inner.ttl).await {
+            Ok(cert) => match store.replace(cert) {
+                Ok(()) => {
+                    retry = RETRY_INITIAL;
+                    tracing::info!(identity = %id, "workload certificate rotated");
+                }
+                Err(e) => {
+                    tracing::error!(identity = %id, error = %e, "rotated certificate refused")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(identity = %id, error = %e, retry_in = ?retry, "certificate renewal failed; keeping the current one");
+                drop(inner);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local CA that counts issuances and can be told to fail the next few.
+    struct Counting {
+        ca: LocalCa,
+        issued: Arc<AtomicUsize>,
+        fail_next: Arc<AtomicUsize>,
+    }
+
+    impl CertificateSource for Counting {
+        fn issue<'a>(&'a self, id: &'a Identity, ttl: Duration) -> IssueFuture<'a> {
+            Box::pin(async move {
+                if self.fail_next.load(Ordering::SeqCst) > 0 {
+                    self.fail_next.fetch_sub(1, Ordering::SeqCst);
+                    return Err(CertError::ValidityOutOfRange);
+                }
+                self.issued.fetch_add(1, Ordering::SeqCst);
+                self.ca.issue(id, ttl)
+            })
+        }
+    }
+
+    fn manager(
+        ttl: Duration,
+    ) -> (
+        IdentityManager,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let fail_next = Arc::new(AtomicUsize::new(0));
+        let source = Counting {
+            ca,
+            issued: issued.clone(),
+            fail_next: fail_next.clone(),
+        };
+        (IdentityManager::new(source, ttl), issued, fail_next, dir)
+    }
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "default", sa).unwrap()
+    }
+
+    #[tokio::test]
+    async fn issues_once_per_identity_even_when_asked_concurrently() {
+        let (m, issued, _, _dir) = manager(Duration::from_secs(3600));
+        let (ida, idb) = (id("a"), id("b"));
+        let (a, b, c) = tokio::join!(m.fetch(&ida), m.fetch(&ida), m.fetch(&idb));
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.identity(), id("a"));
+        assert_eq!(c.identity(), id("b"));
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            m.certificates()
+                .iter()
+                .map(|(i, _)| i.clone())
+                .collect::<Vec<_>>(),
+            vec![id("a"), id("b")]
+        );
+        m.forget(&id("a"));
+        m.fetch(&id("a")).await.unwrap();
+        assert_eq!(
+            issued.load(Ordering::SeqCst),
+            3,
+            "forgotten identity is issued anew"
+        );
+    }
+
+    #[tokio::test]
+    async fn first_issue_failure_is_reported_and_retried_on_next_fetch() {
+        let (m, issued, fail_next, _dir) = manager(Duration::from_secs(3600));
+        fail_next.store(1, Ordering::SeqCst);
+        let err = m.fetch(&id("a")).await.unwrap_err();
+        assert!(matches!(err, IdentityError::Issue { ref identity, .. } if *identity == id("a")));
+        m.fetch(&id("a")).await.unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotates_at_half_life_and_survives_a_failed_renewal() {
+        // Issued certificates start 60 s in the past (clock skew allowance): with a 66 s TTL
+        // the validity spans 126 s and its half-life falls about 3 s after issuance (X.509
+        // times are whole seconds, so up to half a second earlier).
+        let (m, issued, fail_next, _dir) = manager(Duration::from_secs(66));
+        let store = m.fetch(&id("a")).await.unwrap();
+        let first = store.current().serial_hex();
+        let at = refresh_at(&store.current());
+        let lifetime = store
+            .current()
+            .not_after()
+            .duration_since(store.current().not_before())
+            .unwrap();
+        assert_eq!(at, store.current().not_before() + lifetime / 2);
+        // The first renewal fails; the certificate in use stays, and the retry succeeds.
+        fail_next.store(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            store.current().serial_hex(),
+            first,
+            "not renewed before half-life"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.current().serial_hex() == first {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "certificate was not rotated"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            fail_next.load(Ordering::SeqCst),
+            0,
+            "the failing attempt happened"
+        );
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+        assert_eq!(store.identity(), id("a"));
+    }
+}
