@@ -76,23 +76,25 @@ where
     let result = poll_fn(|cx| {
         let ab = a_to_b.poll_copy(cx, &mut *a, &mut *b, counters.as_ref().map(|c| &c.a_to_b));
         let ba = b_to_a.poll_copy(cx, &mut *b, &mut *a, counters.as_ref().map(|c| &c.b_to_a));
-        match (ab, ba) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
-        }
+        both(ab, ba)
     })
     .await;
     let transferred = Transferred {
         a_to_b: a_to_b.amount,
         b_to_a: b_to_a.amount,
     };
-    match result {
-        Ok(()) => Ok(transferred),
-        Err(source) => Err(CopyError {
-            transferred,
-            source,
-        }),
+    result.map(|()| transferred).map_err(|source| CopyError {
+        transferred,
+        source,
+    })
+}
+
+/// Combines the two directions of a copy: done when both are, failed as soon as one fails.
+fn both(ab: Poll<io::Result<()>>, ba: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+    match (ab, ba) {
+        (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+        (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+        _ => Poll::Pending,
     }
 }
 
@@ -113,11 +115,7 @@ where
     let result = poll_fn(|cx| {
         let ab = up.poll_copy(cx, &mut *io, tunnel, counters.as_ref().map(|c| &c.a_to_b));
         let ba = down.poll_copy(cx, tunnel, &mut *io, counters.as_ref().map(|c| &c.b_to_a));
-        match (ab, ba) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
-        }
+        both(ab, ba)
     })
     .await;
     let transferred = Transferred {
