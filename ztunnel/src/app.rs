@@ -2,23 +2,30 @@
 //!
 //! A [`Node`] holds what all local workloads share (mesh state, certificates, the HBONE pool).
 //! [`Node::add_workload`] binds the workload's listeners on its own address — inbound HBONE
-//! (15008, presenting the workload's certificate) and, when enabled, SOCKS5 (15080) — exactly as
-//! upstream ztunnel binds them inside each pod's network namespace; then starts serving them.
-//! Dropping or [`WorkloadProxy::shutdown`] stops them.
+//! (15008, presenting the workload's certificate) and, when enabled, inbound plaintext (15006)
+//! and SOCKS5 (15080) — exactly as upstream ztunnel binds them inside each pod's network
+//! namespace; then starts serving them. Dropping or [`WorkloadProxy::shutdown`] stops them.
+//!
+//! The node's inbound connections share one [`ConnectionTracker`], re-evaluated by a policy
+//! watcher (started with the first workload) whenever the mesh state changes, and one
+//! [`Metrics`] ([`Node::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::ConnectionTracker;
 use crate::identity::{IdentityError, IdentityManager};
-use crate::inbound::InboundHandler;
+use crate::inbound::{DestinationMode, InboundContext, InboundHandler, PlaintextListener};
 use crate::outbound::request::OutboundContext;
 use crate::outbound::{OutboundInputs, Socks5Listener};
 use crate::state::{StateHandle, Workload};
+use crate::telemetry::Metrics;
 
 /// Why a workload's listeners could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +56,10 @@ pub enum AppError {
 pub struct WorkloadPorts {
     /// Inbound HBONE (15008).
     pub hbone: u16,
+    /// Inbound plaintext (15006), when enabled. Its destination is the original destination of
+    /// each captured connection ([`DestinationMode::OriginalDst`]), so it is only useful with
+    /// capture rules; off by default.
+    pub plaintext: Option<u16>,
     /// SOCKS5 (15080), when enabled.
     pub socks5: Option<u16>,
 }
@@ -57,6 +68,7 @@ impl Default for WorkloadPorts {
     fn default() -> Self {
         Self {
             hbone: crate::config::ports::INBOUND_HBONE,
+            plaintext: None,
             socks5: None,
         }
     }
@@ -69,6 +81,10 @@ pub struct Node {
     roots: Arc<Vec<CertificateDer<'static>>>,
     hbone: hbone::Config,
     drain_deadline: Duration,
+    metrics: Arc<Metrics>,
+    tracker: ConnectionTracker,
+    /// Whether the policy watcher of `tracker` has been started.
+    watching: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -92,7 +108,41 @@ impl Node {
             roots: Arc::new(roots),
             hbone,
             drain_deadline: Duration::from_secs(5),
+            metrics: Arc::new(Metrics::new()),
+            tracker: ConnectionTracker::new(),
+            watching: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Records this node's traffic in `metrics` (e.g. shared with the metrics server) instead of
+    /// its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The node's live inbound connections.
+    pub fn connections(&self) -> &ConnectionTracker {
+        &self.tracker
+    }
+
+    /// What the node's inbound listeners share (state, connection tracker, metrics); starts
+    /// the policy watcher on first use, so it must be called within a Tokio runtime.
+    pub fn inbound_context(&self) -> InboundContext {
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            self.tracker.watch(&self.outbound.state);
+        }
+        InboundContext {
+            state: self.outbound.state.clone(),
+            tracker: self.tracker.clone(),
+            metrics: self.metrics.clone(),
+            connect_timeout: self.hbone.connect_timeout,
+        }
     }
 
     /// Sets how long draining connections may run when a workload's listeners stop.
@@ -122,6 +172,22 @@ impl Node {
                 addr: inbound_addr,
                 source,
             })?;
+        let ctx = self.inbound_context();
+        let plaintext = match ports.plaintext {
+            Some(port) => {
+                let addr = SocketAddr::new(ip, port);
+                let l = PlaintextListener::new(
+                    addr,
+                    ctx.clone(),
+                    &workload.uid,
+                    DestinationMode::OriginalDst,
+                )
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+                Some(l.with_drain_deadline(self.drain_deadline))
+            }
+            None => None,
+        };
         let socks5 = match ports.socks5 {
             Some(port) => {
                 let addr = SocketAddr::new(ip, port);
@@ -137,21 +203,22 @@ impl Node {
             source,
         })?;
         let socks5_addr = socks5.as_ref().and_then(|l| l.address().ok());
+        let plaintext_addr = plaintext.as_ref().and_then(|l| l.address().ok());
 
         let shutdown = hbone::Shutdown::default();
-        let handler = InboundHandler::new(
-            self.outbound.state.clone(),
-            &workload.uid,
-            self.hbone.connect_timeout,
-        );
+        let handler = InboundHandler::with_context(ctx, &workload.uid);
         let server = hbone::Server::new(self.hbone.clone(), tls, handler)?;
         tokio::spawn(server.run(inbound, shutdown.clone(), self.drain_deadline));
+        if let Some(l) = plaintext {
+            tokio::spawn(l.run(shutdown.drain.clone()));
+        }
         if let Some(l) = socks5 {
             tokio::spawn(l.run(shutdown.drain.clone()));
         }
         Ok(WorkloadProxy {
             uid: workload.uid.clone(),
             inbound: inbound_addr,
+            plaintext: plaintext_addr,
             socks5: socks5_addr,
             shutdown,
         })
@@ -165,6 +232,8 @@ pub struct WorkloadProxy {
     pub uid: String,
     /// Inbound HBONE address.
     pub inbound: SocketAddr,
+    /// Inbound plaintext address, when enabled.
+    pub plaintext: Option<SocketAddr>,
     /// SOCKS5 address, when enabled.
     pub socks5: Option<SocketAddr>,
     shutdown: hbone::Shutdown,

@@ -6,23 +6,30 @@
 //! itself is the [`hbone`] crate; this crate decides where connections go.
 //!
 //! # Layout
+//! - [`admin`]: the admin (15000, localhost), metrics (15020) and readiness (15021) HTTP servers.
 //! - [`app`]: a node and the listeners of each local workload, bound before they run.
 //! - [`config`]: start-up configuration from the environment (upstream variable names).
+//! - [`connections`]: live inbound connections, re-checked (and closed) when policies change.
 //! - [`demo`]: both ends of a tunnel on one machine, with a local CA.
 //! - [`identity`]: one certificate per local identity, issued on first use and rotated.
-//! - [`state`]: the mesh state (workloads, services, policies), from a local file or istiod.
-//! - [`inbound`]: tunnels arriving on 15008 for a local workload: policy, then the application.
+//! - [`inbound`]: connections arriving for a local workload (HBONE on 15008, plaintext on 15006):
+//!   policy, then the application.
 //! - [`outbound`]: traffic leaving local workloads: the routing decision and the listener.
-//! - [`socks5`]: the SOCKS5 handshake, for sending traffic into the mesh without capture rules.
+//! - [`quickstart`]: a local mesh on loopback from a local config file (the README's first command).
 //! - [`rbac`]: L4 authorization policies and their evaluation.
+//! - [`socks5`]: the SOCKS5 handshake, for sending traffic into the mesh without capture rules.
+//! - [`state`]: the mesh state (workloads, services, policies), from a local file or istiod.
 //! - [`telemetry`]: Istio TCP metrics and per-connection access logs.
 
+pub mod admin;
 pub mod app;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod quickstart;
 pub mod rbac;
 pub mod socks5;
 pub mod state;

@@ -15,6 +15,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs a local mesh on loopback addresses: one ztunnel per node of the local config
+    /// (default: the embedded examples/localhost.yaml), demo applications, and a demo client;
+    /// then keeps running for your own traffic until Ctrl-C.
+    Quickstart {
+        /// A local config file in Istio ztunnel's LOCAL_XDS_PATH schema (hot-reloaded).
+        #[arg(long, env = "LOCAL_XDS_PATH")]
+        config: Option<PathBuf>,
+        /// Where the local CA keeps its root (generated on first run, reused after).
+        #[arg(
+            long,
+            env = "ZTUNNEL_STATE_DIR",
+            default_value = "target/ztunnel-state"
+        )]
+        state_dir: PathBuf,
+        /// SOCKS5 port of every workload.
+        #[arg(long, default_value_t = 15080)]
+        socks5_port: u16,
+        /// Exit after the demo client instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
     /// Opens an HBONE tunnel between two local workloads and reports what each side saw.
     Demo {
         /// Where the local CA keeps its root (generated on first run, reused after).
@@ -32,22 +53,102 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
+    // The quickstart shows the access log (target `access`) by default.
+    let default_filter = match cli.command {
+        Command::Quickstart { .. } => "warn,access=info",
+        Command::Demo { .. } => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .init();
+    let log_level = std::sync::Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;
     match cli.command {
+        Command::Quickstart {
+            config,
+            state_dir,
+            socks5_port,
+            once,
+        } => {
+            let opts = ztunnel::quickstart::Options {
+                config,
+                state_dir,
+                socks5_port,
+                log_level,
+            };
+            runtime.block_on(quickstart(opts, once))
+        }
         Command::Demo {
             state_dir,
             measure_mb,
         } => runtime.block_on(demo(state_dir, measure_mb)),
     }
+}
+
+async fn quickstart(opts: ztunnel::quickstart::Options, once: bool) -> anyhow::Result<()> {
+    let q = ztunnel::quickstart::start(&opts)
+        .await
+        .context("quickstart failed to start")?;
+    println!();
+    println!(
+        "local CA root: {}",
+        opts.state_dir.join("root-cert.pem").display()
+    );
+    for (node, proxies) in &q.nodes {
+        for p in proxies {
+            let socks = p
+                .socks5
+                .map(|a| format!(", socks5 {a}"))
+                .unwrap_or_default();
+            println!(
+                "ztunnel {node}: workload {} — hbone {}{socks}",
+                p.uid, p.inbound
+            );
+        }
+    }
+    for (node, e) in &q.endpoints {
+        println!(
+            "ztunnel {node}: metrics http://{}/stats/prometheus, config http://{}/config_dump, ready http://{}/healthz/ready",
+            e.metrics, e.admin, e.readiness
+        );
+    }
+    for (name, addr) in &q.apps {
+        println!("application {name} on {addr}");
+    }
+    println!();
+    println!("demo client {} via {}:", q.client_identity, q.client_socks5);
+    for t in &q.trials {
+        match (&t.answer, t.socks_reply) {
+            (Some(answer), 0) => println!("  {:<45} -> {answer}", t.target),
+            (_, 2) => println!("  {:<45} -> refused: not allowed by policy", t.target),
+            (_, code) => println!("  {:<45} -> failed (socks5 reply {code})", t.target),
+        }
+    }
+    println!();
+    println!("try it yourself:");
+    println!(
+        "  curl --socks5-hostname {} http://httpbin.default.svc.cluster.local/",
+        q.client_socks5
+    );
+    if once {
+        return Ok(());
+    }
+    println!("(Ctrl-C or POST /quitquitquit to stop)");
+    tokio::select! {
+        signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+        _ = q.quit.cancelled() => {}
+    }
+    Ok(())
 }
 
 async fn demo(state_dir: PathBuf, measure_mb: u64) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@ use std::net::IpAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::state::LocalConfig;
@@ -83,6 +84,13 @@ fn authorize_table() {
             name: "target is not this workload",
             missing: None,
             target: "127.0.0.3:8000",
+            peer: "sleep",
+            want: Err(StatusCode::BAD_REQUEST),
+        },
+        Case {
+            name: "loop protection: the proxy's own port",
+            missing: None,
+            target: "127.0.0.2:15008",
             peer: "sleep",
             want: Err(StatusCode::BAD_REQUEST),
         },
@@ -248,4 +256,325 @@ async fn inbound_hbone_end_to_end_statuses_and_bytes() {
     let mut reply = Vec::new();
     t.stream.read_to_end(&mut reply).await.unwrap();
     assert_eq!(reply, b"pong");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plaintext (15006), live revocation and telemetry.
+// ---------------------------------------------------------------------------------------------
+
+const WEB: &str = "cluster1//v1/Pod/default/web";
+
+/// `web` at 127.0.4.2 (and `sleep` at 127.0.0.1, where loopback clients come from), with the
+/// given extra policies appended verbatim.
+fn web_state(policies: &str) -> MeshState {
+    let yaml = format!(
+        r#"
+workloads:
+- uid: {WEB}
+  name: web
+  namespace: default
+  serviceAccount: web
+  workloadIps: ["127.0.4.2"]
+  protocol: HBONE
+- uid: cluster1//v1/Pod/default/sleep
+  name: sleep
+  namespace: default
+  serviceAccount: sleep
+  workloadIps: ["127.0.0.1"]
+  protocol: HBONE
+policies: [{policies}]
+"#
+    );
+    LocalConfig::from_yaml(&yaml).unwrap().into_state().unwrap()
+}
+
+/// Istio's `istio_converted_static_strict`: DENY anything without a peer identity.
+const STRICT: &str = r#"{name: istio_converted_static_strict, namespace: istio-system, scope: Global, action: Deny, rules: [[[{notPrincipals: [Presence]}]]]}"#;
+
+fn deny_port(port: u16) -> String {
+    format!(
+        r#"{{name: deny-{port}, namespace: default, scope: Namespace, action: Deny, rules: [[[{{destinationPorts: [{port}]}}]]]}}"#
+    )
+}
+
+/// An echo application on `ip`; counts the connections it accepted and the bytes it read.
+struct Echo {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn echo(ip: &str) -> Echo {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let (a, r) = (accepted.clone(), received.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            r.fetch_add(n as u64, Ordering::SeqCst);
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Echo {
+        addr,
+        accepted,
+        received,
+    }
+}
+
+impl Echo {
+    fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Writes `msg` and reads the echo back.
+async fn roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("echo timed out")
+        .unwrap();
+    assert_eq!(got, msg);
+}
+
+/// A read that must end (EOF or error) within 1 s: the connection was closed by the proxy.
+async fn assert_closed_within_1s<S: tokio::io::AsyncRead + Unpin>(s: &mut S, what: &str) {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("{what}: read {n} bytes, expected the connection closed"),
+        Err(_) => panic!("{what}: still open after 1 s"),
+    }
+}
+
+/// Reads until EOF or error; whether the connection is closed (vs. still open after 2 s).
+async fn closed_by_proxy(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// A CA and an HBONE server for `web` on 127.0.4.2 using `ctx`.
+async fn web_hbone(ctx: InboundContext) -> (hbone::LocalCa, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = hbone::LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
+    let certs = Arc::new(hbone::CertStore::new(
+        ca.issue(&id("web"), Duration::from_secs(3600)).unwrap(),
+    ));
+    let listener = TcpListener::bind("127.0.4.2:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = hbone::tls::server_config(certs, ca.roots()).unwrap();
+    let server = hbone::Server::new(
+        hbone::Config::default(),
+        tls,
+        InboundHandler::with_context(ctx, WEB),
+    )
+    .unwrap();
+    tokio::spawn(server.run(listener, hbone::Shutdown::default(), Duration::from_secs(1)));
+    (ca, addr, dir)
+}
+
+async fn tunnel(
+    ca: &hbone::LocalCa,
+    pool: &hbone::Pool,
+    hbone_addr: SocketAddr,
+    target: SocketAddr,
+) -> Result<hbone::Tunnel, hbone::Error> {
+    let sleep = Arc::new(hbone::CertStore::new(
+        ca.issue(&id("sleep"), Duration::from_secs(3600)).unwrap(),
+    ));
+    pool.connect(
+        &sleep,
+        vec![id("web")],
+        hbone_addr,
+        &hbone::TunnelRequest::new(target),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_allowed_then_strict_mtls_refuses_it_but_not_hbone() {
+    let handle = StateHandle::new(web_state(""));
+    let ctx = InboundContext::new(handle.clone(), Duration::from_secs(2));
+    let app = echo("127.0.4.2").await;
+    let plain = PlaintextListener::new(
+        "127.0.4.2:0".parse().unwrap(),
+        ctx.clone(),
+        WEB,
+        DestinationMode::Fixed(app.addr),
+    )
+    .await
+    .unwrap();
+    let plain_addr = plain.address().unwrap();
+    tokio::spawn(plain.run(CancellationToken::new()));
+
+    // No policy: plaintext reaches the application.
+    let mut c = TcpStream::connect(plain_addr).await.unwrap();
+    roundtrip(&mut c, b"hello plaintext").await;
+    c.shutdown().await.unwrap();
+    assert!(closed_by_proxy(&mut c).await);
+    assert_eq!(app.accepted(), 1);
+    assert_eq!(app.received(), 15);
+
+    // Strict mTLS: plaintext is closed without reaching the application...
+    handle.swap(web_state(STRICT));
+    let mut c = TcpStream::connect(plain_addr).await.unwrap();
+    let _ = c.write_all(b"let me in").await;
+    assert!(closed_by_proxy(&mut c).await, "plaintext must be refused");
+    assert_eq!(
+        app.accepted(),
+        1,
+        "a refused connection never reaches the app"
+    );
+
+    // ... while HBONE from a mesh peer still works.
+    let (ca, hbone_addr, _dir) = web_hbone(ctx.clone()).await;
+    let pool = hbone::Pool::new(hbone::Config::default(), ca.roots().to_vec()).unwrap();
+    let mut t = tunnel(&ca, &pool, hbone_addr, app.addr).await.unwrap();
+    roundtrip(&mut t.stream, b"hello mtls").await;
+    assert_eq!(app.accepted(), 2);
+
+    let text = ctx.metrics.render();
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_failed_total{"))
+        .unwrap();
+    assert!(failed.contains(r#"response_flags="DENY""#), "{failed}");
+    assert!(
+        failed.contains(r#"connection_security_policy="unknown""#),
+        "{failed}"
+    );
+    assert!(failed.contains(r#"source_principal="unknown""#), "{failed}");
+    assert!(failed.ends_with(" 1"), "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_original_dst_fallback_is_the_listener_itself_and_refused() {
+    let handle = StateHandle::new(web_state(""));
+    let ctx = InboundContext::new(handle, Duration::from_secs(2));
+    let plain = PlaintextListener::new(
+        "127.0.4.2:0".parse().unwrap(),
+        ctx.clone(),
+        WEB,
+        DestinationMode::OriginalDst,
+    )
+    .await
+    .unwrap();
+    let plain_addr = plain.address().unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(plain.run(shutdown.clone()));
+    // Not redirected: the destination is the listener, which loop protection refuses.
+    let mut c = TcpStream::connect(plain_addr).await.unwrap();
+    assert!(closed_by_proxy(&mut c).await);
+    assert!(ctx.tracker.is_empty());
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(plain_addr).await.is_err(), "stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_change_closes_denied_live_connections_within_one_second() {
+    let handle = StateHandle::new(web_state(""));
+    let ctx = InboundContext::new(handle.clone(), Duration::from_secs(2));
+    let _watcher = ctx.tracker.watch(&handle);
+    let doomed = echo("127.0.4.2").await;
+    let kept = echo("127.0.4.2").await;
+
+    // Two HBONE tunnels on one pooled connection, and two plaintext connections.
+    let (ca, hbone_addr, _dir) = web_hbone(ctx.clone()).await;
+    let pool = hbone::Pool::new(hbone::Config::default(), ca.roots().to_vec()).unwrap();
+    let mut t_doomed = tunnel(&ca, &pool, hbone_addr, doomed.addr).await.unwrap();
+    let mut t_kept = tunnel(&ca, &pool, hbone_addr, kept.addr).await.unwrap();
+    roundtrip(&mut t_doomed.stream, b"one").await;
+    roundtrip(&mut t_kept.stream, b"two").await;
+
+    let mut plain_listeners = Vec::new();
+    for app in [&doomed, &kept] {
+        let l = PlaintextListener::new(
+            "127.0.4.2:0".parse().unwrap(),
+            ctx.clone(),
+            WEB,
+            DestinationMode::Fixed(app.addr),
+        )
+        .await
+        .unwrap();
+        plain_listeners.push(l.address().unwrap());
+        tokio::spawn(l.run(CancellationToken::new()));
+    }
+    let mut p_doomed = TcpStream::connect(plain_listeners[0]).await.unwrap();
+    let mut p_kept = TcpStream::connect(plain_listeners[1]).await.unwrap();
+    roundtrip(&mut p_doomed, b"three").await;
+    roundtrip(&mut p_kept, b"four").await;
+    assert_eq!(ctx.tracker.len(), 4);
+
+    // Deny the doomed application's port: its connections close within 1 s.
+    handle.swap(web_state(&deny_port(doomed.addr.port())));
+    assert_closed_within_1s(&mut t_doomed.stream, "hbone tunnel").await;
+    assert_closed_within_1s(&mut p_doomed, "plaintext connection").await;
+
+    // The others are untouched.
+    roundtrip(&mut t_kept.stream, b"still here").await;
+    roundtrip(&mut p_kept, b"me too").await;
+    // New connections to the denied port are refused.
+    assert!(matches!(
+        tunnel(&ca, &pool, hbone_addr, doomed.addr).await,
+        Err(hbone::Error::Status(StatusCode::UNAUTHORIZED))
+    ));
+
+    // The revoked connections are closed with DENY and leave the tracker.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while ctx.tracker.len() != 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ctx.tracker.len(), 2);
+    let text = ctx.metrics.render();
+    let closed_deny: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_tcp_connections_closed_total{")
+                && l.contains(r#"response_flags="DENY""#)
+        })
+        .collect();
+    // mTLS: the revoked tunnel and the refused one; plaintext: the revoked connection.
+    assert_eq!(closed_deny.len(), 2, "{text}");
+    let mtls = r#"connection_security_policy="mutual_tls""#;
+    assert!(
+        closed_deny
+            .iter()
+            .any(|l| l.contains(mtls) && l.ends_with(" 2")),
+        "{text}"
+    );
+    assert!(
+        closed_deny
+            .iter()
+            .any(|l| !l.contains(mtls) && l.ends_with(" 1")),
+        "{text}"
+    );
 }

@@ -306,7 +306,11 @@ pub type PortMap = BTreeMap<u16, u16>;
 ///
 /// Built by [`Workload::new`] (then fields set directly), by `TryFrom<proto Workload>` or by
 /// the local config loader. The SPIFFE identity is validated at construction and fixed there.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Serialises (for `config_dump`) in upstream ztunnel's camelCase field style, with the
+/// identity as its `spiffe://` URI.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Workload {
     /// Unique id, the xDS primary key, e.g. `cluster1//v1/Pod/default/sleep`.
     pub uid: String,
@@ -315,6 +319,7 @@ pub struct Workload {
     /// Namespace.
     pub namespace: String,
     /// SPIFFE identity (`trust_domain`, namespace, service account); see [`Workload::identity`].
+    #[serde(serialize_with = "serialize_display")]
     identity: Identity,
     /// IPs of the workload; empty for hostname-only workloads.
     pub workload_ips: Vec<IpAddr>,
@@ -419,6 +424,14 @@ impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "workload {} ({})", self.uid, self.identity)
     }
+}
+
+/// Serialises a value as its `Display` string.
+fn serialize_display<T: fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// Builds the identity, applying Istio's defaults for an empty trust domain and service account.

@@ -1,0 +1,201 @@
+//! The inbound plaintext listener (15006): captured traffic that did not arrive over HBONE.
+//!
+//! Upstream `src/proxy/inbound_passthrough.rs`. Per connection:
+//!
+//! 1. the destination is the connection's original destination (`SO_ORIGINAL_DST`, set when
+//!    the capture rules redirected it here); a socket that was not redirected has none, and
+//!    then its local address — the listener's own — is used (see [`DestinationMode`]);
+//! 2. loop protection: a destination on one of the proxy's own ports, or the listener itself,
+//!    is refused;
+//! 3. L4 policy is evaluated with **no peer identity**, so Istio's strict-mTLS policy
+//!    (`notPrincipals: [Presence]` DENY, `istio_converted_static_strict`) refuses every
+//!    plaintext connection; a refused connection is closed without connecting to the
+//!    application;
+//! 4. otherwise the application is connected to and bytes are copied both ways, until both
+//!    sides are done or the policy watcher revokes the connection (both sockets are dropped).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hbone::copy::ByteCounters;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{InboundContext, InboundError, Report, authorize_connection};
+use crate::telemetry::SecurityPolicy;
+
+/// Where an accepted plaintext connection is going.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DestinationMode {
+    /// The socket's original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`), as set
+    /// by iptables `REDIRECT`. A connection that was not redirected (e.g. a test connecting to
+    /// the listener directly on loopback) has none, and its destination is the socket's local
+    /// address, i.e. the listener itself — which loop protection then refuses.
+    #[default]
+    OriginalDst,
+    /// Always this address: for running without capture rules (tests, local setups), where
+    /// connecting to the listener stands for connecting to the application at this address.
+    Fixed(SocketAddr),
+}
+
+/// How long open connections may run after the listener is shut down.
+const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The 15006 listener of one local workload.
+#[derive(Debug)]
+pub struct PlaintextListener {
+    listener: TcpListener,
+    ctx: InboundContext,
+    uid: Arc<str>,
+    mode: DestinationMode,
+    drain_deadline: Duration,
+}
+
+impl PlaintextListener {
+    /// Binds `addr` for the workload `uid`, sharing the node's context.
+    pub async fn new(
+        addr: SocketAddr,
+        ctx: InboundContext,
+        uid: &str,
+        mode: DestinationMode,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            ctx,
+            uid: uid.into(),
+            mode,
+            drain_deadline: DEFAULT_DRAIN_DEADLINE,
+        })
+    }
+
+    /// Sets how long open connections may run once [`PlaintextListener::run`] is shut down.
+    pub fn with_drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
+    }
+
+    /// The bound address.
+    pub fn address(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown`; open connections then get the drain deadline to
+    /// finish before they are closed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let own = self.listener.local_addr().ok();
+        let tasks = TaskTracker::new();
+        let force = CancellationToken::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbound plaintext accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let (ctx, uid, mode, force) =
+                (self.ctx.clone(), self.uid.clone(), self.mode, force.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = connection(ctx, &uid, mode, own, stream, peer) => {}
+                    () = force.cancelled() => {}
+                }
+            });
+        }
+        drop(self.listener);
+        tasks.close();
+        if tokio::time::timeout(self.drain_deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            force.cancel();
+            tasks.wait().await;
+        }
+    }
+}
+
+/// The original destination of a redirected socket; `None` when it was not redirected.
+#[cfg(target_os = "linux")]
+fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let addr = match stream.local_addr().ok()? {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    };
+    addr.ok()?.as_socket()
+}
+
+/// The original destination of a redirected socket; only Linux redirects.
+#[cfg(not(target_os = "linux"))]
+fn original_dst(_stream: &TcpStream) -> Option<SocketAddr> {
+    None
+}
+
+/// Serves one plaintext connection.
+async fn connection(
+    ctx: InboundContext,
+    uid: &str,
+    mode: DestinationMode,
+    own: Option<SocketAddr>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = client.set_nodelay(true);
+    let local = client.local_addr().ok();
+    let dst = match mode {
+        DestinationMode::Fixed(addr) => Some(addr),
+        DestinationMode::OriginalDst => original_dst(&client).or(local),
+    };
+    let Some(dst) = dst else {
+        return;
+    };
+    let state = ctx.state.current();
+    let report = Report::open(
+        &ctx.metrics,
+        &state,
+        uid,
+        None,
+        peer,
+        dst,
+        SecurityPolicy::Unknown,
+    );
+    let admitted = async {
+        if Some(dst) == own {
+            return Err(InboundError::SelfCall(dst));
+        }
+        let authorized = authorize_connection(&state, uid, dst, None, peer.ip())?;
+        ctx.admit(&state, uid, &authorized).await
+    };
+    let (guard, mut app) = match admitted.await {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Dropping the client socket closes it; the application never sees the connection.
+            report.fail(&e);
+            return;
+        }
+    };
+    // a = client, b = application: a→b is the request, b→a the response.
+    let counters = Arc::new(ByteCounters::default());
+    let error = tokio::select! {
+        result = hbone::copy::copy_bidirectional(&mut client, &mut app, Some(counters.clone())) => {
+            result.err().map(|e| e.source.to_string())
+        }
+        () = guard.cancelled() => None,
+    };
+    drop(app);
+    drop(client);
+    report.complete(
+        counters.a_to_b.load(Ordering::Relaxed),
+        counters.b_to_a.load(Ordering::Relaxed),
+        error,
+        guard.revocation(),
+    );
+}
