@@ -1,6 +1,75 @@
-//! Workspace-level end-to-end suites.
+//! Workspace-level end-to-end suites and the helpers they share.
 //!
 //! The suites live in `tests/tests/`: each runs the real components in-process, on loopback
-//! addresses and ports the operating system picks, and asserts what crossed the sockets.
+//! addresses, and asserts what crossed the sockets.
 //!
-//! - `demo.rs`: the README's first command — two workloads, a local CA, one HBONE tunnel.
+//! - `demo.rs`: one HBONE tunnel between two workloads with a local CA.
+//! - `quickstart.rs`: the README's first command, the local mesh from `examples/`.
+//! - `ztunnel_l4.rs`: two node proxies — HBONE by VIP and hostname, plain TCP, passthrough.
+//! - `ztunnel_policy.rs`: live revocation, strict mTLS against plaintext, inbound metrics.
+//!
+//! Suites that bind fixed ports (15008, 15080, …) use their own loopback addresses
+//! (127.0.2.x, 127.0.3.x, …) so that test binaries running in parallel never collide.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a SOCKS5 client asks to connect to.
+#[derive(Clone, Debug)]
+pub enum Target<'a> {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A hostname and port.
+    Domain(&'a str, u16),
+}
+
+/// SOCKS5 `CONNECT` to `target` through `proxy` (no authentication). Returns the reply code
+/// (0 = connected) and the stream, which carries the connection when the code is 0.
+///
+/// # Panics
+/// When the proxy does not speak SOCKS5: this is test code.
+pub async fn socks5_connect(proxy: SocketAddr, target: Target<'_>) -> (u8, TcpStream) {
+    let mut s = TcpStream::connect(proxy)
+        .await
+        .expect("connect to the socks5 listener");
+    s.write_all(&[5, 1, 0]).await.expect("socks5 greeting");
+    let mut greeting = [0u8; 2];
+    s.read_exact(&mut greeting)
+        .await
+        .expect("socks5 method reply");
+    assert_eq!(greeting, [5, 0], "socks5 method");
+    let mut req = vec![5, 1, 0];
+    let port = match target {
+        Target::Addr(SocketAddr::V4(a)) => {
+            req.push(1);
+            req.extend_from_slice(&a.ip().octets());
+            a.port()
+        }
+        Target::Addr(SocketAddr::V6(a)) => {
+            req.push(4);
+            req.extend_from_slice(&a.ip().octets());
+            a.port()
+        }
+        Target::Domain(host, port) => {
+            req.push(3);
+            req.push(u8::try_from(host.len()).expect("hostname up to 255 bytes"));
+            req.extend_from_slice(host.as_bytes());
+            port
+        }
+    };
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await.expect("socks5 request");
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await.expect("socks5 reply");
+    let bound_len = match head[3] {
+        4 => 16 + 2,
+        _ => 4 + 2,
+    };
+    let mut bound = vec![0u8; bound_len];
+    s.read_exact(&mut bound)
+        .await
+        .expect("socks5 bound address");
+    (head[1], s)
+}

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
+
+use ambient_e2e::{Target, socks5_connect};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,34 +81,6 @@ async fn app(addr: &str, name: &'static str) -> SocketAddr {
     addr
 }
 
-/// SOCKS5 CONNECT through `proxy`; returns the reply code and, on success, the stream.
-async fn socks5(proxy: SocketAddr, target: &[u8], port: u16) -> (u8, TcpStream) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(&[5, 1, 0]).await.unwrap();
-    let mut greeting = [0u8; 2];
-    s.read_exact(&mut greeting).await.unwrap();
-    assert_eq!(greeting, [5, 0]);
-    let mut req = vec![5, 1, 0];
-    req.extend_from_slice(target);
-    req.extend_from_slice(&port.to_be_bytes());
-    s.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await.unwrap();
-    (reply[1], s)
-}
-
-fn ipv4(ip: [u8; 4]) -> Vec<u8> {
-    let mut v = vec![1];
-    v.extend_from_slice(&ip);
-    v
-}
-
-fn domain(host: &str) -> Vec<u8> {
-    let mut v = vec![3, host.len() as u8];
-    v.extend_from_slice(host.as_bytes());
-    v
-}
-
 async fn exchange(mut s: TcpStream, msg: &str) -> String {
     s.write_all(msg.as_bytes()).await.unwrap();
     s.shutdown().await.unwrap();
@@ -171,17 +145,21 @@ async fn two_nodes_over_hbone_tcp_and_passthrough() {
     let outside = app("127.0.2.9:0", "outside").await;
 
     // Service VIP → endpoint 127.0.2.2:8000 over HBONE through node B's inbound listener.
-    let (code, s) = socks5(proxy, &ipv4([127, 10, 2, 2]), 80).await;
+    let (code, s) = socks5_connect(proxy, Target::Addr("127.10.2.2:80".parse().unwrap())).await;
     assert_eq!(code, 0);
     assert_eq!(exchange(s, "GET /ip").await, "httpbin got 7 bytes: GET /ip");
 
     // The same service by hostname, resolved from the mesh state.
-    let (code, s) = socks5(proxy, &domain("httpbin.default.svc.cluster.local"), 80).await;
+    let (code, s) = socks5_connect(
+        proxy,
+        Target::Domain("httpbin.default.svc.cluster.local", 80),
+    )
+    .await;
     assert_eq!(code, 0);
     assert_eq!(exchange(s, "by name").await, "httpbin got 7 bytes: by name");
 
     // A plain-TCP workload.
-    let (code, s) = socks5(proxy, &ipv4([127, 0, 2, 3]), 9000).await;
+    let (code, s) = socks5_connect(proxy, Target::Addr("127.0.2.3:9000".parse().unwrap())).await;
     assert_eq!(code, 0);
     assert_eq!(
         exchange(s, "hi legacy").await,
@@ -189,15 +167,16 @@ async fn two_nodes_over_hbone_tcp_and_passthrough() {
     );
 
     // Not in the mesh: passed through (ALLOW_ANY).
-    let (code, s) = socks5(proxy, &ipv4([127, 0, 2, 9]), outside.port()).await;
+    let (code, s) = socks5_connect(proxy, Target::Addr(outside)).await;
     assert_eq!(code, 0);
     assert_eq!(exchange(s, "out").await, "outside got 3 bytes: out");
 
     // Denied by node B's policy: the tunnel is refused with 401, SOCKS5 says not allowed.
-    let (code, _) = socks5(proxy, &ipv4([127, 0, 2, 2]), 8001).await;
+    let (code, _) = socks5_connect(proxy, Target::Addr("127.0.2.2:8001".parse().unwrap())).await;
     assert_eq!(code, 2, "connection not allowed by ruleset");
 
     // Unknown hostname.
-    let (code, _) = socks5(proxy, &domain("nope.default.svc.cluster.local"), 80).await;
+    let (code, _) =
+        socks5_connect(proxy, Target::Domain("nope.default.svc.cluster.local", 80)).await;
     assert_eq!(code, 4, "host unreachable");
 }

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use ambient_e2e::{Target, socks5_connect};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,21 +126,8 @@ async fn echo(ip: &str) -> Echo {
 
 /// SOCKS5 CONNECT to `target` through `proxy`; the stream once the reply says success.
 async fn socks5(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(v4) = target else {
-        panic!("ipv4 only")
-    };
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(&[5, 1, 0]).await.unwrap();
-    let mut greeting = [0u8; 2];
-    s.read_exact(&mut greeting).await.unwrap();
-    assert_eq!(greeting, [5, 0]);
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.ip().octets());
-    req.extend_from_slice(&v4.port().to_be_bytes());
-    s.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply[1], 0, "socks5 reply to {target}");
+    let (code, s) = socks5_connect(proxy, Target::Addr(target)).await;
+    assert_eq!(code, 0, "socks5 reply to {target}");
     s
 }
 
