@@ -97,6 +97,7 @@ impl Node {
         ctx: OutboundContext,
     ) -> Result<Self, AppError> {
         let pool = hbone::Pool::new(hbone.clone(), roots.clone())?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Self {
             outbound: OutboundInputs {
                 state,
@@ -104,11 +105,12 @@ impl Node {
                 pool,
                 ctx,
                 connect_timeout: hbone.connect_timeout,
+                metrics: metrics.clone(),
             },
             roots: Arc::new(roots),
             hbone,
             drain_deadline: Duration::from_secs(5),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             tracker: ConnectionTracker::new(),
             watching: Arc::new(AtomicBool::new(false)),
         })
@@ -117,6 +119,7 @@ impl Node {
     /// Records this node's traffic in `metrics` (e.g. shared with the metrics server) instead of
     /// its own.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.outbound.metrics = metrics.clone();
         self.metrics = metrics;
         self
     }

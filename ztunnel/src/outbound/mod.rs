@@ -7,6 +7,11 @@
 //! source workload's certificate, or a plain TCP connection — and the bytes are copied until both
 //! sides are done.
 //!
+//! Every SOCKS5 connection is reported in the node's [`Metrics`] with `reporter="source"`:
+//! `opened` once the upstream is connected, the bytes and `closed` when the copy ends, or
+//! `failed` with a response flag when no upstream could be opened; and in one [`AccessLog`]
+//! record (direction `outbound`) when it ends.
+//!
 //! - [`request`]: the routing decision, a pure function.
 
 pub mod request;
@@ -22,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::identity::{IdentityError, IdentityManager};
 use crate::socks5;
 use crate::state::{StateHandle, Workload};
+use crate::telemetry::{
+    AccessLog, ConnectionLabels, Direction, Metrics, Reporter, ResponseFlags, SecurityPolicy,
+};
 use request::{OutboundContext, OutboundError, OutboundRequest, Protocol};
 
 /// What the outbound path of every local workload shares.
@@ -37,6 +45,8 @@ pub struct OutboundInputs {
     pub ctx: OutboundContext,
     /// Deadline for plain TCP connects.
     pub connect_timeout: Duration,
+    /// Where connections are counted (`reporter="source"`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why an outbound connection failed.
@@ -75,6 +85,33 @@ pub enum OutboundFailure {
     UnknownHost(String),
 }
 
+impl OutboundFailure {
+    /// Istio's response flag for telemetry: `DENY` when the peer refused the tunnel with 401,
+    /// `TLS_FAILURE` for a failed TLS handshake, `CONNECT` for other connect failures,
+    /// `IDENTITY_ERROR` without a client certificate, and the routing error's own flag (`NR`,
+    /// `UH`) when there is no route.
+    pub fn response_flag(&self) -> ResponseFlags {
+        match self {
+            OutboundFailure::Tunnel { source, .. } => match source {
+                hbone::Error::Status(s) if *s == http::StatusCode::UNAUTHORIZED => {
+                    ResponseFlags::Deny
+                }
+                hbone::Error::Handshake(_)
+                | hbone::Error::HandshakeIo(_)
+                | hbone::Error::HandshakeTimeout(_)
+                | hbone::Error::Tls(_) => ResponseFlags::TlsFailure,
+                _ => ResponseFlags::Connect,
+            },
+            OutboundFailure::Connect { .. } | OutboundFailure::UnknownSource(_) => {
+                ResponseFlags::Connect
+            }
+            OutboundFailure::Identity(_) => ResponseFlags::IdentityError,
+            OutboundFailure::Route(e) => ResponseFlags::from(e.response_flag()),
+            OutboundFailure::UnknownHost(_) => ResponseFlags::Other("NR"),
+        }
+    }
+}
+
 /// An opened upstream, ready for the copy.
 #[derive(Debug)]
 pub enum Upstream {
@@ -103,19 +140,41 @@ pub async fn connect(
     client: SocketAddr,
     original_dst: SocketAddr,
 ) -> Result<(OutboundRequest, Upstream), OutboundFailure> {
+    let (source, req) = route(inputs, source_uid, original_dst)?;
+    let upstream = open(inputs, &source, client, &req).await?;
+    Ok((req, upstream))
+}
+
+/// The routing decision for a connection from workload `source_uid` to `original_dst`, with
+/// the source workload.
+pub fn route(
+    inputs: &OutboundInputs,
+    source_uid: &str,
+    original_dst: SocketAddr,
+) -> Result<(Arc<Workload>, OutboundRequest), OutboundFailure> {
     let state = inputs.state.current();
     let source = state
         .workload_by_uid(source_uid)
         .ok_or_else(|| OutboundFailure::UnknownSource(source_uid.to_string()))?
         .clone();
     let req = request::build_request(&state, &source, original_dst, &inputs.ctx, random)?;
-    drop(state);
+    Ok((source, req))
+}
+
+/// Opens the upstream chosen by `req` for a connection from `source` (client address
+/// `client`).
+pub async fn open(
+    inputs: &OutboundInputs,
+    source: &Workload,
+    client: SocketAddr,
+    req: &OutboundRequest,
+) -> Result<Upstream, OutboundFailure> {
     let upstream = match req.protocol {
         Protocol::Hbone => {
             let certs = inputs.identities.fetch(&req.source_identity).await?;
             let authority = req.hbone_authority.unwrap_or(req.destination);
             let tunnel_request =
-                tunnel_request(authority, client, &source, &req).map_err(|source| {
+                tunnel_request(authority, client, source, req).map_err(|source| {
                     OutboundFailure::Tunnel {
                         destination: req.destination,
                         source,
@@ -161,7 +220,7 @@ pub async fn connect(
             Upstream::Tcp(stream)
         }
     };
-    Ok((req, upstream))
+    Ok(upstream)
 }
 
 /// The HBONE request: `CONNECT <authority>` with the client in `forwarded`, the source
@@ -282,70 +341,181 @@ async fn socks5_connection(
         Ok(t) => t,
         Err(e) => {
             let _ = socks5::reply(&mut stream, socks5::Reply::HostUnreachable, bound).await;
-            log_failure(uid, client, &destination.to_string(), &e);
+            // No address to report: the port asked for on the unspecified address.
+            let dst = SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                destination_port(&destination),
+            );
+            Report::unrouted(&inputs, uid, client, dst, start).fail(&e);
             return;
         }
     };
-    match connect(&inputs, uid, client, target).await {
-        Ok((req, upstream)) => {
-            if socks5::reply(&mut stream, socks5::Reply::Succeeded, bound)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let result = copy(&mut stream, upstream).await;
-            let (sent, received, error) = match &result {
-                Ok(t) => (t.b_to_a, t.a_to_b, None),
-                Err(e) => (
-                    e.transferred.b_to_a,
-                    e.transferred.a_to_b,
-                    Some(e.source.to_string()),
-                ),
-            };
-            tracing::info!(
-                target: "access",
-                direction = "outbound",
-                src.addr = %client,
-                src.workload_uid = uid,
-                dst.addr = %target,
-                dst.hbone_addr = %req.destination,
-                protocol = ?req.protocol,
-                bytes_sent = sent,
-                bytes_recv = received,
-                duration = ?start.elapsed(),
-                error = error.as_deref().unwrap_or(""),
-                "connection complete"
-            );
-        }
+    let (source, req) = match route(&inputs, uid, target) {
+        Ok(r) => r,
         Err(e) => {
-            let reply = match &e {
-                OutboundFailure::Tunnel {
-                    source: hbone::Error::Status(s),
-                    ..
-                } if *s == http::StatusCode::UNAUTHORIZED => socks5::Reply::NotAllowed,
-                OutboundFailure::Connect { source, .. } => socks5::Reply::from_io_error(source),
-                OutboundFailure::Route(OutboundError::RegistryOnly { .. }) => {
-                    socks5::Reply::NotAllowed
-                }
-                _ => socks5::Reply::GeneralFailure,
-            };
-            let _ = socks5::reply(&mut stream, reply, bound).await;
-            log_failure(uid, client, &target.to_string(), &e);
+            let _ = socks5::reply(&mut stream, failure_reply(&e), bound).await;
+            Report::unrouted(&inputs, uid, client, target, start).fail(&e);
+            return;
         }
+    };
+    let report = Report::routed(&inputs, &source, &req, client, start);
+    let upstream = match open(&inputs, &source, client, &req).await {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = socks5::reply(&mut stream, failure_reply(&e), bound).await;
+            report.fail(&e);
+            return;
+        }
+    };
+    let report = report.opened();
+    if let Err(e) = socks5::reply(&mut stream, socks5::Reply::Succeeded, bound).await {
+        report.complete(0, 0, Some(e.to_string()));
+        return;
+    }
+    // a = client, b = upstream: a→b is the request, b→a the response.
+    let (transferred, error) = match copy(&mut stream, upstream).await {
+        Ok(t) => (t, None),
+        Err(e) => (e.transferred, Some(e.source.to_string())),
+    };
+    report.complete(transferred.a_to_b, transferred.b_to_a, error);
+}
+
+/// The SOCKS5 reply to a connection that could not be opened.
+fn failure_reply(e: &OutboundFailure) -> socks5::Reply {
+    match e {
+        OutboundFailure::Tunnel {
+            source: hbone::Error::Status(s),
+            ..
+        } if *s == http::StatusCode::UNAUTHORIZED => socks5::Reply::NotAllowed,
+        OutboundFailure::Connect { source, .. } => socks5::Reply::from_io_error(source),
+        OutboundFailure::Route(OutboundError::RegistryOnly { .. }) => socks5::Reply::NotAllowed,
+        _ => socks5::Reply::GeneralFailure,
     }
 }
 
-fn log_failure(uid: &str, client: SocketAddr, dst: &str, e: &OutboundFailure) {
-    tracing::warn!(
-        target: "access",
-        direction = "outbound",
-        src.addr = %client,
-        src.workload_uid = uid,
-        dst.addr = dst,
-        error = %e,
-        "connection failed"
-    );
+fn destination_port(destination: &socks5::Destination) -> u16 {
+    match destination {
+        socks5::Destination::Addr(addr) => addr.port(),
+        socks5::Destination::Domain(_, port) => *port,
+    }
+}
+
+/// Metrics (`reporter="source"`) and access log of one outbound connection: either
+/// [`Report::fail`], or [`Report::opened`] then [`Report::complete`].
+struct Report {
+    metrics: Arc<Metrics>,
+    labels: ConnectionLabels,
+    log: AccessLog,
+    start: Instant,
+}
+
+impl Report {
+    /// A connection with no route (or no source workload): only the source side is known.
+    fn unrouted(
+        inputs: &OutboundInputs,
+        uid: &str,
+        client: SocketAddr,
+        dst: SocketAddr,
+        start: Instant,
+    ) -> Self {
+        let state = inputs.state.current();
+        let source = state.workload_by_uid(uid);
+        let labels = ConnectionLabels::new(
+            Reporter::Source,
+            source.map(|w| &**w),
+            None,
+            None,
+            None,
+            None,
+            SecurityPolicy::Unknown,
+            ResponseFlags::None,
+        );
+        let mut log = AccessLog::from_labels(&labels, client, dst);
+        log.src_workload = source.map(|w| w.name.clone());
+        Self {
+            metrics: inputs.metrics.clone(),
+            labels,
+            log,
+            start,
+        }
+    }
+
+    /// A routed connection: the destination workload, service and expected identity from
+    /// `req`; mutual TLS for HBONE. `dst.addr` is the address dialled (for HBONE the tunnel
+    /// endpoint), `dst.hbone_addr` the `CONNECT` authority.
+    fn routed(
+        inputs: &OutboundInputs,
+        source: &Workload,
+        req: &OutboundRequest,
+        client: SocketAddr,
+        start: Instant,
+    ) -> Self {
+        let security = match req.protocol {
+            Protocol::Hbone => SecurityPolicy::MutualTls,
+            Protocol::Tcp | Protocol::Passthrough => SecurityPolicy::Unknown,
+        };
+        // The identity the peer must prove: the destination workload's when it is the one
+        // expected (direct HBONE), otherwise the first expected one (a waypoint).
+        let expected = req
+            .destination_workload
+            .as_ref()
+            .map(|w| w.identity())
+            .filter(|id| req.expected_identities.contains(id))
+            .or_else(|| req.expected_identities.first().cloned());
+        let labels = ConnectionLabels::new(
+            Reporter::Source,
+            Some(source),
+            Some(&req.source_identity),
+            req.destination_workload.as_deref(),
+            req.destination_service.as_deref(),
+            expected.as_ref(),
+            security,
+            ResponseFlags::None,
+        );
+        let mut log = AccessLog::from_labels(&labels, client, req.destination);
+        log.direction = Direction::Outbound;
+        log.src_workload = Some(source.name.clone());
+        if let Some(w) = &req.destination_workload {
+            log.dst_workload = Some(w.name.clone());
+        }
+        if req.protocol == Protocol::Hbone {
+            log.dst_hbone_addr = Some(req.hbone_authority.unwrap_or(req.destination).to_string());
+        }
+        Self {
+            metrics: inputs.metrics.clone(),
+            labels,
+            log,
+            start,
+        }
+    }
+
+    /// No upstream could be opened: counted failed with the failure's response flag.
+    fn fail(mut self, error: &OutboundFailure) {
+        let labels = self.labels.with_response_flags(error.response_flag());
+        self.metrics.failed(&labels);
+        self.log.duration = self.start.elapsed();
+        self.log.error = Some(error.to_string());
+        self.log.emit();
+    }
+
+    /// The upstream is connected: counted opened.
+    fn opened(self) -> Self {
+        self.metrics.opened(&self.labels);
+        self
+    }
+
+    /// The connection ended after carrying `to_dst` bytes from the client to the upstream and
+    /// `to_src` back.
+    fn complete(mut self, to_dst: u64, to_src: u64, error: Option<String>) {
+        // Istio's directions: `sent` is destination → source, `received` source → destination.
+        self.metrics.bytes(&self.labels, to_src, to_dst);
+        self.metrics.closed(&self.labels);
+        self.log.bytes_sent = to_dst;
+        self.log.bytes_recv = to_src;
+        self.log.duration = self.start.elapsed();
+        self.log.error = error;
+        self.log.emit();
+    }
 }
 
 /// A SOCKS5 destination as a socket address: IPs as given, hostnames as a mesh service's VIP.
@@ -373,5 +543,192 @@ fn resolve(
                 .map(|ip| SocketAddr::new(ip, *port))
                 .ok_or_else(|| OutboundFailure::UnknownHost(host.clone()))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::app::{Node, WorkloadPorts};
+    use crate::state::LocalConfig;
+
+    use super::*;
+
+    /// A `MakeWriter` collecting everything written into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    const MESH: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/default/sleep
+  name: sleep-7f9c
+  namespace: default
+  serviceAccount: sleep
+  workloadName: sleep
+  canonicalName: sleep
+  clusterId: Kubernetes
+  workloadIps: ["127.0.4.21"]
+  protocol: HBONE
+  node: node-a
+- uid: cluster1//v1/Pod/default/httpbin
+  name: httpbin-5d8b
+  namespace: default
+  serviceAccount: httpbin
+  workloadName: httpbin
+  canonicalName: httpbin
+  clusterId: Kubernetes
+  workloadIps: ["127.0.4.22"]
+  protocol: HBONE
+  node: node-b
+"#;
+
+    fn node(state: &StateHandle, name: &str, dir: &std::path::Path) -> Node {
+        let ca = hbone::LocalCa::load_or_generate(dir, "cluster.local").unwrap();
+        let roots = ca.roots().to_vec();
+        let ctx = OutboundContext {
+            node: Some(name.to_string()),
+            ..OutboundContext::default()
+        };
+        let identities = Arc::new(IdentityManager::new(ca, Duration::from_secs(3600)));
+        Node::new(
+            state.clone(),
+            identities,
+            roots,
+            hbone::Config::default(),
+            ctx,
+        )
+        .unwrap()
+    }
+
+    /// Current-thread runtime: every task (listeners, HBONE client and server) runs on this
+    /// thread, so the thread-local subscriber sees the access log.
+    #[tokio::test]
+    async fn socks5_connection_is_access_logged_through_two_nodes() {
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateHandle::new(LocalConfig::from_yaml(MESH).unwrap().into_state().unwrap());
+        let node_a = node(&state, "node-a", dir.path());
+        let node_b = node(&state, "node-b", dir.path());
+        let current = state.current();
+        let a = node_a
+            .add_workload(
+                current
+                    .workload_by_uid("cluster1//v1/Pod/default/sleep")
+                    .unwrap(),
+                WorkloadPorts {
+                    socks5: Some(0),
+                    ..WorkloadPorts::default()
+                },
+            )
+            .await
+            .unwrap();
+        let _b = node_b
+            .add_workload(
+                current
+                    .workload_by_uid("cluster1//v1/Pod/default/httpbin")
+                    .unwrap(),
+                WorkloadPorts::default(),
+            )
+            .await
+            .unwrap();
+        // The application: reads to EOF, answers 5 bytes.
+        let app = TcpListener::bind("127.0.4.22:0").await.unwrap();
+        let app_addr = app.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = app.accept().await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            s.write_all(b"world").await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+
+        // SOCKS5 by hand: greeting, CONNECT to the application's IPv4 address.
+        let mut s = TcpStream::connect(a.socks5.unwrap()).await.unwrap();
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut reply = [0u8; 2];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, [5, 0]);
+        let SocketAddr::V4(v4) = app_addr else {
+            unreachable!()
+        };
+        let mut req = vec![5, 1, 0, 1];
+        req.extend_from_slice(&v4.ip().octets());
+        req.extend_from_slice(&v4.port().to_be_bytes());
+        s.write_all(&req).await.unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[1], 0, "socks5 reply {reply:?}");
+        let client = s.local_addr().unwrap();
+
+        s.write_all(b"hello there").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"world");
+        drop(s);
+
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let line = loop {
+            let text = buf.text();
+            if let Some(l) = text
+                .lines()
+                .find(|l| l.contains("direction=outbound"))
+                .map(str::to_owned)
+            {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "no outbound access log\n{text}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // `INFO access: <record>`; the duration varies, so compare up to it.
+        let expected = format!(
+            " INFO access: connection complete src.addr={client} src.workload=sleep-7f9c \
+src.namespace=default src.identity=spiffe://cluster.local/ns/default/sa/sleep \
+src.cluster=Kubernetes dst.addr=127.0.4.22:15008 dst.hbone_addr={app_addr} \
+dst.workload=httpbin-5d8b dst.namespace=default \
+dst.identity=spiffe://cluster.local/ns/default/sa/httpbin dst.cluster=Kubernetes \
+direction=outbound bytes_sent=11 bytes_recv=5 duration="
+        );
+        assert!(line.starts_with(&expected), "{line}\nexpected {expected}");
+        let rest = &line[expected.len()..];
+        assert!(
+            rest.ends_with("ms") && rest[..rest.len() - 2].parse::<u64>().is_ok(),
+            "{line}"
+        );
     }
 }

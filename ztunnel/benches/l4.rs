@@ -1,0 +1,499 @@
+//! ztunnel L4 path vs direct loopback TCP, measured in one run.
+//!
+//! Two in-process [`Node`]s on loopback (127.0.5.x): the client goes through SOCKS5 on node A,
+//! HBONE to node B, and node B connects to the sink application. The baseline connects to the
+//! same application directly. Prints, for each scenario, direct TCP, through the mesh and
+//! their ratio:
+//! - single-connection throughput (median of alternating rounds);
+//! - 64-byte request/response latency p50/p99 (and the p50 the mesh adds);
+//! - new connection + one round trip, per second;
+//! - memory per idle proxied connection (RSS delta over N idle connections);
+//! - process RSS after the run;
+//!
+//! followed by the goals of the issue. Every loop is bounded both in count and in time. Run
+//! with `cargo bench -p ztunnel --bench l4` (add `-- --quick` for a shorter run).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use ztunnel::app::{Node, WorkloadPorts, WorkloadProxy};
+use ztunnel::identity::IdentityManager;
+use ztunnel::outbound::request::OutboundContext;
+use ztunnel::state::{LocalConfig, StateHandle};
+
+/// The application behind the sink workload (node B). The client workload (127.0.5.1) has its
+/// SOCKS5 listener on node A. 127.0.5.x: the fixed ports 15008/15080 must not collide with the
+/// test suites.
+const SINK_APP: &str = "127.0.5.2:8000";
+
+const MESH: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/default/bench-client
+  name: bench-client
+  namespace: default
+  serviceAccount: bench-client
+  workloadIps: ["127.0.5.1"]
+  protocol: HBONE
+  node: node-a
+- uid: cluster1//v1/Pod/default/bench-sink
+  name: bench-sink
+  namespace: default
+  serviceAccount: bench-sink
+  workloadIps: ["127.0.5.2"]
+  protocol: HBONE
+  node: node-b
+"#;
+
+struct Params {
+    bulk_bytes: u64,
+    bulk_time: Duration,
+    rr_count: u64,
+    rr_time: Duration,
+    connect_count: u64,
+    connect_time: Duration,
+    idle_conns: usize,
+    idle_time: Duration,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let p = if quick {
+        Params {
+            bulk_bytes: 1 << 30,
+            bulk_time: Duration::from_secs(1),
+            rr_count: 5_000,
+            rr_time: Duration::from_secs(2),
+            connect_count: 500,
+            connect_time: Duration::from_secs(2),
+            idle_conns: 2_000,
+            idle_time: Duration::from_secs(10),
+        }
+    } else {
+        Params {
+            bulk_bytes: 8 << 30,
+            bulk_time: Duration::from_secs(3),
+            rr_count: 50_000,
+            rr_time: Duration::from_secs(5),
+            connect_count: 5_000,
+            connect_time: Duration::from_secs(4),
+            idle_conns: 10_000,
+            idle_time: Duration::from_secs(30),
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(p));
+}
+
+/// The first byte of a stream picks the application's behaviour: `S` sink (replies with the
+/// byte count at EOF), `E` echo.
+async fn serve(mut s: TcpStream) {
+    let mut mode = [0u8; 1];
+    if s.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    match mode[0] {
+        b'S' => {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            }
+            let _ = s.write_all(&total.to_be_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+        _ => {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The two nodes, their workloads and the application.
+struct Bench {
+    _dir: tempfile::TempDir,
+    _a: WorkloadProxy,
+    _b: WorkloadProxy,
+    socks5: SocketAddr,
+    app: SocketAddr,
+}
+
+async fn setup() -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = hbone::LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
+    let roots = ca.roots().to_vec();
+    let state = StateHandle::new(LocalConfig::from_yaml(MESH).unwrap().into_state().unwrap());
+    let node = |name: &str, ca: hbone::LocalCa| {
+        let ctx = OutboundContext {
+            node: Some(name.to_string()),
+            ..OutboundContext::default()
+        };
+        let identities = Arc::new(IdentityManager::new(ca, Duration::from_secs(3600)));
+        Node::new(
+            state.clone(),
+            identities,
+            roots.clone(),
+            hbone::Config::default(),
+            ctx,
+        )
+        .unwrap()
+    };
+    let node_a = node(
+        "node-a",
+        hbone::LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap(),
+    );
+    let node_b = node("node-b", ca);
+    let current = state.current();
+    let client = current
+        .workload_by_uid("cluster1//v1/Pod/default/bench-client")
+        .unwrap();
+    let sink = current
+        .workload_by_uid("cluster1//v1/Pod/default/bench-sink")
+        .unwrap();
+    let a = node_a
+        .add_workload(
+            client,
+            WorkloadPorts {
+                socks5: Some(15080),
+                ..WorkloadPorts::default()
+            },
+        )
+        .await
+        .unwrap();
+    let b = node_b
+        .add_workload(sink, WorkloadPorts::default())
+        .await
+        .unwrap();
+    let socks5 = a.socks5.unwrap();
+
+    let listener = TcpListener::bind(SINK_APP).await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(serve(s));
+                }
+                // Out of fds (idle scenario at its limit): back off rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    });
+    Bench {
+        _dir: dir,
+        _a: a,
+        _b: b,
+        socks5,
+        app,
+    }
+}
+
+/// Minimal SOCKS5 `CONNECT` (no authentication, IPv4 target); panics unless the proxy
+/// replies "succeeded".
+async fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(t) = target else {
+        panic!("IPv4 target expected")
+    };
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut method = [0u8; 2];
+    s.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, 0], "socks5 method");
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "socks5 reply code");
+    s
+}
+
+impl Bench {
+    async fn direct(&self, mode: u8) -> TcpStream {
+        let mut s = TcpStream::connect(self.app).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(&[mode]).await.unwrap();
+        s
+    }
+
+    async fn mesh(&self, mode: u8) -> TcpStream {
+        let mut s = socks5_connect(self.socks5, self.app).await;
+        s.write_all(&[mode]).await.unwrap();
+        s
+    }
+
+    async fn open(&self, mesh: bool, mode: u8) -> TcpStream {
+        if mesh {
+            self.mesh(mode).await
+        } else {
+            self.direct(mode).await
+        }
+    }
+}
+
+/// Sends bulk data until `bytes` or `time` is reached; returns bytes per second as the sink
+/// counted them.
+async fn bulk<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64, time: Duration) -> f64 {
+    let buf = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes && start.elapsed() < time {
+        s.write_all(&buf).await.unwrap();
+        sent += buf.len() as u64;
+    }
+    s.shutdown().await.unwrap();
+    let mut total = [0u8; 8];
+    s.read_exact(&mut total).await.unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(u64::from_be_bytes(total), sent, "sink saw every byte");
+    sent as f64 / elapsed
+}
+
+/// Ping-pong of `size`-byte messages; returns the latency histogram in nanoseconds.
+async fn request_response<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    size: usize,
+    count: u64,
+    time: Duration,
+) -> Histogram<u64> {
+    let msg = vec![1u8; size];
+    let mut back = vec![0u8; size];
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    // Warm up.
+    for _ in 0..100 {
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+    }
+    let start = Instant::now();
+    for _ in 0..count {
+        if start.elapsed() > time {
+            break;
+        }
+        let t = Instant::now();
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+        h.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    h
+}
+
+/// New connections (plus one 1-byte round trip each) per second.
+async fn connect_rate(b: &Bench, mesh: bool, count: u64, time: Duration) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n < count && start.elapsed() < time {
+        one_round_trip(&mut b.open(mesh, b'E').await).await;
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn one_round_trip(s: &mut TcpStream) {
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+}
+
+/// Resident set size of this process, in bytes (`VmRSS` of `/proc/self/status`).
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Raises the soft fd limit to the hard limit; returns the resulting soft limit.
+fn raise_nofile() -> u64 {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// Opens up to `n` idle connections (each after one round trip), `BATCH` at a time, within
+/// `time`; returns them and the RSS growth per connection once they have settled.
+async fn idle_connections(
+    b: &Arc<Bench>,
+    mesh: bool,
+    n: usize,
+    time: Duration,
+) -> (Vec<TcpStream>, f64) {
+    const BATCH: usize = 64;
+    settle().await;
+    let before = rss();
+    let start = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n && start.elapsed() < time {
+        let mut set = JoinSet::new();
+        for _ in 0..BATCH.min(n - conns.len()) {
+            let b = b.clone();
+            set.spawn(async move {
+                let mut s = b.open(mesh, b'E').await;
+                one_round_trip(&mut s).await;
+                s
+            });
+        }
+        while let Some(s) = set.join_next().await {
+            conns.push(s.unwrap());
+        }
+    }
+    settle().await;
+    let after = rss();
+    let per = after.saturating_sub(before) as f64 / conns.len().max(1) as f64;
+    (conns, per)
+}
+
+/// Lets the proxies finish their per-connection work (and closes propagate).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Rounds of the throughput comparison.
+const ROUNDS: usize = 5;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn row(name: &str, unit: &str, direct: f64, mesh: f64) {
+    let ratio = if direct > 0.0 {
+        format!("{:>7.1}%", 100.0 * mesh / direct)
+    } else {
+        "      -".to_string()
+    };
+    println!("{name:<36} {direct:>12.1} {mesh:>16.1}  {unit:<8} {ratio}");
+}
+
+async fn run(p: Params) {
+    let b = Arc::new(setup().await);
+    // Establish the HBONE connection A → B (and the certificates) before measuring.
+    one_round_trip(&mut b.mesh(b'E').await).await;
+
+    // Idle connections first, while the heap is young: the later scenarios' freed memory
+    // would otherwise be reused and hide part of the growth. The connections are opened, and
+    // the RSS read, in this one process, so each delta covers the client, the proxies and the
+    // application; the direct delta (client + application) is subtracted.
+    let limit = raise_nofile();
+    // ~4 fds per proxied connection in this process (client, SOCKS5 accept on A, B → app, app
+    // accept) plus 2 per direct one, all open at once; headroom for the runtime and listeners.
+    let fit = usize::try_from(limit.saturating_sub(256) / 6).unwrap_or(usize::MAX);
+    let n = p.idle_conns.min(fit);
+    let mut notes = Vec::new();
+    if n < p.idle_conns {
+        notes.push(format!(
+            "idle connections lowered from {} to {n}: RLIMIT_NOFILE (hard) is {limit}, \
+             ~6 fds per connection pair (4 proxied + 2 direct, both sets open at once)",
+            p.idle_conns
+        ));
+    }
+    // Direct first and kept open, then the mesh on top: neither set can reuse memory freed by
+    // the other, so each delta is its own growth.
+    let (direct_conns, direct_idle) = idle_connections(&b, false, n, p.idle_time).await;
+    let (mesh_conns, mesh_idle) = idle_connections(&b, true, n, p.idle_time).await;
+    let (direct_n, mesh_n) = (direct_conns.len(), mesh_conns.len());
+    drop(mesh_conns);
+    drop(direct_conns);
+    settle().await;
+    if mesh_n < n || direct_n < n {
+        notes.push(format!(
+            "idle connections cut by the time bound: mesh {mesh_n}, direct {direct_n} of {n}"
+        ));
+    }
+
+    println!(
+        "{:<36} {:>12} {:>16}  {:<8} {:>8}",
+        "scenario", "direct TCP", "through the mesh", "unit", "mesh/direct"
+    );
+    println!("{}", "-".repeat(90));
+
+    // Alternate the two paths a few times and keep the median of each: a shared 2-core machine
+    // is noisy, and alternating spreads the noise over both.
+    let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        direct.push(bulk(b.direct(b'S').await, p.bulk_bytes, p.bulk_time).await);
+        mesh.push(bulk(b.mesh(b'S').await, p.bulk_bytes, p.bulk_time).await);
+    }
+    let (tput_d, tput_m) = (median(&mut direct) / 1e6, median(&mut mesh) / 1e6);
+    row("throughput, 1 connection (median)", "MB/s", tput_d, tput_m);
+
+    let d = request_response(b.direct(b'E').await, 64, p.rr_count, p.rr_time).await;
+    let m = request_response(b.mesh(b'E').await, 64, p.rr_count, p.rr_time).await;
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    row("request/response 64 B, p50", "µs", q(&d, 0.5), q(&m, 0.5));
+    row("request/response 64 B, p99", "µs", q(&d, 0.99), q(&m, 0.99));
+    let added_p50 = q(&m, 0.5) - q(&d, 0.5);
+    println!("{:<36} {:>12} {added_p50:>16.1}  µs", "  added p50", "");
+
+    let d = connect_rate(&b, false, p.connect_count, p.connect_time).await;
+    let m = connect_rate(&b, true, p.connect_count, p.connect_time).await;
+    row("new connection + 1 round trip", "conn/s", d, m);
+
+    row(
+        &format!("memory per idle connection (N={n})"),
+        "bytes",
+        direct_idle,
+        mesh_idle,
+    );
+    let added_idle = mesh_idle - direct_idle;
+    println!(
+        "{:<36} {:>12} {added_idle:>16.0}  bytes    (nodes A+B together)",
+        "  added by the proxies", ""
+    );
+    settle().await;
+    println!(
+        "{:<36} {:>12} {:>16.1}  MB       (one process: client, A, B, app)",
+        "process RSS after the run",
+        "",
+        rss() as f64 / 1e6
+    );
+
+    println!();
+    println!("goals (issue)                          result");
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let tput_pct = 100.0 * tput_m / tput_d;
+    println!(
+        "  throughput >= 35 % of direct         {tput_pct:>7.1} %   {}",
+        verdict(tput_pct >= 35.0)
+    );
+    println!(
+        "  RR p50 added <= 50 µs                {added_p50:>7.1} µs  {}",
+        verdict(added_p50 <= 50.0)
+    );
+    println!(
+        "  <= 2 KB per idle connection          {added_idle:>7.0} B   {}",
+        verdict(added_idle <= 2048.0)
+    );
+    for note in notes {
+        println!("note: {note}");
+    }
+}
