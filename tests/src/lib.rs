@@ -12,9 +12,15 @@
 //! (127.0.2.x, 127.0.3.x, …) so that test binaries running in parallel never collide.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use ztunnel::app::Node;
+use ztunnel::identity::IdentityManager;
+use ztunnel::outbound::request::OutboundContext;
+use ztunnel::state::StateHandle;
 
 /// What a SOCKS5 client asks to connect to.
 #[derive(Clone, Debug)]
@@ -72,4 +78,27 @@ pub async fn socks5_connect(proxy: SocketAddr, target: Target<'_>) -> (u8, TcpSt
         .await
         .expect("socks5 bound address");
     (head[1], s)
+}
+
+/// A node proxy named `name` over `state`, with certificates from the local CA kept in `dir`
+/// (every node of a test shares that CA).
+///
+/// # Panics
+/// When the CA or the node cannot be set up: this is test code.
+pub fn node(state: &StateHandle, name: &str, dir: &std::path::Path) -> Node {
+    let ca = hbone::LocalCa::load_or_generate(dir, "cluster.local").expect("local CA");
+    let roots = ca.roots().to_vec();
+    let ctx = OutboundContext {
+        node: Some(name.to_string()),
+        ..OutboundContext::default()
+    };
+    let identities = Arc::new(IdentityManager::new(ca, Duration::from_secs(3600)));
+    Node::new(
+        state.clone(),
+        identities,
+        roots,
+        hbone::Config::default(),
+        ctx,
+    )
+    .expect("node")
 }

@@ -8,15 +8,12 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ambient_e2e::{Target, socks5_connect};
+use ambient_e2e::{Target, node, socks5_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use ztunnel::app::{Node, WorkloadPorts};
-use ztunnel::identity::IdentityManager;
-use ztunnel::outbound::request::OutboundContext;
+use ztunnel::app::WorkloadPorts;
 use ztunnel::state::{LocalConfig, MeshState, StateHandle};
 
 const CLIENT_IP: &str = "127.0.4.11";
@@ -78,24 +75,6 @@ policies:
 "#
     );
     LocalConfig::from_yaml(&yaml).unwrap().into_state().unwrap()
-}
-
-fn node(state: &StateHandle, name: &str, dir: &std::path::Path) -> Node {
-    let ca = hbone::LocalCa::load_or_generate(dir, "cluster.local").unwrap();
-    let roots = ca.roots().to_vec();
-    let ctx = OutboundContext {
-        node: Some(name.to_string()),
-        ..OutboundContext::default()
-    };
-    let identities = Arc::new(IdentityManager::new(ca, Duration::from_secs(3600)));
-    Node::new(
-        state.clone(),
-        identities,
-        roots,
-        hbone::Config::default(),
-        ctx,
-    )
-    .unwrap()
 }
 
 /// An application that reads to EOF, then answers [`RESPONSE`] and closes.

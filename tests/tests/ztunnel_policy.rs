@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use ambient_e2e::{Target, socks5_connect};
+use ambient_e2e::{Target, node, socks5_connect};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use ztunnel::app::{Node, WorkloadPorts};
-use ztunnel::identity::IdentityManager;
+use ztunnel::app::WorkloadPorts;
 use ztunnel::inbound::{DestinationMode, PlaintextListener};
-use ztunnel::outbound::request::OutboundContext;
 use ztunnel::state::{LocalConfig, MeshState, StateHandle};
 
 /// `sleep` (node-a) at `client_ip` and `httpbin` (node-b) at `server_ip`, plus `policies`.
@@ -64,24 +62,6 @@ fn deny_port(port: u16) -> String {
     format!(
         "{{name: deny-{port}, namespace: default, scope: Namespace, action: Deny, rules: [[[{{destinationPorts: [{port}]}}]]]}}"
     )
-}
-
-fn node(state: &StateHandle, name: &str, dir: &std::path::Path) -> Node {
-    let ca = hbone::LocalCa::load_or_generate(dir, "cluster.local").unwrap();
-    let roots = ca.roots().to_vec();
-    let ctx = OutboundContext {
-        node: Some(name.to_string()),
-        ..OutboundContext::default()
-    };
-    let identities = Arc::new(IdentityManager::new(ca, Duration::from_secs(3600)));
-    Node::new(
-        state.clone(),
-        identities,
-        roots,
-        hbone::Config::default(),
-        ctx,
-    )
-    .unwrap()
 }
 
 /// An echo application; counts connections accepted and bytes read.
