@@ -2,9 +2,11 @@
 //!
 //! A [`Node`] holds what all local workloads share (mesh state, certificates, the HBONE pool).
 //! [`Node::add_workload`] binds the workload's listeners on its own address — inbound HBONE
-//! (15008, presenting the workload's certificate) and, when enabled, inbound plaintext (15006)
-//! and SOCKS5 (15080) — exactly as upstream ztunnel binds them inside each pod's network
-//! namespace; then starts serving them. Dropping or [`WorkloadProxy::shutdown`] stops them.
+//! (15008, presenting the workload's certificate) and, when enabled, outbound capture (15001),
+//! inbound plaintext (15006) and SOCKS5 (15080) — exactly as upstream ztunnel binds them inside
+//! each pod's network namespace; then starts serving them. Dropping or
+//! [`WorkloadProxy::shutdown`] stops them; [`WorkloadProxy::drain`] also waits until their
+//! connections are finished (or closed at the node's drain deadline).
 //!
 //! The node's inbound connections share one [`ConnectionTracker`], re-evaluated by a policy
 //! watcher (started with the first workload) whenever the mesh state changes, and one
@@ -18,12 +20,13 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::connections::ConnectionTracker;
 use crate::identity::{IdentityError, IdentityManager};
 use crate::inbound::{DestinationMode, InboundContext, InboundHandler, PlaintextListener};
 use crate::outbound::request::OutboundContext;
-use crate::outbound::{OutboundInputs, Socks5Listener};
+use crate::outbound::{OutboundInputs, OutboundListener, Socks5Listener};
 use crate::state::{StateHandle, Workload};
 use crate::telemetry::Metrics;
 
@@ -56,6 +59,9 @@ pub enum AppError {
 pub struct WorkloadPorts {
     /// Inbound HBONE (15008).
     pub hbone: u16,
+    /// Outbound capture (15001), when enabled. Its destination is the original destination of
+    /// each captured connection, so it is only useful with capture rules; off by default.
+    pub outbound: Option<u16>,
     /// Inbound plaintext (15006), when enabled. Its destination is the original destination of
     /// each captured connection ([`DestinationMode::OriginalDst`]), so it is only useful with
     /// capture rules; off by default.
@@ -68,6 +74,7 @@ impl Default for WorkloadPorts {
     fn default() -> Self {
         Self {
             hbone: crate::config::ports::INBOUND_HBONE,
+            outbound: None,
             plaintext: None,
             socks5: None,
         }
@@ -154,7 +161,7 @@ impl Node {
         self
     }
 
-    /// Binds and starts the listeners of `workload`.
+    /// Binds and starts the listeners of `workload` on its own (first) address.
     pub async fn add_workload(
         &self,
         workload: &Workload,
@@ -164,68 +171,112 @@ impl Node {
             .workload_ips
             .first()
             .ok_or_else(|| AppError::NoAddress(workload.uid.clone()))?;
+        let at = |port| SocketAddr::new(ip, port);
+        let addrs = ListenAddrs {
+            hbone: at(ports.hbone),
+            outbound: ports.outbound.map(at),
+            plaintext: ports.plaintext.map(at),
+            socks5: ports.socks5.map(at),
+        };
+        self.add_workload_on(workload, addrs).await
+    }
+
+    /// Binds and starts the listeners of `workload` on `addrs` (a dedicated proxy binds the
+    /// configured addresses rather than the workload's).
+    pub async fn add_workload_on(
+        &self,
+        workload: &Workload,
+        addrs: ListenAddrs,
+    ) -> Result<WorkloadProxy, AppError> {
         let certs = self.outbound.identities.fetch(&workload.identity()).await?;
         let tls = hbone::tls::server_config(certs, &self.roots).map_err(hbone::Error::from)?;
+        let bind_err = |addr| move |source| AppError::Bind { addr, source };
 
         // Bind everything first, so a port conflict leaves nothing half-started.
-        let inbound_addr = SocketAddr::new(ip, ports.hbone);
-        let inbound = TcpListener::bind(inbound_addr)
+        let inbound = TcpListener::bind(addrs.hbone)
             .await
-            .map_err(|source| AppError::Bind {
-                addr: inbound_addr,
-                source,
-            })?;
+            .map_err(bind_err(addrs.hbone))?;
         let ctx = self.inbound_context();
-        let plaintext = match ports.plaintext {
-            Some(port) => {
-                let addr = SocketAddr::new(ip, port);
-                let l = PlaintextListener::new(
+        let outbound = match addrs.outbound {
+            Some(addr) => Some(
+                OutboundListener::new(
+                    addr,
+                    self.outbound.clone(),
+                    &workload.uid,
+                    DestinationMode::OriginalDst,
+                )
+                .await
+                .map_err(bind_err(addr))?
+                .with_drain_deadline(self.drain_deadline),
+            ),
+            None => None,
+        };
+        let plaintext = match addrs.plaintext {
+            Some(addr) => Some(
+                PlaintextListener::new(
                     addr,
                     ctx.clone(),
                     &workload.uid,
                     DestinationMode::OriginalDst,
                 )
                 .await
-                .map_err(|source| AppError::Bind { addr, source })?;
-                Some(l.with_drain_deadline(self.drain_deadline))
-            }
+                .map_err(bind_err(addr))?
+                .with_drain_deadline(self.drain_deadline),
+            ),
             None => None,
         };
-        let socks5 = match ports.socks5 {
-            Some(port) => {
-                let addr = SocketAddr::new(ip, port);
-                let l = Socks5Listener::new(addr, self.outbound.clone(), &workload.uid)
+        let socks5 = match addrs.socks5 {
+            Some(addr) => Some(
+                Socks5Listener::new(addr, self.outbound.clone(), &workload.uid)
                     .await
-                    .map_err(|source| AppError::Bind { addr, source })?;
-                Some(l)
-            }
+                    .map_err(bind_err(addr))?
+                    .with_drain_deadline(self.drain_deadline),
+            ),
             None => None,
         };
-        let inbound_addr = inbound.local_addr().map_err(|source| AppError::Bind {
-            addr: inbound_addr,
-            source,
-        })?;
+        let inbound_addr = inbound.local_addr().map_err(bind_err(addrs.hbone))?;
+        let outbound_addr = outbound.as_ref().and_then(|l| l.address().ok());
         let socks5_addr = socks5.as_ref().and_then(|l| l.address().ok());
         let plaintext_addr = plaintext.as_ref().and_then(|l| l.address().ok());
 
         let shutdown = hbone::Shutdown::default();
+        let tasks = TaskTracker::new();
         let handler = InboundHandler::with_context(ctx, &workload.uid);
         let server = hbone::Server::new(self.hbone.clone(), tls, handler)?;
-        tokio::spawn(server.run(inbound, shutdown.clone(), self.drain_deadline));
+        tasks.spawn(server.run(inbound, shutdown.clone(), self.drain_deadline));
+        if let Some(l) = outbound {
+            tasks.spawn(l.run(shutdown.drain.clone()));
+        }
         if let Some(l) = plaintext {
-            tokio::spawn(l.run(shutdown.drain.clone()));
+            tasks.spawn(l.run(shutdown.drain.clone()));
         }
         if let Some(l) = socks5 {
-            tokio::spawn(l.run(shutdown.drain.clone()));
+            tasks.spawn(l.run(shutdown.drain.clone()));
         }
+        tasks.close();
         Ok(WorkloadProxy {
             uid: workload.uid.clone(),
             inbound: inbound_addr,
+            outbound: outbound_addr,
             plaintext: plaintext_addr,
             socks5: socks5_addr,
             shutdown,
+            tasks,
         })
     }
+}
+
+/// Where a workload's listeners bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// Inbound HBONE (15008).
+    pub hbone: SocketAddr,
+    /// Outbound capture (15001), when enabled.
+    pub outbound: Option<SocketAddr>,
+    /// Inbound plaintext (15006), when enabled.
+    pub plaintext: Option<SocketAddr>,
+    /// SOCKS5 (15080), when enabled.
+    pub socks5: Option<SocketAddr>,
 }
 
 /// The running listeners of one local workload.
@@ -235,17 +286,32 @@ pub struct WorkloadProxy {
     pub uid: String,
     /// Inbound HBONE address.
     pub inbound: SocketAddr,
+    /// Outbound capture address, when enabled.
+    pub outbound: Option<SocketAddr>,
     /// Inbound plaintext address, when enabled.
     pub plaintext: Option<SocketAddr>,
     /// SOCKS5 address, when enabled.
     pub socks5: Option<SocketAddr>,
     shutdown: hbone::Shutdown,
+    tasks: TaskTracker,
 }
 
 impl WorkloadProxy {
     /// Stops accepting and drains: open tunnels finish (up to the node's drain deadline).
     pub fn shutdown(&self) {
         self.shutdown.drain.cancel();
+    }
+
+    /// Stops accepting, drains, and returns once every listener has stopped and its
+    /// connections are finished or, at the drain deadline, closed.
+    pub async fn drain(&self) {
+        self.shutdown();
+        self.tasks.wait().await;
+    }
+
+    /// Whether every listener has stopped and its connections are closed.
+    pub fn is_stopped(&self) -> bool {
+        self.tasks.is_empty()
     }
 
     /// The token that stops this workload's listeners.

@@ -36,6 +36,12 @@ pub trait CertificateSource: Send + Sync + 'static {
     fn issue<'a>(&'a self, id: &'a Identity, ttl: Duration) -> IssueFuture<'a>;
 }
 
+impl CertificateSource for Box<dyn CertificateSource> {
+    fn issue<'a>(&'a self, id: &'a Identity, ttl: Duration) -> IssueFuture<'a> {
+        (**self).issue(id, ttl)
+    }
+}
+
 impl CertificateSource for LocalCa {
     fn issue<'a>(&'a self, id: &'a Identity, ttl: Duration) -> IssueFuture<'a> {
         Box::pin(async move { LocalCa::issue(self, id, ttl) })

@@ -11,12 +11,16 @@
 //! - [`config`]: start-up configuration from the environment (upstream variable names).
 //! - [`connections`]: live inbound connections, re-checked (and closed) when policies change.
 //! - [`demo`]: both ends of a tunnel on one machine, with a local CA.
+//! - [`drain`]: graceful shutdown of a listener's connections, up to a deadline.
 //! - [`identity`]: one certificate per local identity, issued on first use and rotated.
 //! - [`inbound`]: connections arriving for a local workload (HBONE on 15008, plaintext on 15006):
 //!   policy, then the application.
 //! - [`outbound`]: traffic leaving local workloads: the routing decision and the listener.
 //! - [`quickstart`]: a local mesh on loopback from a local config file (the README's first command).
 //! - [`rbac`]: L4 authorization policies and their evaluation.
+//! - [`run`]: the node proxy as a process: start-up from the environment, serving the local
+//!   workloads as the state changes, graceful drain.
+//! - [`socket`]: original destination of captured connections.
 //! - [`socks5`]: the SOCKS5 handshake, for sending traffic into the mesh without capture rules.
 //! - [`state`]: the mesh state (workloads, services, policies), from a local file or istiod.
 //! - [`telemetry`]: Istio TCP metrics and per-connection access logs.
@@ -26,11 +30,14 @@ pub mod app;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod drain;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
 pub mod quickstart;
 pub mod rbac;
+pub mod run;
+pub mod socket;
 pub mod socks5;
 pub mod state;
 pub mod telemetry;

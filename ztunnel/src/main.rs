@@ -6,15 +6,26 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// ztunnel: the ambient mesh node proxy.
+///
+/// Without a subcommand it runs the node proxy configured by Istio ztunnel's environment
+/// variables (LOCAL_XDS_PATH, PROXY_MODE, NODE_NAME, ...); see `ztunnel run --help`.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs the node proxy configured by the environment (the default): the mesh state from
+    /// LOCAL_XDS_PATH or LOCAL_XDS, shared mode (every HBONE workload of NODE_NAME, each on its
+    /// own address) or PROXY_MODE=dedicated with PROXY_WORKLOAD_INFO=<ns>/<name>/<sa>,
+    /// certificates from the local CA (LOCAL_CA_DIR) or a plug-in CA directory
+    /// (CA_PLUGIN_DIR). SIGTERM, Ctrl-C or POST /quitquitquit drain it: listeners stop,
+    /// connections get CONNECTION_TERMINATION_DEADLINE (default from
+    /// TERMINATION_GRACE_PERIOD_SECONDS, else 5s) to finish.
+    Run,
     /// Runs a local mesh on loopback addresses: one ztunnel per node of the local config
     /// (default: the embedded examples/localhost.yaml), demo applications, and a demo client;
     /// then keeps running for your own traffic until Ctrl-C.
@@ -56,8 +67,10 @@ fn main() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
     // The quickstart shows the access log (target `access`) by default.
-    let default_filter = match cli.command {
+    let default_filter = match command {
+        Command::Run => "info",
         Command::Quickstart { .. } => "warn,access=info",
         Command::Demo { .. } => "warn",
     };
@@ -73,7 +86,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;
-    match cli.command {
+    match command {
+        Command::Run => runtime.block_on(run(log_level)),
         Command::Quickstart {
             config,
             state_dir,
@@ -93,6 +107,40 @@ fn main() -> anyhow::Result<()> {
             measure_mb,
         } => runtime.block_on(demo(state_dir, measure_mb)),
     }
+}
+
+async fn run(log_level: std::sync::Arc<ztunnel::admin::ReloadLogLevel>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let config = ztunnel::config::Config::from_env(&ztunnel::config::ProcessEnv)
+        .context("invalid configuration")?;
+    let certificates = ztunnel::run::Certificates::from_config(&config)
+        .context("failed to set up the certificate authority")?;
+    let proxy = ztunnel::run::Proxy::start(config, certificates, log_level)
+        .await
+        .context("failed to start")?;
+    let e = proxy.endpoints();
+    tracing::info!(
+        admin = %e.admin,
+        metrics = %e.metrics,
+        readiness = %e.readiness,
+        workloads = proxy.workloads().len(),
+        "ztunnel started"
+    );
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let quit = proxy.quit_requested();
+    let reason = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        () = quit.cancelled() => "quitquitquit",
+    };
+    tracing::info!(reason, "shutting down gracefully");
+    // A second signal stops at once.
+    tokio::select! {
+        () = proxy.drain() => {}
+        _ = term.recv() => tracing::warn!("second SIGTERM, exiting without waiting for connections"),
+        _ = tokio::signal::ctrl_c() => tracing::warn!("second interrupt, exiting without waiting for connections"),
+    }
+    Ok(())
 }
 
 async fn quickstart(opts: ztunnel::quickstart::Options, once: bool) -> anyhow::Result<()> {

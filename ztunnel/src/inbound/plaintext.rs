@@ -23,24 +23,12 @@ use std::time::Duration;
 use hbone::copy::ByteCounters;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::{InboundContext, InboundError, Report, authorize_connection};
+use crate::drain::ConnectionTasks;
 use crate::telemetry::SecurityPolicy;
 
-/// Where an accepted plaintext connection is going.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DestinationMode {
-    /// The socket's original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`), as set
-    /// by iptables `REDIRECT`. A connection that was not redirected (e.g. a test connecting to
-    /// the listener directly on loopback) has none, and its destination is the socket's local
-    /// address, i.e. the listener itself — which loop protection then refuses.
-    #[default]
-    OriginalDst,
-    /// Always this address: for running without capture rules (tests, local setups), where
-    /// connecting to the listener stands for connecting to the application at this address.
-    Fixed(SocketAddr),
-}
+pub use crate::socket::DestinationMode;
 
 /// How long open connections may run after the listener is shut down.
 const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -87,8 +75,7 @@ impl PlaintextListener {
     /// finish before they are closed.
     pub async fn run(self, shutdown: CancellationToken) {
         let own = self.listener.local_addr().ok();
-        let tasks = TaskTracker::new();
-        let force = CancellationToken::new();
+        let tasks = ConnectionTasks::new();
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -101,42 +88,12 @@ impl PlaintextListener {
                     }
                 },
             };
-            let (ctx, uid, mode, force) =
-                (self.ctx.clone(), self.uid.clone(), self.mode, force.clone());
-            tasks.spawn(async move {
-                tokio::select! {
-                    () = connection(ctx, &uid, mode, own, stream, peer) => {}
-                    () = force.cancelled() => {}
-                }
-            });
+            let (ctx, uid, mode) = (self.ctx.clone(), self.uid.clone(), self.mode);
+            tasks.spawn(async move { connection(ctx, &uid, mode, own, stream, peer).await });
         }
         drop(self.listener);
-        tasks.close();
-        if tokio::time::timeout(self.drain_deadline, tasks.wait())
-            .await
-            .is_err()
-        {
-            force.cancel();
-            tasks.wait().await;
-        }
+        tasks.drain(self.drain_deadline).await;
     }
-}
-
-/// The original destination of a redirected socket; `None` when it was not redirected.
-#[cfg(target_os = "linux")]
-fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
-    let sock = socket2::SockRef::from(stream);
-    let addr = match stream.local_addr().ok()? {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
-    };
-    addr.ok()?.as_socket()
-}
-
-/// The original destination of a redirected socket; only Linux redirects.
-#[cfg(not(target_os = "linux"))]
-fn original_dst(_stream: &TcpStream) -> Option<SocketAddr> {
-    None
 }
 
 /// Serves one plaintext connection.
@@ -149,12 +106,7 @@ async fn connection(
     peer: SocketAddr,
 ) {
     let _ = client.set_nodelay(true);
-    let local = client.local_addr().ok();
-    let dst = match mode {
-        DestinationMode::Fixed(addr) => Some(addr),
-        DestinationMode::OriginalDst => original_dst(&client).or(local),
-    };
-    let Some(dst) = dst else {
+    let Some(dst) = mode.destination(&client) else {
         return;
     };
     let state = ctx.state.current();

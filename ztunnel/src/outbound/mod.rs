@@ -7,14 +7,19 @@
 //! source workload's certificate, or a plain TCP connection — and the bytes are copied until both
 //! sides are done.
 //!
-//! Every SOCKS5 connection is reported in the node's [`Metrics`] with `reporter="source"`:
+//! Every outbound connection (captured or SOCKS5) is reported in the node's [`Metrics`] with `reporter="source"`:
 //! `opened` once the upstream is connected, the bytes and `closed` when the copy ends, or
 //! `failed` with a response flag when no upstream could be opened; and in one [`AccessLog`]
-//! record (direction `outbound`) when it ends.
+//! record (direction `outbound`) when it ends. A captured connection whose upstream cannot be
+//! opened is reset; a SOCKS5 client gets the matching reply code instead.
 //!
 //! - [`request`]: the routing decision, a pure function.
+//! - `capture`: [`OutboundListener`], the 15001 listener.
 
+mod capture;
 pub mod request;
+
+pub use capture::OutboundListener;
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::drain::ConnectionTasks;
 use crate::identity::{IdentityError, IdentityManager};
 use crate::socks5;
 use crate::state::{StateHandle, Workload};
@@ -277,10 +283,14 @@ pub struct Socks5Listener {
     listener: TcpListener,
     inputs: OutboundInputs,
     source_uid: Arc<str>,
+    drain_deadline: Duration,
 }
 
 /// How long a SOCKS5 client has to complete its handshake.
 const SOCKS5_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long open connections may run after a listener is shut down, unless set otherwise.
+const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Socks5Listener {
     /// Binds the listener for workload `source_uid`.
@@ -293,7 +303,14 @@ impl Socks5Listener {
             listener: TcpListener::bind(addr).await?,
             inputs,
             source_uid: source_uid.into(),
+            drain_deadline: DEFAULT_DRAIN_DEADLINE,
         })
+    }
+
+    /// Sets how long open connections may run once [`Socks5Listener::run`] is shut down.
+    pub fn with_drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
     }
 
     /// The bound address.
@@ -301,11 +318,13 @@ impl Socks5Listener {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`.
+    /// Accepts connections until `shutdown`; open connections then get the drain deadline to
+    /// finish before they are closed.
     pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = ConnectionTasks::new();
         loop {
             let (stream, client) = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -316,8 +335,10 @@ impl Socks5Listener {
                 },
             };
             let (inputs, uid) = (self.inputs.clone(), self.source_uid.clone());
-            tokio::spawn(async move { socks5_connection(inputs, &uid, stream, client).await });
+            tasks.spawn(async move { socks5_connection(inputs, &uid, stream, client).await });
         }
+        drop(self.listener);
+        tasks.drain(self.drain_deadline).await;
     }
 }
 
@@ -350,30 +371,101 @@ async fn socks5_connection(
             return;
         }
     };
-    let (source, req) = match route(&inputs, uid, target) {
+    proxy(
+        &inputs,
+        uid,
+        &mut stream,
+        client,
+        target,
+        start,
+        Entry::Socks5 { bound },
+    )
+    .await;
+}
+
+/// How a connection entered the proxy, which decides how its client learns the outcome of
+/// opening the upstream.
+#[derive(Clone, Copy, Debug)]
+enum Entry {
+    /// Captured on the outbound listener (`own` is that listener's address): the client
+    /// believes it is already connected, so a failure resets the connection.
+    Captured {
+        /// The listener's own address; a connection to it is a loop.
+        own: Option<SocketAddr>,
+    },
+    /// SOCKS5: a reply, with the listener's address as the bound address.
+    Socks5 {
+        /// The address put in the reply.
+        bound: SocketAddr,
+    },
+}
+
+impl Entry {
+    /// Tells the client the upstream could not be opened.
+    async fn refuse(self, stream: &mut TcpStream, e: &OutboundFailure) {
+        match self {
+            Entry::Captured { .. } => {
+                // Closing with linger 0 sends RST, as a refused connection would.
+                let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+            }
+            Entry::Socks5 { bound } => {
+                let _ = socks5::reply(stream, failure_reply(e), bound).await;
+            }
+        }
+    }
+
+    /// Tells the client the upstream is open.
+    async fn accept(self, stream: &mut TcpStream) -> std::io::Result<()> {
+        match self {
+            Entry::Captured { .. } => Ok(()),
+            Entry::Socks5 { bound } => socks5::reply(stream, socks5::Reply::Succeeded, bound).await,
+        }
+    }
+}
+
+/// Routes one connection of workload `uid` from `client` to `target`, opens the upstream,
+/// copies until both sides are done, and reports it (metrics and access log).
+async fn proxy(
+    inputs: &OutboundInputs,
+    uid: &str,
+    stream: &mut TcpStream,
+    client: SocketAddr,
+    target: SocketAddr,
+    start: Instant,
+    entry: Entry,
+) {
+    let routed = match entry {
+        Entry::Captured { own } if own == Some(target) => {
+            Err(OutboundFailure::Route(OutboundError::SelfCall {
+                dst: target,
+            }))
+        }
+        _ => route(inputs, uid, target),
+    };
+    let (source, req) = match routed {
         Ok(r) => r,
         Err(e) => {
-            let _ = socks5::reply(&mut stream, failure_reply(&e), bound).await;
-            Report::unrouted(&inputs, uid, client, target, start).fail(&e);
+            entry.refuse(stream, &e).await;
+            Report::unrouted(inputs, uid, client, target, start).fail(&e);
             return;
         }
     };
-    let report = Report::routed(&inputs, &source, &req, client, start);
-    let upstream = match open(&inputs, &source, client, &req).await {
+    let report = Report::routed(inputs, &source, &req, client, start);
+    let upstream = match open(inputs, &source, client, &req).await {
         Ok(u) => u,
         Err(e) => {
-            let _ = socks5::reply(&mut stream, failure_reply(&e), bound).await;
+            entry.refuse(stream, &e).await;
             report.fail(&e);
             return;
         }
     };
     let report = report.opened();
-    if let Err(e) = socks5::reply(&mut stream, socks5::Reply::Succeeded, bound).await {
+    if let Err(e) = entry.accept(stream).await {
         report.complete(0, 0, Some(e.to_string()));
         return;
     }
     // a = client, b = upstream: a→b is the request, b→a the response.
-    let (transferred, error) = match copy(&mut stream, upstream).await {
+    let (transferred, error) = match copy(stream, upstream).await {
         Ok(t) => (t, None),
         Err(e) => (e.transferred, Some(e.source.to_string())),
     };

@@ -21,8 +21,17 @@ struct Fingerprint {
 
 /// Reads the file's fingerprint; `None` when it cannot be read (missing, permissions).
 async fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    let bytes = tokio::fs::read(path).await.ok()?;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || fingerprint_now(&path))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// [`fingerprint`], blocking.
+fn fingerprint_now(path: &Path) -> Option<Fingerprint> {
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
     Some(Fingerprint {
@@ -36,8 +45,9 @@ async fn fingerprint(path: &Path) -> Option<Fingerprint> {
 ///
 /// A change is acted on once the file has stayed the same for one `interval` (so a file being
 /// written is not loaded half-way); replacing it atomically (write + rename) is still best.
-/// The file as it is when the task starts counts as already loaded (load it first with
-/// [`super::load_file`]). On a change the whole file is loaded into a fresh state: success swaps
+/// The file as it is when `watch_file` is called counts as already loaded: call it before
+/// loading the file with [`super::load_file`], so that a change made in between is not missed
+/// (at worst the same version is loaded twice). On a change the whole file is loaded into a fresh state: success swaps
 /// it in and logs at INFO; failure logs a WARN naming the file and the error, keeps the previous
 /// state and increments [`StateHandle::reload_failures`]. The task runs until aborted.
 pub fn watch_file(
@@ -46,9 +56,9 @@ pub fn watch_file(
     interval: Duration,
 ) -> JoinHandle<()> {
     let path = path.into();
+    // The version last loaded (or present when called).
+    let mut last = fingerprint_now(&path);
     tokio::spawn(async move {
-        // The version last loaded (or present at start).
-        let mut last = fingerprint(&path).await;
         // A new version seen at the previous tick: it is loaded only once it has stayed the
         // same for a whole interval, so a file caught half-written is not loaded.
         let mut pending = None;

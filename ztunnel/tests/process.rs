@@ -1,0 +1,371 @@
+//! The `ztunnel` binary end to end: configured from the environment only, as in a cluster.
+//!
+//! Two processes on loopback addresses share a local config file and a local CA:
+//! - node A, shared mode (`NODE_NAME=node-a`), serves `sleep` (127.0.6.1) with SOCKS5 on;
+//! - node B, dedicated mode (`PROXY_WORKLOAD_INFO=default/httpbin/httpbin`), serves `httpbin`
+//!   on 127.0.6.2.
+//!
+//! Traffic goes client → A (SOCKS5) → HBONE → B → application. Both processes are then
+//! stopped with SIGTERM while a connection is open: readiness turns 503, new connections are
+//! refused (for B's HBONE peer A, a new tunnel fails rather than reusing the drained
+//! connection), the open connection keeps working until the drain deadline, then it is closed
+//! and the process exits 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MESH: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/default/sleep
+  name: sleep
+  namespace: default
+  serviceAccount: sleep
+  workloadIps: ["127.0.6.1"]
+  protocol: HBONE
+  node: node-a
+  workloadName: sleep
+- uid: cluster1//v1/Pod/default/httpbin
+  name: httpbin
+  namespace: default
+  serviceAccount: httpbin
+  workloadIps: ["127.0.6.2"]
+  protocol: HBONE
+  node: node-b
+  workloadName: httpbin
+  services:
+    default/httpbin.default.svc.cluster.local:
+      80: 8000
+- uid: cluster1//v1/Pod/default/legacy
+  name: legacy
+  namespace: default
+  serviceAccount: legacy
+  workloadIps: ["127.0.6.3"]
+  protocol: TCP
+  node: node-b
+services:
+- name: httpbin
+  namespace: default
+  hostname: httpbin.default.svc.cluster.local
+  vips: ["/127.10.6.2"]
+  ports:
+    80: 8000
+"#;
+
+/// How long connections may drain after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(3);
+/// Upper bound for anything the test waits on (start-up, exit after the drain).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running `ztunnel` process with its log.
+struct Ztunnel {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Ztunnel {
+    fn spawn(dir: &std::path::Path, extra: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel"));
+        cmd.env_clear()
+            .env("LOCAL_XDS_PATH", dir.join("mesh.yaml"))
+            .env("LOCAL_CA_DIR", dir.join("ca"))
+            .env("ADMIN_PORT", "0")
+            .env("STATS_PORT", "0")
+            .env("READINESS_PORT", "0")
+            .env(
+                "CONNECTION_TERMINATION_DEADLINE",
+                format!("{}ms", DRAIN.as_millis()),
+            )
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn ztunnel");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // The log goes to stdout.
+        let stdout = child.stdout.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a log line containing `needle`.
+    async fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                let status = self.child.try_wait();
+                panic!("no log line with {needle:?} ({status:?}):\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The address logged as `name=<addr>` on the start-up line.
+    async fn endpoint(&mut self, name: &str) -> SocketAddr {
+        let line = self.wait_for_log("ztunnel started").await;
+        let key = format!("{name}=");
+        let value = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
+        value.parse().unwrap()
+    }
+
+    fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits for the process to exit; its exit status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Ztunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on `addr`: status and body, or the connect error.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
+
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok((200, _)) = get(addr, "/healthz/ready").await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_not_ready(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok((503, body)) = get(addr, "/healthz/ready").await {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{addr} still ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SOCKS5 `CONNECT host:port` through `proxy`: the reply code and, on success, the stream.
+async fn socks5(proxy: SocketAddr, host: &str, port: u16) -> std::io::Result<(u8, TcpStream)> {
+    let mut s = TcpStream::connect(proxy).await?;
+    s.write_all(&[5, 1, 0]).await?;
+    let mut greeting = [0u8; 2];
+    s.read_exact(&mut greeting).await?;
+    assert_eq!(greeting, [5, 0]);
+    let mut req = vec![5, 1, 0, 3, u8::try_from(host.len()).unwrap()];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await?;
+    // Reply with an IPv4 bound address: 10 bytes.
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await?;
+    Ok((reply[1], s))
+}
+
+/// Sends `msg` and expects it echoed.
+async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(got, msg);
+}
+
+/// Waits until the peer closes `s` (EOF or reset).
+async fn closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
+
+/// An echo application.
+async fn echo_app(addr: &str) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let local = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    local
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_and_dedicated_processes_carry_traffic_and_drain_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    // The CA root, once, before both processes read it.
+    hbone::LocalCa::load_or_generate(&dir.path().join("ca"), "cluster.local").unwrap();
+    echo_app("127.0.6.2:8000").await;
+    echo_app("127.0.6.3:9000").await;
+
+    let mut node_b = Ztunnel::spawn(
+        dir.path(),
+        &[
+            ("PROXY_MODE", "dedicated"),
+            ("PROXY_WORKLOAD_INFO", "default/httpbin/httpbin"),
+            ("ZTUNNEL_BIND_ADDRESS", "127.0.6.2"),
+        ],
+    );
+    let mut node_a = Ztunnel::spawn(
+        dir.path(),
+        &[
+            ("NODE_NAME", "node-a"),
+            ("ZTUNNEL_BIND_ADDRESS", "127.0.6.1"),
+            ("UNSTABLE_ENABLE_SOCKS5", "true"),
+        ],
+    );
+    let ready_a = node_a.endpoint("readiness").await;
+    let ready_b = node_b.endpoint("readiness").await;
+    wait_ready(ready_a).await;
+    wait_ready(ready_b).await;
+    let socks_a: SocketAddr = "127.0.6.1:15080".parse().unwrap();
+
+    // Through HBONE to the dedicated proxy, by service hostname.
+    let (code, mut tunnel) = socks5(socks_a, "httpbin.default.svc.cluster.local", 80)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "a:\n{}\nb:\n{}", node_a.log(), node_b.log());
+    echo(&mut tunnel, b"ping through the mesh").await;
+
+    // B saw A's workload identity over mutual TLS.
+    let (status, metrics) = get(node_b.endpoint("metrics").await, "/stats/prometheus")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let opened = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains(r#"reporter="destination""#)
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        opened.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/sleep""#),
+        "{opened}"
+    );
+    assert!(
+        opened.contains(r#"destination_principal="spiffe://cluster.local/ns/default/sa/httpbin""#),
+        "{opened}"
+    );
+    assert!(
+        opened.contains(r#"connection_security_policy="mutual_tls""#),
+        "{opened}"
+    );
+    assert!(opened.ends_with(" 1"), "{opened}");
+
+    // The outbound capture listener, reached without a capture rule, is its own destination:
+    // refused as a loop (reset, nothing proxied).
+    // The reset may already be seen by the connect.
+    if let Ok(mut direct) = TcpStream::connect("127.0.6.1:15001").await {
+        closed(&mut direct).await;
+    }
+    let line = node_a.wait_for_log("(loop)").await;
+    assert!(line.contains("127.0.6.1:15001"), "{line}");
+
+    // SIGTERM to B while the tunnel is open.
+    node_b.terminate();
+    let body = wait_not_ready(ready_b).await;
+    assert!(body.contains("draining"), "{body}");
+    // A new tunnel to B fails: B's listener is closed and its HBONE connection with A went
+    // away (GOAWAY), so A does not reuse it.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, _) = socks5(socks_a, "httpbin.default.svc.cluster.local", 80)
+            .await
+            .unwrap();
+        if code != 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new tunnels still accepted by B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The open tunnel works until the drain deadline, then B closes it and exits cleanly.
+    echo(&mut tunnel, b"still here while draining").await;
+    closed(&mut tunnel).await;
+    assert!(node_b.exited().await.success(), "{}", node_b.log());
+    node_b.wait_for_log("drained").await;
+
+    // SIGTERM to A while a plain TCP connection (to a workload outside the mesh) is open.
+    let (code, mut plain) = socks5(socks_a, "127.0.6.3", 9000).await.unwrap();
+    assert_eq!(code, 0);
+    echo(&mut plain, b"plain tcp").await;
+    node_a.terminate();
+    let body = wait_not_ready(ready_a).await;
+    assert!(body.contains("draining"), "{body}");
+    // The SOCKS5 listener stops accepting.
+    let deadline = Instant::now() + PATIENCE;
+    while TcpStream::connect(socks_a).await.is_ok() {
+        assert!(Instant::now() < deadline, "SOCKS5 still accepting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    echo(&mut plain, b"still open").await;
+    closed(&mut plain).await;
+    assert!(node_a.exited().await.success(), "{}", node_a.log());
+    let log = node_a.log();
+    assert!(
+        log.contains(r#"shutting down gracefully reason="SIGTERM""#),
+        "{log}"
+    );
+    assert!(log.contains("drain deadline reached"), "{log}");
+}
