@@ -341,6 +341,17 @@ impl Report {
     }
 }
 
+/// The original client of a tunnel: the address the source proxy reported in `Forwarded: for=`
+/// (the tunnel's TCP peer is that proxy, not the client), else the tunnel's peer address. It is
+/// the source for policy (`ipBlocks`), telemetry and the access log; the peer identity always
+/// comes from the TLS handshake.
+fn source_addr(req: &hbone::InboundRequest) -> SocketAddr {
+    req.headers
+        .get(hbone::headers::FORWARDED)
+        .and_then(hbone::headers::forwarded_for)
+        .unwrap_or(req.peer_addr)
+}
+
 /// The 15008 handler for one local workload.
 #[derive(Clone, Debug)]
 pub struct InboundHandler {
@@ -375,7 +386,7 @@ impl InboundHandler {
             &self.uid,
             target,
             &req.peer_identity,
-            req.peer_addr.ip(),
+            source_addr(req).ip(),
         )?;
         let (guard, app) = self.ctx.admit(state, &self.uid, &authorized).await?;
         Ok((authorized, guard, app))
@@ -391,7 +402,7 @@ impl hbone::Handler for InboundHandler {
             &state,
             &self.uid,
             Some(&req.peer_identity),
-            req.peer_addr,
+            source_addr(&req),
             dst_addr,
             SecurityPolicy::MutualTls,
         );

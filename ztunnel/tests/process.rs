@@ -199,8 +199,11 @@ async fn wait_not_ready(addr: SocketAddr) -> String {
 }
 
 /// SOCKS5 `CONNECT host:port` through `proxy`: the reply code and, on success, the stream.
+/// The client binds the proxy's own address, as an application in that workload would.
 async fn socks5(proxy: SocketAddr, host: &str, port: u16) -> std::io::Result<(u8, TcpStream)> {
-    let mut s = TcpStream::connect(proxy).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(proxy.ip(), 0))?;
+    let mut s = socket.connect(proxy).await?;
     s.write_all(&[5, 1, 0]).await?;
     let mut greeting = [0u8; 2];
     s.read_exact(&mut greeting).await?;
@@ -233,6 +236,26 @@ async fn closed(s: &mut TcpStream) {
         .await
         .expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
+
+/// The access log record (without its timestamp, level and duration) of the connection
+/// whose line contains `needle`.
+async fn access_record(node: &mut Ztunnel, needle: &str) -> String {
+    let line = node.wait_for_log(needle).await;
+    let record = line
+        .split_once(" access: ")
+        .unwrap_or_else(|| panic!("not an access log line: {line}"))
+        .1;
+    let (record, duration) = record
+        .rsplit_once(" duration=")
+        .unwrap_or_else(|| panic!("no duration: {line}"));
+    assert!(
+        duration
+            .strip_suffix("ms")
+            .is_some_and(|ms| ms.parse::<u64>().is_ok()),
+        "{line}"
+    );
+    record.to_string()
 }
 
 /// An echo application.
@@ -313,6 +336,42 @@ async fn shared_and_dedicated_processes_carry_traffic_and_drain_on_sigterm() {
         "{opened}"
     );
     assert!(opened.ends_with(" 1"), "{opened}");
+
+    // One short connection, logged on both sides when it ends.
+    let (code, mut short) = socks5(socks_a, "httpbin.default.svc.cluster.local", 80)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let client = short.local_addr().unwrap();
+    short.write_all(b"twelve bytes").await.unwrap();
+    short.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    short.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"twelve bytes");
+    let outbound = access_record(&mut node_a, &format!("src.addr={client} ")).await;
+    assert_eq!(
+        outbound,
+        format!(
+            "connection complete src.addr={client} src.workload=sleep src.namespace=default \
+src.identity=spiffe://cluster.local/ns/default/sa/sleep dst.addr=127.0.6.2:15008 \
+dst.hbone_addr=127.0.6.2:8000 dst.service=httpbin.default.svc.cluster.local \
+dst.workload=httpbin dst.namespace=default \
+dst.identity=spiffe://cluster.local/ns/default/sa/httpbin direction=outbound \
+bytes_sent=12 bytes_recv=12"
+        )
+    );
+    // B names the original client (from `Forwarded`) and its workload, found by that address.
+    let inbound = access_record(&mut node_b, &format!("src.addr={client} ")).await;
+    assert_eq!(
+        inbound,
+        format!(
+            "connection complete src.addr={client} src.workload=sleep src.namespace=default \
+src.identity=spiffe://cluster.local/ns/default/sa/sleep dst.addr=127.0.6.2:8000 \
+dst.hbone_addr=127.0.6.2:8000 dst.workload=httpbin dst.namespace=default \
+dst.identity=spiffe://cluster.local/ns/default/sa/httpbin direction=inbound \
+bytes_sent=12 bytes_recv=12"
+        )
+    );
 
     // The outbound capture listener, reached without a capture rule, is its own destination:
     // refused as a loop (reset, nothing proxied).
