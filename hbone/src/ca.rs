@@ -133,6 +133,61 @@ impl LocalCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<WorkloadCertificate, CertError> {
+        let params = self.leaf_params(id, not_before, not_after)?;
+        let (chain, key) = self.sign_raw(params)?;
+        WorkloadCertificate::from_der(chain, key)
+    }
+
+    /// Signs a PKCS#10 certificate signing request (PEM), the way Istio's CA answers
+    /// `CreateCertificate`: the CSR's signature is checked, its single URI SAN must be a SPIFFE
+    /// identity in the CA's trust domain, and only that identity and the CSR's public key are
+    /// taken from it. Everything else (subject, extensions, validity from [`CLOCK_SKEW`] ago until
+    /// `lifetime` from now) is the CA's choice, exactly as in [`LocalCa::issue`].
+    ///
+    /// Returns the chain: the new leaf, then the CA's intermediates (roots excluded). A malformed
+    /// CSR or a bad signature is [`CertError::Rcgen`]; a CSR without exactly one URI SAN is
+    /// [`CertError::NoUriSan`] or [`CertError::MultipleUriSans`]; an invalid identity is
+    /// [`CertError::Identity`]; another trust domain is [`CertError::TrustDomainMismatch`].
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        lifetime: Duration,
+    ) -> Result<Vec<CertificateDer<'static>>, CertError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut uris = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                SanType::URI(uri) => Some(uri.as_str()),
+                _ => None,
+            });
+        let uri = uris.next().ok_or(CertError::NoUriSan)?;
+        let extra = uris.count();
+        if extra > 0 {
+            return Err(CertError::MultipleUriSans { count: extra + 1 });
+        }
+        let id: Identity = uri.parse()?;
+        let now = SystemTime::now();
+        let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(UNIX_EPOCH);
+        let not_after = now
+            .checked_add(lifetime)
+            .ok_or(CertError::ValidityOutOfRange)?;
+        let params = self.leaf_params(&id, not_before, not_after)?;
+        let leaf = params.signed_by(&csr.public_key, &self.issuer)?;
+        let mut chain = Vec::with_capacity(1 + self.intermediates.len());
+        chain.push(leaf.der().clone());
+        chain.extend(self.intermediates.iter().cloned());
+        Ok(chain)
+    }
+
+    /// The parameters of a workload leaf for `id` (see [`LocalCa::issue`] for its contents).
+    fn leaf_params(
+        &self,
+        id: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<CertificateParams, CertError> {
         if id.trust_domain() != self.trust_domain {
             return Err(CertError::TrustDomainMismatch {
                 ca: self.trust_domain.clone(),
@@ -154,8 +209,7 @@ impl LocalCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let (chain, key) = self.sign_raw(params)?;
-        WorkloadCertificate::from_der(chain, key)
+        Ok(params)
     }
 
     /// Signs arbitrary certificate parameters with a fresh ECDSA P-256 key and returns the chain
@@ -412,3 +466,76 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sign_csr_tests {
+    use super::*;
+
+    fn csr(sans: &[&str]) -> (KeyPair, String) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ignored");
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| SanType::URI((*s).try_into().unwrap()))
+            .collect();
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    }
+
+    #[test]
+    fn signs_the_csr_key_for_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let (key, pem) = csr(&["spiffe://cluster.local/ns/default/sa/sleep"]);
+        let chain = ca.sign_csr(&pem, Duration::from_secs(3600)).unwrap();
+        assert_eq!(chain.len(), 1, "a generated root has no intermediates");
+        crate::tls::verify_chain(&chain, ca.roots(), UnixTime::now()).unwrap();
+        // The leaf carries the CSR's key: it pairs with the requester's private key.
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let cert = WorkloadCertificate::from_der(chain, key).unwrap();
+        assert_eq!(
+            cert.identity().to_string(),
+            "spiffe://cluster.local/ns/default/sa/sleep"
+        );
+        let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
+        assert!(lifetime >= Duration::from_secs(3600) && lifetime <= Duration::from_secs(3661));
+        // The subject the requester asked for is not copied.
+        let leaf = parse_x509(&cert.chain()[0]).unwrap();
+        assert_eq!(leaf.subject().iter_attributes().count(), 0);
+    }
+
+    #[test]
+    fn rejects_bad_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let ttl = Duration::from_secs(60);
+        let (_, none) = csr(&[]);
+        assert!(matches!(ca.sign_csr(&none, ttl), Err(CertError::NoUriSan)));
+        let (_, two) = csr(&[
+            "spiffe://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/c/sa/d",
+        ]);
+        assert!(matches!(
+            ca.sign_csr(&two, ttl),
+            Err(CertError::MultipleUriSans { count: 2 })
+        ));
+        let (_, other_td) = csr(&["spiffe://other.domain/ns/a/sa/b"]);
+        assert!(matches!(
+            ca.sign_csr(&other_td, ttl),
+            Err(CertError::TrustDomainMismatch { .. })
+        ));
+        let (_, not_spiffe) = csr(&["https://example.com/"]);
+        assert!(matches!(
+            ca.sign_csr(&not_spiffe, ttl),
+            Err(CertError::Identity(_))
+        ));
+        assert!(matches!(
+            ca.sign_csr("not a csr", ttl),
+            Err(CertError::Rcgen(_))
+        ));
+    }
+}

@@ -13,6 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ca_client::CaClientConfig;
+use crate::xds::XdsConfig;
+
 /// Istio's ports for the node proxy.
 pub mod ports {
     /// Outbound capture.
@@ -37,6 +40,11 @@ pub mod ports {
 pub trait Env {
     /// The value of `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Every variable, for the prefixed families (`ISTIO_META_*`, `XDS_HEADER_*`, …).
+    fn vars(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The process environment.
@@ -47,11 +55,21 @@ impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
 }
 
 impl Env for HashMap<&str, &str> {
     fn var(&self, name: &str) -> Option<String> {
         self.get(name).map(|v| v.to_string())
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 }
 
@@ -118,8 +136,10 @@ pub enum LocalState {
 }
 
 /// Where workload certificates come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum CaSource {
+    /// Istio's CA (`CA_ADDRESS`; istiod's in-cluster address by default in Kubernetes).
+    Istio(Box<CaClientConfig>),
     /// A local CA whose root is generated into (or loaded from) this directory.
     Local(PathBuf),
     /// Istio's plug-in CA layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
@@ -153,6 +173,9 @@ pub struct Config {
     pub proxy_mode: ProxyMode,
     /// Mesh state without a control plane.
     pub local_state: LocalState,
+    /// The control plane (`XDS_ADDRESS`; istiod's in-cluster address by default in
+    /// Kubernetes unless a local state is given); `None` without one.
+    pub xds: Option<Box<XdsConfig>>,
     /// Certificates.
     pub ca: CaSource,
     /// Trust domain of local identities (`TRUST_DOMAIN`, default `cluster.local`).
@@ -180,10 +203,12 @@ pub struct Config {
 impl Config {
     /// Reads the configuration from `env`.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let local_state = local_state(env)?;
         let config = Self {
             proxy_mode: proxy_mode(env)?,
-            local_state: local_state(env)?,
-            ca: ca(env),
+            xds: xds(env, &local_state)?,
+            local_state,
+            ca: ca(env)?,
             trust_domain: string(env, "TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
             cluster_id: string(env, "CLUSTER_ID")
                 .or_else(|| string(env, "ISTIO_META_CLUSTER_ID"))
@@ -328,16 +353,50 @@ fn local_state(env: &impl Env) -> Result<LocalState, ConfigError> {
     }
 }
 
-fn ca(env: &impl Env) -> CaSource {
-    // Our own knobs: the local CA has no upstream equivalent (upstream's FAKE_CA is in-memory).
-    match string(env, "CA_PLUGIN_DIR") {
+/// Istio's CA when `CA_ADDRESS` is set (or defaults to istiod in Kubernetes), unless a local or
+/// plug-in CA directory is named; those are our own knobs (upstream's `FAKE_CA` is in-memory).
+fn ca(env: &impl Env) -> Result<CaSource, ConfigError> {
+    let plugin = string(env, "CA_PLUGIN_DIR");
+    let local = string(env, "LOCAL_CA_DIR");
+    let explicit_remote = string(env, "CA_ADDRESS").is_some();
+    if explicit_remote && (plugin.is_some() || local.is_some()) {
+        return Err(ConfigError::Conflict(
+            "CA_ADDRESS and CA_PLUGIN_DIR/LOCAL_CA_DIR are mutually exclusive".into(),
+        ));
+    }
+    if plugin.is_none()
+        && local.is_none()
+        && let Some(remote) = CaClientConfig::from_env(env)?
+    {
+        return Ok(CaSource::Istio(Box::new(
+            remote.with_prefixed_vars(env.vars())?,
+        )));
+    }
+    Ok(match plugin {
         Some(dir) => CaSource::Plugin(dir.into()),
         None => CaSource::Local(
-            string(env, "LOCAL_CA_DIR")
+            local
                 .unwrap_or_else(|| "./var/lib/ztunnel/ca".into())
                 .into(),
         ),
+    })
+}
+
+/// The xDS client: on when `XDS_ADDRESS` is set, or by default in Kubernetes when no local
+/// state is given.
+fn xds(env: &impl Env, local: &LocalState) -> Result<Option<Box<XdsConfig>>, ConfigError> {
+    let explicit = string(env, "XDS_ADDRESS").is_some();
+    if *local != LocalState::None {
+        if explicit {
+            return Err(ConfigError::Conflict(
+                "XDS_ADDRESS and LOCAL_XDS_PATH/LOCAL_XDS are mutually exclusive".into(),
+            ));
+        }
+        return Ok(None);
     }
+    XdsConfig::from_env(env)?
+        .map(|c| c.with_prefixed_vars(env.vars()).map(Box::new))
+        .transpose()
 }
 
 fn outbound_policy(env: &impl Env) -> Result<OutboundPolicy, ConfigError> {

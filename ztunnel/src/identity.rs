@@ -71,6 +71,8 @@ pub struct IdentityManager {
 struct Inner {
     source: Box<dyn CertificateSource>,
     ttl: Duration,
+    /// Renewal comes early by a random share of the lifetime up to this.
+    jitter: f64,
     certs: Mutex<HashMap<Identity, Arc<Entry>>>,
 }
 
@@ -100,9 +102,19 @@ impl IdentityManager {
             inner: Arc::new(Inner {
                 source: Box::new(source),
                 ttl,
+                jitter: REFRESH_JITTER,
                 certs: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Sets the largest share of the lifetime by which renewal comes early (default
+    /// [`REFRESH_JITTER`]; 0 renews exactly at half-life). Call before the first fetch.
+    pub fn with_refresh_jitter(mut self, share: f64) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.jitter = share.clamp(0.0, 0.5);
+        }
+        self
     }
 
     /// The certificate store of `id`, issuing the first certificate if needed.
@@ -168,14 +180,35 @@ impl IdentityManager {
 
 /// When a certificate should be renewed: half-way through its validity.
 pub fn refresh_at(cert: &WorkloadCertificate) -> SystemTime {
+    refresh_at_with_jitter(cert, 0.0)
+}
+
+/// Default share of the lifetime by which renewal may come early, so the certificates of many
+/// workloads (issued together at start-up) are not all renewed at the same instant.
+pub const REFRESH_JITTER: f64 = 0.05;
+
+/// When a certificate should be renewed: half-way through its validity, brought forward by
+/// `early` (a share of the lifetime, clamped to `[0, 0.5]`).
+pub fn refresh_at_with_jitter(cert: &WorkloadCertificate, early: f64) -> SystemTime {
     let lifetime = cert
         .not_after()
         .duration_since(cert.not_before())
         .unwrap_or_default();
-    cert.not_before() + lifetime / 2
+    let early = lifetime.mul_f64(early.clamp(0.0, 0.5));
+    cert.not_before() + lifetime / 2 - early
 }
 
-/// Renews the certificate in `store` at half-life until cancelled or the manager is gone.
+/// A random number in `[0, 1)`.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let x = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Renews the certificate in `store` at half-life (with jitter) until cancelled or the manager
+/// is gone.
 async fn rotate(
     manager: Weak<Inner>,
     store: Arc<CertStore>,
@@ -184,7 +217,10 @@ async fn rotate(
     let mut retry = RETRY_INITIAL;
     loop {
         let current = store.current();
-        let wait = refresh_at(&current)
+        let Some(early) = manager.upgrade().map(|m| m.jitter * jitter()) else {
+            return;
+        };
+        let wait = refresh_at_with_jitter(&current, early)
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         tokio::select! {
@@ -260,7 +296,9 @@ mod tests {
             issued: issued.clone(),
             fail_next: fail_next.clone(),
         };
-        (IdentityManager::new(source, ttl), issued, fail_next, dir)
+        // No jitter: the tests know exactly when renewal is due.
+        let m = IdentityManager::new(source, ttl).with_refresh_jitter(0.0);
+        (m, issued, fail_next, dir)
     }
 
     fn id(sa: &str) -> Identity {
@@ -341,5 +379,26 @@ mod tests {
         );
         assert_eq!(issued.load(Ordering::SeqCst), 2);
         assert_eq!(store.identity(), id("a"));
+    }
+
+    #[test]
+    fn renewal_is_at_half_life_brought_forward_by_the_jitter() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let cert = ca.issue(&id("a"), Duration::from_secs(24 * 3600)).unwrap();
+        let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
+        let half = cert.not_before() + lifetime / 2;
+        assert_eq!(refresh_at(&cert), half);
+        assert_eq!(refresh_at_with_jitter(&cert, 0.0), half);
+        assert_eq!(
+            refresh_at_with_jitter(&cert, REFRESH_JITTER),
+            half - lifetime.mul_f64(REFRESH_JITTER)
+        );
+        // Never earlier than issuance, whatever the share.
+        assert_eq!(refresh_at_with_jitter(&cert, 7.0), cert.not_before());
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`admin`]: the admin (15000, localhost), metrics (15020) and readiness (15021) HTTP servers.
 //! - [`app`]: a node and the listeners of each local workload, bound before they run.
+//! - [`ca_client`]: workload certificates from Istio's CA (CSR over gRPC), checked before use.
 //! - [`config`]: start-up configuration from the environment (upstream variable names).
 //! - [`connections`]: live inbound connections, re-checked (and closed) when policies change.
 //! - [`demo`]: both ends of a tunnel on one machine, with a local CA.
@@ -24,9 +25,11 @@
 //! - [`socks5`]: the SOCKS5 handshake, for sending traffic into the mesh without capture rules.
 //! - [`state`]: the mesh state (workloads, services, policies), from a local file or istiod.
 //! - [`telemetry`]: Istio TCP metrics and per-connection access logs.
+//! - [`xds`]: the delta ADS client that feeds the mesh state from istiod.
 
 pub mod admin;
 pub mod app;
+pub mod ca_client;
 pub mod config;
 pub mod connections;
 pub mod demo;
@@ -41,3 +44,4 @@ pub mod socket;
 pub mod socks5;
 pub mod state;
 pub mod telemetry;
+pub mod xds;

@@ -114,6 +114,7 @@ async fn run(log_level: std::sync::Arc<ztunnel::admin::ReloadLogLevel>) -> anyho
     let config = ztunnel::config::Config::from_env(&ztunnel::config::ProcessEnv)
         .context("invalid configuration")?;
     let certificates = ztunnel::run::Certificates::from_config(&config)
+        .await
         .context("failed to set up the certificate authority")?;
     let proxy = ztunnel::run::Proxy::start(config, certificates, log_level)
         .await

@@ -33,12 +33,14 @@ use crate::admin::{
     AdminInputs, AdminServer, LogLevel, MetricsServer, ReadinessServer, Ready, ReadyTask,
 };
 use crate::app::{AppError, ListenAddrs, Node, WorkloadProxy};
-use crate::config::{Config, LocalState, ProxyMode, WorkloadInfo};
+use crate::ca_client::CaClient;
+use crate::config::{CaSource, Config, LocalState, ProxyMode, WorkloadInfo};
 use crate::identity::{CertificateSource, IdentityManager};
 use crate::outbound::request::OutboundContext;
 use crate::state::{
     self, LoadError, LocalConfig, MeshState, StateHandle, TunnelProtocol, Workload,
 };
+use crate::xds::{AdsClient, Readiness};
 
 /// How often failed workloads are retried and a dedicated proxy looks for its workload.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
@@ -54,11 +56,17 @@ pub enum RunError {
     #[error(transparent)]
     State(#[from] LoadError),
     /// There is no source of mesh state.
-    #[error("no mesh state source: set LOCAL_XDS_PATH (a file) or LOCAL_XDS (inline YAML)")]
+    #[error(
+        "no mesh state source: set XDS_ADDRESS (istiod), LOCAL_XDS_PATH (a file) or LOCAL_XDS \
+         (inline YAML)"
+    )]
     NoStateSource,
     /// The CA could not be set up.
     #[error(transparent)]
     Cert(#[from] hbone::cert::CertError),
+    /// The CA's trust roots could not be read.
+    #[error("CA trust roots: {0}")]
+    Roots(#[from] crate::xds::ChannelError),
     /// The node could not be set up.
     #[error(transparent)]
     App(#[from] AppError),
@@ -92,16 +100,20 @@ impl std::fmt::Debug for Certificates {
 }
 
 impl Certificates {
-    /// The local CA of `config` (`LOCAL_CA_DIR`, generated on first use) or Istio's plug-in CA
-    /// layout (`CA_PLUGIN_DIR`).
-    pub fn from_config(config: &Config) -> Result<Self, RunError> {
+    /// The certificate source of `config`: Istio's CA (`CA_ADDRESS`, roots from `CA_ROOT_CA`),
+    /// the local CA (`LOCAL_CA_DIR`, generated on first use) or Istio's plug-in CA layout
+    /// (`CA_PLUGIN_DIR`).
+    pub async fn from_config(config: &Config) -> Result<Self, RunError> {
         let ca = match &config.ca {
-            crate::config::CaSource::Local(dir) => {
-                hbone::LocalCa::load_or_generate(dir, &config.trust_domain)?
+            CaSource::Istio(remote) => {
+                let roots = crate::xds::channel::load_roots(&remote.trust_roots).await?;
+                return Ok(Self {
+                    source: Box::new(CaClient::new((**remote).clone())),
+                    roots,
+                });
             }
-            crate::config::CaSource::Plugin(dir) => {
-                hbone::LocalCa::from_plugin_dir(dir, &config.trust_domain)?
-            }
+            CaSource::Local(dir) => hbone::LocalCa::load_or_generate(dir, &config.trust_domain)?,
+            CaSource::Plugin(dir) => hbone::LocalCa::from_plugin_dir(dir, &config.trust_domain)?,
         };
         let roots = ca.roots().to_vec();
         Ok(Self {
@@ -211,6 +223,7 @@ pub struct Proxy {
     reconcile: Option<JoinHandle<()>>,
     reload: Option<JoinHandle<()>>,
     stop_reconcile: CancellationToken,
+    stop_xds: Option<CancellationToken>,
     state: StateHandle,
 }
 
@@ -283,23 +296,37 @@ impl Proxy {
         tokio::spawn(metrics.run(servers.clone()));
         tokio::spawn(admin.run(servers.clone()));
 
-        let (initial, reload) = match &config.local_state {
-            LocalState::File(path) => {
+        // The state: from a local file or inline YAML now, or from istiod in the background.
+        let mut stop_xds = None;
+        let (reload, xds_ready) = match (&config.local_state, &config.xds) {
+            (LocalState::File(path), _) => {
                 // Watch first, so that a change while loading is picked up.
                 let reload = state::watch_file(path, handle.clone(), RELOAD_INTERVAL);
                 match state::load_file(path) {
-                    Ok(initial) => (initial, Some(reload)),
+                    Ok(initial) => {
+                        handle.swap(initial);
+                        (Some(reload), None)
+                    }
                     Err(e) => {
                         reload.abort();
                         return Err(e.into());
                     }
                 }
             }
-            LocalState::Inline(yaml) => (LocalConfig::from_yaml(yaml)?.into_state()?, None),
-            LocalState::None => return Err(RunError::NoStateSource),
+            (LocalState::Inline(yaml), _) => {
+                handle.swap(LocalConfig::from_yaml(yaml)?.into_state()?);
+                (None, None)
+            }
+            (LocalState::None, Some(xds)) => {
+                let client = AdsClient::new((**xds).clone(), handle.clone());
+                let ready = client.readiness();
+                let stop = CancellationToken::new();
+                tokio::spawn(client.run(stop.clone()));
+                stop_xds = Some(stop);
+                (None, Some(ready))
+            }
+            (LocalState::None, None) => return Err(RunError::NoStateSource),
         };
-        handle.swap(initial);
-        state_task.done();
 
         let served: Served = Arc::default();
         let reconciler = Reconciler {
@@ -308,20 +335,15 @@ impl Proxy {
             identities,
             served: served.clone(),
         };
-        // The first pass issues every local workload's certificate and starts its listeners.
-        let missing = reconciler.reconcile(&handle.current()).await;
-        certs_task.done();
-        let workloads_task = match (&config.proxy_mode, missing) {
-            // A dedicated proxy is not ready before its workload is known.
-            (ProxyMode::Dedicated(_), true) => Some(workloads_task),
-            _ => {
-                workloads_task.done();
-                None
-            }
-        };
         let stop_reconcile = CancellationToken::new();
+        let startup = Startup {
+            state: state_task,
+            certificates: certs_task,
+            workloads: workloads_task,
+            xds: xds_ready,
+        };
         let reconcile =
-            tokio::spawn(reconciler.run(handle.clone(), workloads_task, stop_reconcile.clone()));
+            tokio::spawn(reconciler.run(handle.clone(), startup, stop_reconcile.clone()));
         Ok(Self {
             endpoints,
             ready,
@@ -331,6 +353,7 @@ impl Proxy {
             reconcile: Some(reconcile),
             reload,
             stop_reconcile,
+            stop_xds,
             state: handle,
         })
     }
@@ -340,7 +363,7 @@ impl Proxy {
         self.endpoints
     }
 
-    /// The readiness gate.
+    /// The readiness gate; [`Ready::wait`] waits for start-up to complete.
     pub fn ready(&self) -> &Ready {
         &self.ready
     }
@@ -402,6 +425,9 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if let Some(stop) = &self.stop_xds {
+            stop.cancel();
+        }
         self.stop_reconcile.cancel();
         self.servers.cancel();
         if let Some(reload) = &self.reload {
@@ -492,16 +518,35 @@ impl Reconciler {
         retry
     }
 
-    /// Reconciles on every state change, and every [`RETRY_INTERVAL`] while something is
-    /// missing; completes `waiting` once a workload is served.
-    async fn run(
-        self,
-        handle: StateHandle,
-        mut waiting: Option<ReadyTask>,
-        stop: CancellationToken,
-    ) {
+    /// Completes start-up (the first state from istiod, when it is the source; then every local
+    /// workload's certificate and listeners), then reconciles on every state change, and every
+    /// [`RETRY_INTERVAL`] while something is missing.
+    async fn run(self, handle: StateHandle, startup: Startup, stop: CancellationToken) {
+        let Startup {
+            state,
+            certificates,
+            workloads,
+            xds,
+        } = startup;
+        if let Some(mut xds) = xds {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                ready = xds.wait() => if !ready { return },
+            }
+        }
+        // Subscribed before the first pass, so no change is missed.
         let mut changes = handle.subscribe();
-        let mut retry = waiting.is_some();
+        drop(state);
+        let mut retry = self.reconcile(&handle.current()).await;
+        drop(certificates);
+        // A dedicated proxy is not ready before its workload is served.
+        let mut waiting = match self.config.proxy_mode {
+            ProxyMode::Dedicated(_) if self.is_idle() => Some(workloads),
+            _ => {
+                drop(workloads);
+                None
+            }
+        };
         loop {
             let tick = async {
                 if retry {
@@ -515,18 +560,28 @@ impl Reconciler {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = tick => {}
             }
-            let current = handle.current();
-            retry = self.reconcile(&current).await;
-            let serving = !self
-                .served
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty();
-            if serving {
+            retry = self.reconcile(&handle.current()).await;
+            if !self.is_idle() {
                 waiting.take();
             }
         }
     }
+
+    /// Whether no workload is served.
+    fn is_idle(&self) -> bool {
+        self.served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
+/// The readiness tasks start-up completes, and the xDS readiness it waits for first.
+struct Startup {
+    state: ReadyTask,
+    certificates: ReadyTask,
+    workloads: ReadyTask,
+    xds: Option<Readiness>,
 }
 
 /// Whether the listeners started for `before` still fit `after`: same addresses and identity.

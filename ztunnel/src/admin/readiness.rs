@@ -26,6 +26,8 @@ pub const READY_PATH: &str = "/healthz/ready";
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
     inner: Arc<Mutex<Pending>>,
+    /// Woken whenever a task completes.
+    completed: Arc<tokio::sync::Notify>,
 }
 
 /// The tasks still pending, by registration number.
@@ -64,6 +66,19 @@ impl Ready {
         self.lock().tasks.is_empty()
     }
 
+    /// Waits until no task is pending.
+    pub async fn wait(&self) {
+        loop {
+            let completed = self.completed.notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            if self.is_ready() {
+                return;
+            }
+            completed.await;
+        }
+    }
+
     /// The names of the pending tasks, sorted.
     pub fn pending(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().tasks.values().cloned().collect();
@@ -88,6 +103,7 @@ impl ReadyTask {
 impl Drop for ReadyTask {
     fn drop(&mut self) {
         self.ready.lock().tasks.remove(&self.id);
+        self.ready.completed.notify_waiters();
     }
 }
 

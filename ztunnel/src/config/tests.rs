@@ -156,3 +156,69 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn control_plane_and_ca_selection() {
+    /// Variables, whether xDS is on, and the CA kind: "istio", "local" or "plugin".
+    type Case = (&'static [(&'static str, &'static str)], bool, &'static str);
+    let cases: &[Case] = &[
+        (&[], false, "local"),
+        (&[("XDS_ADDRESS", "istiod.example:15012")], true, "local"),
+        (&[("CA_ADDRESS", "istiod.example:15012")], false, "istio"),
+        // In Kubernetes both default to istiod…
+        (&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")], true, "istio"),
+        // …unless a local state or a local CA is given.
+        (
+            &[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("LOCAL_XDS_PATH", "mesh.yaml"),
+                ("LOCAL_CA_DIR", "/tmp/ca"),
+            ],
+            false,
+            "local",
+        ),
+        (
+            &[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("CA_PLUGIN_DIR", "/etc/cacerts"),
+            ],
+            true,
+            "plugin",
+        ),
+        // Set to the empty string: off.
+        (
+            &[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("XDS_ADDRESS", ""),
+            ],
+            false,
+            "istio",
+        ),
+    ];
+    for (vars, xds, ca) in cases {
+        let config = Config::from_env(&env(vars)).unwrap_or_else(|e| panic!("{vars:?}: {e}"));
+        assert_eq!(config.xds.is_some(), *xds, "{vars:?}");
+        let kind = match config.ca {
+            CaSource::Istio(_) => "istio",
+            CaSource::Local(_) => "local",
+            CaSource::Plugin(_) => "plugin",
+        };
+        assert_eq!(kind, *ca, "{vars:?}");
+    }
+    for vars in [
+        &[
+            ("XDS_ADDRESS", "istiod:15012"),
+            ("LOCAL_XDS_PATH", "mesh.yaml"),
+        ][..],
+        &[("CA_ADDRESS", "istiod:15012"), ("LOCAL_CA_DIR", "/tmp/ca")][..],
+        &[
+            ("CA_ADDRESS", "istiod:15012"),
+            ("CA_PLUGIN_DIR", "/etc/cacerts"),
+        ][..],
+    ] {
+        assert!(
+            matches!(Config::from_env(&env(vars)), Err(ConfigError::Conflict(_))),
+            "{vars:?}"
+        );
+    }
+}

@@ -172,29 +172,22 @@ async fn ready_only_once_state_and_certificates_are_loaded() {
         ("LOCAL_XDS", MESH),
         ("NODE_NAME", "node-a"),
         ("ZTUNNEL_BIND_ADDRESS", "127.0.8.1"),
-        ("READINESS_PORT", "15021"),
+        ("READINESS_PORT", "0"),
         ("ADMIN_PORT", "0"),
         ("STATS_PORT", "0"),
     ]);
-    let readiness: SocketAddr = "127.0.8.1:15021".parse().unwrap();
-    let start = tokio::spawn(Proxy::start(
-        config,
-        certificates,
-        Arc::new(FixedLogLevel("info".into())),
-    ));
+    let proxy = Proxy::start(config, certificates, Arc::new(FixedLogLevel("info".into())))
+        .await
+        .unwrap();
+    let readiness = proxy.endpoints().readiness;
     // While the certificate is being issued, the readiness server answers 503.
-    let (status, body) = loop {
-        match get(readiness, "/healthz/ready").await {
-            Ok(r) => break r,
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    };
+    let (status, body) = get(readiness, "/healthz/ready").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("certificates"), "{body}");
-    assert!(!start.is_finished());
+    assert!(proxy.workloads().is_empty());
 
     permits.add_permits(1);
-    let proxy = start.await.unwrap().unwrap();
+    proxy.ready().wait().await;
     let (status, body) = get(readiness, "/healthz/ready").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     let served = proxy.workloads();
@@ -232,11 +225,11 @@ async fn state_changes_start_and_drain_workloads() {
         ("ADMIN_PORT", "0"),
         ("STATS_PORT", "0"),
     ]);
-    let certificates = Certificates::from_config(&config).unwrap();
+    let certificates = Certificates::from_config(&config).await.unwrap();
     let proxy = Proxy::start(config, certificates, Arc::new(FixedLogLevel("info".into())))
         .await
         .unwrap();
-    assert!(proxy.ready().is_ready());
+    proxy.ready().wait().await;
     let uids = |p: &Proxy| p.workloads().into_iter().map(|w| w.uid).collect::<Vec<_>>();
     assert_eq!(uids(&proxy), vec!["c//v1/Pod/default/httpbin"]);
     let httpbin = proxy.workloads()[0].inbound;
@@ -299,11 +292,13 @@ async fn a_dedicated_proxy_is_not_ready_until_its_workload_exists() {
         ("ADMIN_PORT", "0"),
         ("STATS_PORT", "0"),
     ]);
-    let certificates = Certificates::from_config(&config).unwrap();
+    let certificates = Certificates::from_config(&config).await.unwrap();
     let proxy = Proxy::start(config, certificates, Arc::new(FixedLogLevel("info".into())))
         .await
         .unwrap();
-    assert_eq!(proxy.ready().pending(), vec!["workloads"]);
+    while proxy.ready().pending() != vec!["workloads"] {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, body) = get(proxy.endpoints().readiness, "/healthz/ready")
         .await
         .unwrap();
@@ -311,11 +306,9 @@ async fn a_dedicated_proxy_is_not_ready_until_its_workload_exists() {
     assert!(body.contains("workloads"), "{body}");
 
     std::fs::write(&file, MESH).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !proxy.ready().is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(10), proxy.ready().wait())
+        .await
+        .expect("ready once the workload exists");
     let served = proxy.workloads();
     assert_eq!(served.len(), 1);
     assert_eq!(served[0].uid, "c//v1/Pod/default/httpbin");
@@ -324,5 +317,95 @@ async fn a_dedicated_proxy_is_not_ready_until_its_workload_exists() {
         served[0].inbound.ip(),
         "127.0.8.5".parse::<std::net::IpAddr>().unwrap()
     );
+    proxy.drain().await;
+}
+
+#[tokio::test]
+async fn state_from_istiod_gates_readiness_and_starts_the_node_workloads() {
+    use proto::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    use proto::istio::workload as pb;
+
+    use crate::xds::testing;
+
+    let pki = testing::TestPki::new();
+    let (server, mut streams) = testing::fake_ads(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("https://{}", server.addr);
+    let root = pki.root_path.to_str().unwrap().to_string();
+    let config = config(&[
+        ("XDS_ADDRESS", &address),
+        ("XDS_ROOT_CA", &root),
+        ("AUTH_TOKEN", testing::TOKEN),
+        ("LOCAL_CA_DIR", dir.path().join("ca").to_str().unwrap()),
+        ("NODE_NAME", "node-a"),
+        ("ZTUNNEL_BIND_ADDRESS", "127.0.8.6"),
+        ("INBOUND_HBONE_PORT", "0"),
+        ("OUTBOUND_PORT", "0"),
+        ("INBOUND_PLAINTEXT_PORT", "0"),
+        ("READINESS_PORT", "0"),
+        ("ADMIN_PORT", "0"),
+        ("STATS_PORT", "0"),
+    ]);
+    assert!(config.xds.is_some());
+    let certificates = Certificates::from_config(&config).await.unwrap();
+    let proxy = Proxy::start(config, certificates, Arc::new(FixedLogLevel("info".into())))
+        .await
+        .unwrap();
+
+    // Connected and subscribed, but nothing pushed yet: not ready, waiting for the state.
+    let mut stream = testing::next_stream(&mut streams).await;
+    stream.initial_requests().await;
+    let (status, body) = get(proxy.endpoints().readiness, "/healthz/ready")
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("state"), "{body}");
+
+    let workload = pb::Address {
+        r#type: Some(pb::address::Type::Workload(pb::Workload {
+            uid: "Kubernetes//Pod/default/sleep".into(),
+            name: "sleep".into(),
+            namespace: "default".into(),
+            addresses: vec![vec![127, 0, 8, 6]],
+            tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+            service_account: "sleep".into(),
+            node: "node-a".into(),
+            ..Default::default()
+        })),
+    };
+    for (type_url, nonce, resources) in [
+        (
+            proto::ADDRESS_TYPE_URL,
+            "n1",
+            vec![testing::resource(
+                "Kubernetes//Pod/default/sleep",
+                "v1",
+                &workload,
+            )],
+        ),
+        (proto::AUTHORIZATION_TYPE_URL, "n2", vec![]),
+    ] {
+        let reply = stream
+            .push(DeltaDiscoveryResponse {
+                type_url: type_url.into(),
+                nonce: nonce.into(),
+                resources,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(reply.response_nonce, nonce);
+        assert!(reply.error_detail.is_none(), "{reply:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), proxy.ready().wait())
+        .await
+        .expect("ready after the first state and the certificates");
+    let served = proxy.workloads();
+    assert_eq!(served.len(), 1, "{served:?}");
+    assert_eq!(served[0].uid, "Kubernetes//Pod/default/sleep");
+    assert!(TcpStream::connect(served[0].inbound).await.is_ok());
+    let (status, _) = get(proxy.endpoints().readiness, "/healthz/ready")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
     proxy.drain().await;
 }
