@@ -274,9 +274,27 @@ impl fmt::Debug for StoreResolver {
     }
 }
 
+impl StoreResolver {
+    /// The current key, unless its certificate has expired: an identity whose renewal failed
+    /// until expiry fails closed (the handshake fails for lack of a certificate) instead of
+    /// presenting a certificate every peer would refuse anyway.
+    fn current_unexpired(&self) -> Option<Arc<CertifiedKey>> {
+        let cert = self.0.current();
+        if std::time::SystemTime::now() > cert.not_after() {
+            tracing::warn!(
+                identity = %cert.identity(),
+                serial = %cert.serial_hex(),
+                "workload certificate expired, refusing the handshake"
+            );
+            return None;
+        }
+        Some(cert.certified_key())
+    }
+}
+
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current_certified_key())
+        self.current_unexpired()
     }
 }
 
@@ -286,7 +304,7 @@ impl ResolvesClientCert for StoreResolver {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current_certified_key())
+        self.current_unexpired()
     }
 
     fn has_certs(&self) -> bool {

@@ -380,6 +380,56 @@ async fn client_rejects_not_yet_valid_server_certificate() {
     expect_err(out.server, "server");
 }
 
+/// A store whose (only) certificate expired an hour ago, as after renewals failed until expiry.
+fn expired_store(ca: &LocalCa, identity: &Identity) -> Arc<CertStore> {
+    let now = SystemTime::now();
+    let cert = ca
+        .issue_with_validity(identity, now - 2 * HOUR, now - HOUR)
+        .unwrap();
+    Arc::new(CertStore::new(cert))
+}
+
+#[tokio::test]
+async fn an_expired_own_server_certificate_is_not_presented() {
+    let pki = new_pki();
+    let (_, client_config) = configs(&pki);
+    let server_config =
+        tls::server_config(expired_store(&pki.ca, &server_id()), pki.ca.roots()).unwrap();
+    let out = handshake(server_config, client_config.clone()).await;
+    // The server has no certificate to present: the handshake fails on both sides.
+    let err = expect_err(out.server, "server");
+    assert!(
+        matches!(rustls_err(&err), rustls::Error::General(_)),
+        "{err:?}"
+    );
+    expect_err(out.client, "client");
+
+    // Another identity of the same node, still valid, is unaffected.
+    let valid = tls::server_config(store(&pki.ca, &server_id()), pki.ca.roots()).unwrap();
+    let out = handshake(valid, client_config).await;
+    out.server.unwrap();
+    out.client.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_own_client_certificate_is_not_presented() {
+    let pki = new_pki();
+    let (server_config, _) = configs(&pki);
+    let client_config = tls::client_config(
+        expired_store(&pki.ca, &client_id()),
+        pki.ca.roots(),
+        vec![server_id()],
+    )
+    .unwrap();
+    let out = handshake(server_config, client_config).await;
+    // No client certificate is sent, and the server requires one.
+    let err = expect_err(out.server, "server");
+    assert!(
+        matches!(rustls_err(&err), rustls::Error::NoCertificatesPresented),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn server_rejects_expired_client_certificate() {
     let pki = new_pki();

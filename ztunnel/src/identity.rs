@@ -61,6 +61,15 @@ pub enum IdentityError {
         #[source]
         source: CertError,
     },
+    /// The identity's certificate expired and could not be renewed: its connections fail
+    /// closed until a renewal succeeds.
+    #[error("the certificate of {identity} expired at {expired_at:?} and could not be renewed")]
+    Expired {
+        /// The identity.
+        identity: Identity,
+        /// When it expired.
+        expired_at: SystemTime,
+    },
 }
 
 /// Certificates for the identities on this node.
@@ -117,7 +126,8 @@ impl IdentityManager {
         self
     }
 
-    /// The certificate store of `id`, issuing the first certificate if needed.
+    /// The certificate store of `id`, issuing the first certificate if needed; an expired
+    /// certificate (renewal kept failing) is [`IdentityError::Expired`].
     pub async fn fetch(&self, id: &Identity) -> Result<Arc<CertStore>, IdentityError> {
         let entry = {
             let mut certs = self.inner.certs.lock().unwrap_or_else(|p| p.into_inner());
@@ -152,6 +162,13 @@ impl IdentityManager {
                 Ok::<_, IdentityError>(store)
             })
             .await?;
+        let current = store.current();
+        if SystemTime::now() > current.not_after() {
+            return Err(IdentityError::Expired {
+                identity: id.clone(),
+                expired_at: current.not_after(),
+            });
+        }
         Ok(store.clone())
     }
 
@@ -400,5 +417,35 @@ mod tests {
             let j = jitter();
             assert!((0.0..1.0).contains(&j), "{j}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_fails_closed_for_its_identity_only() {
+        let (m, _issued, fail_next, _dir) = manager(Duration::from_secs(1));
+        let store = m.fetch(&id("short")).await.unwrap();
+        // Every renewal fails from now on; the certificate expires a second after issuance.
+        fail_next.store(usize::MAX, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (identity, expired_at) = loop {
+            match m.fetch(&id("short")).await {
+                Err(IdentityError::Expired {
+                    identity,
+                    expired_at,
+                }) => break (identity, expired_at),
+                Ok(_) => {
+                    assert!(tokio::time::Instant::now() < deadline, "never expired");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("expected Expired, got {e:?}"),
+            }
+        };
+        assert_eq!(identity, id("short"));
+        assert_eq!(expired_at, store.current().not_after());
+        assert!(SystemTime::now() > expired_at);
+        // Another identity's (first) issuance is unaffected by the failing renewals of this one
+        // once the CA recovers.
+        fail_next.store(0, Ordering::SeqCst);
+        let other = m.fetch(&id("other")).await.unwrap();
+        assert_eq!(other.identity(), id("other"));
     }
 }
