@@ -79,7 +79,13 @@ fn main() -> anyhow::Result<()> {
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        .with(
+            // Colours only on a terminal, and never with NO_COLOR set.
+            tracing_subscriber::fmt::layer().with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            ),
+        )
         .init();
     let log_level = std::sync::Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -124,9 +130,13 @@ async fn run(log_level: std::sync::Arc<ztunnel::admin::ReloadLogLevel>) -> anyho
         admin = %e.admin,
         metrics = %e.metrics,
         readiness = %e.readiness,
-        workloads = proxy.workloads().len(),
         "ztunnel started"
     );
+    let ready = proxy.ready().clone();
+    tokio::spawn(async move {
+        ready.wait().await;
+        tracing::info!("ready: mesh state and certificates loaded");
+    });
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let quit = proxy.quit_requested();
     let reason = tokio::select! {
