@@ -5,11 +5,12 @@
 //! - node B, dedicated mode (`PROXY_WORKLOAD_INFO=default/httpbin/httpbin`), serves `httpbin`
 //!   on 127.0.6.2.
 //!
-//! Traffic goes client → A (SOCKS5) → HBONE → B → application. Both processes are then
-//! stopped with SIGTERM while a connection is open: readiness turns 503, new connections are
-//! refused (for B's HBONE peer A, a new tunnel fails rather than reusing the drained
-//! connection), the open connection keeps working until the drain deadline, then it is closed
-//! and the process exits 0.
+//! Traffic goes client → A (SOCKS5) → HBONE → B → application; a malformed config file is
+//! reported and the previous state keeps serving; access logs are checked on both sides. Both
+//! processes are then stopped with SIGTERM while a connection is open: readiness turns 503, new
+//! connections are refused (for B's HBONE peer A, a new tunnel fails rather than reusing the
+//! drained connection), the open connection keeps working until the drain deadline, then it is
+//! closed and the process exits 0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -336,6 +337,18 @@ async fn shared_and_dedicated_processes_carry_traffic_and_drain_on_sigterm() {
         "{opened}"
     );
     assert!(opened.ends_with(" 1"), "{opened}");
+
+    // A malformed config file is reported and the previous state keeps serving.
+    std::fs::write(dir.path().join("mesh.yaml"), "workloads: [ {uid: 1\n").unwrap();
+    let warning = node_a.wait_for_log("failed to reload local config").await;
+    assert!(warning.contains("WARN"), "{warning}");
+    node_b.wait_for_log("failed to reload local config").await;
+    let (code, mut again) = socks5(socks_a, "httpbin.default.svc.cluster.local", 80)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    echo(&mut again, b"previous state kept").await;
+    drop(again);
 
     // One short connection, logged on both sides when it ends.
     let (code, mut short) = socks5(socks_a, "httpbin.default.svc.cluster.local", 80)
