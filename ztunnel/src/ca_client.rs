@@ -364,4 +364,6 @@ impl CertificateSource for Arc<CaClient> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

@@ -1,18 +1,14 @@
 //! The CA client against an in-process fake Istio CA (TLS + HTTP/2 on 127.0.0.1:0) that signs
 //! CSRs with an `hbone::LocalCa`, or misbehaves on request.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hbone::LocalCa;
 use hbone::cert::certs_to_pem;
-use proto::istio::v1::auth::istio_certificate_service_server::{
-    IstioCertificateService, IstioCertificateServiceServer,
-};
-use proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
 
+use super::testing::{FakeCa, Mode};
 use super::*;
 use crate::identity::{IdentityError, IdentityManager};
 use crate::xds::testing::{self, TestPki, TestServer};
@@ -21,70 +17,6 @@ const TTL: Duration = Duration::from_secs(3600);
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "default", sa).unwrap()
-}
-
-/// What the fake CA answers.
-#[derive(Clone)]
-enum Mode {
-    /// Sign the CSR; the chain ends with the root, as Istio's does.
-    Sign,
-    /// A leaf for another identity (and another key).
-    Identity(Identity),
-    /// A leaf for the requested identity but with a key of the CA's choosing.
-    OtherKey(Identity),
-    /// Sign the CSR with another CA (a chain not to the trust roots).
-    OtherCa(Arc<LocalCa>),
-    /// No certificate at all.
-    Empty,
-    /// `UNAVAILABLE`.
-    Down,
-}
-
-/// One request as the fake CA saw it.
-struct Seen {
-    metadata: MetadataMap,
-    request: IstioCertificateRequest,
-}
-
-#[derive(Clone)]
-struct FakeCa {
-    ca: Arc<LocalCa>,
-    mode: Arc<Mutex<Mode>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl FakeCa {
-    fn pem_chain(&self, chain: &[CertificateDer<'static>]) -> Vec<String> {
-        chain
-            .iter()
-            .chain(self.ca.roots())
-            .map(|c| certs_to_pem(std::slice::from_ref(c)))
-            .collect()
-    }
-}
-
-#[tonic::async_trait]
-impl IstioCertificateService for FakeCa {
-    async fn create_certificate(
-        &self,
-        request: Request<IstioCertificateRequest>,
-    ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        let ttl = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
-        let csr = request.csr.clone();
-        self.seen.lock().unwrap().push(Seen { metadata, request });
-        let mode = self.mode.lock().unwrap().clone();
-        let cert_chain = match mode {
-            Mode::Sign => self.pem_chain(&self.ca.sign_csr(&csr, ttl).unwrap()),
-            Mode::Identity(other) | Mode::OtherKey(other) => {
-                self.pem_chain(self.ca.issue(&other, ttl).unwrap().chain())
-            }
-            Mode::OtherCa(other) => self.pem_chain(&other.sign_csr(&csr, ttl).unwrap()),
-            Mode::Empty => Vec::new(),
-            Mode::Down => return Err(Status::unavailable("CA is down")),
-        };
-        Ok(Response::new(IstioCertificateResponse { cert_chain }))
-    }
 }
 
 /// A fake CA and a client configured for it.
@@ -100,11 +32,7 @@ impl Harness {
     async fn start(impersonate: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap());
-        let fake = FakeCa {
-            ca: ca.clone(),
-            mode: Arc::new(Mutex::new(Mode::Sign)),
-            seen: Arc::default(),
-        };
+        let fake = FakeCa::signing(ca.clone());
         let pki = TestPki::new();
         let server = testing::serve(&pki, IstioCertificateServiceServer::new(fake.clone())).await;
         let client = CaClient::new(CaClientConfig {

@@ -409,3 +409,110 @@ async fn state_from_istiod_gates_readiness_and_starts_the_node_workloads() {
     assert_eq!(status, 200);
     proxy.drain().await;
 }
+
+#[tokio::test]
+async fn certificates_from_istios_ca_serve_hbone_between_two_proxies() {
+    use proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+
+    use crate::ca_client::testing::FakeCa;
+    use crate::xds::testing;
+
+    // One mesh root for istiod's serving certificate and the workload certificates.
+    let dir = tempfile::tempdir().unwrap();
+    let mesh_ca = Arc::new(hbone::LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap());
+    let pki = testing::TestPki::signed_by(&mesh_ca);
+    let fake = FakeCa::signing(mesh_ca.clone());
+    let server = testing::serve(&pki, IstioCertificateServiceServer::new(fake.clone())).await;
+    let ca_address = format!("https://{}", server.addr);
+    let root = pki.root_path.to_str().unwrap().to_string();
+
+    let start = |node: &'static str, bind: &'static str| {
+        let config = config(&[
+            ("LOCAL_XDS", MESH),
+            ("CA_ADDRESS", &ca_address),
+            ("CA_ROOT_CA", &root),
+            ("AUTH_TOKEN", testing::TOKEN),
+            ("NODE_NAME", node),
+            ("ZTUNNEL_BIND_ADDRESS", bind),
+            ("UNSTABLE_ENABLE_SOCKS5", "true"),
+            ("SOCKS5_PORT", "0"),
+            ("OUTBOUND_PORT", "0"),
+            ("INBOUND_PLAINTEXT_PORT", "0"),
+            ("READINESS_PORT", "0"),
+            ("ADMIN_PORT", "0"),
+            ("STATS_PORT", "0"),
+        ]);
+        assert!(matches!(config.ca, CaSource::Istio(_)));
+        async move {
+            let certificates = Certificates::from_config(&config).await.unwrap();
+            let proxy = Proxy::start(config, certificates, Arc::new(FixedLogLevel("info".into())))
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), proxy.ready().wait())
+                .await
+                .expect("ready once the CA issued the certificates");
+            proxy
+        }
+    };
+    let node_a = start("node-a", "127.0.8.1").await;
+    let node_b = start("node-b", "127.0.8.2").await;
+
+    // Both certificates came from the CA, asked for on behalf of the workloads (shared mode).
+    let asked: Vec<String> = fake
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            match s
+                .request
+                .metadata
+                .as_ref()
+                .and_then(|m| m.fields.get(crate::ca_client::IMPERSONATED_IDENTITY))
+                .and_then(|v| v.kind.clone())
+            {
+                Some(proto::prost_types::value::Kind::StringValue(id)) => id,
+                other => format!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        asked.len(),
+        2,
+        "one CreateCertificate per workload: {asked:?}"
+    );
+    assert!(asked.contains(&"spiffe://cluster.local/ns/default/sa/sleep".to_string()));
+    assert!(asked.contains(&"spiffe://cluster.local/ns/default/sa/httpbin".to_string()));
+
+    // And they carry HBONE: sleep (node A, SOCKS5) → httpbin (node B) → the application.
+    let app = tokio::net::TcpListener::bind("127.0.8.2:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = app.accept().await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    });
+    let socks = node_a.workloads()[0].socks5.unwrap();
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut greeting = [0u8; 2];
+    s.read_exact(&mut greeting).await.unwrap();
+    let std::net::SocketAddr::V4(v4) = app_addr else {
+        unreachable!("bound on IPv4")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "socks5 reply");
+    s.write_all(b"hello").await.unwrap();
+    let mut echoed = [0u8; 5];
+    s.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"hello");
+
+    node_a.drain().await;
+    node_b.drain().await;
+}

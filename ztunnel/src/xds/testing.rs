@@ -87,6 +87,38 @@ impl TestPki {
         }
     }
 
+    /// A control plane whose serving certificate is issued by the mesh CA `ca`, as istiod's is
+    /// in a cluster (one root for the control plane and the workloads).
+    pub(crate) fn signed_by(ca: &hbone::LocalCa) -> Self {
+        let mut params = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "istiod.istio-system.svc".to_string(),
+        ])
+        .unwrap();
+        params.distinguished_name.push(DnType::CommonName, "istiod");
+        let (chain, key) = ca.sign_raw(params).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let dir = tempfile::tempdir().unwrap();
+        let root_pem = hbone::cert::certs_to_pem(ca.roots());
+        let root_path = dir.path().join("root-cert.pem");
+        std::fs::write(&root_path, &root_pem).unwrap();
+        Self {
+            root_pem,
+            root_path,
+            server: Arc::new(server),
+            _dir: dir,
+        }
+    }
+
     /// A control plane at `addr` trusting this root, with the test token.
     pub(crate) fn control_plane(&self, addr: SocketAddr) -> ControlPlane {
         ControlPlane {
