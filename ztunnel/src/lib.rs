@@ -12,10 +12,13 @@
 //! - [`config`]: start-up configuration from the environment (upstream variable names).
 //! - [`connections`]: live inbound connections, re-checked (and closed) when policies change.
 //! - [`demo`]: both ends of a tunnel on one machine, with a local CA.
+//! - [`dns`]: the DNS proxy (15053 in each pod): mesh and ServiceEntry hostnames answered from
+//!   the state, everything else relayed to the pod's resolvers.
 //! - [`drain`]: graceful shutdown of a listener's connections, up to a deadline.
 //! - [`identity`]: one certificate per local identity, issued on first use and rotated.
 //! - [`inbound`]: connections arriving for a local workload (HBONE on 15008, plaintext on 15006):
 //!   policy, then the application.
+//! - [`inpod`]: in-pod redirection: the ZDS protocol with istio-cni and the capture rules.
 //! - [`outbound`]: traffic leaving local workloads: the routing decision and the listener.
 //! - [`quickstart`]: a local mesh on loopback from a local config file (the README's first command).
 //! - [`rbac`]: L4 authorization policies and their evaluation.
@@ -33,9 +36,11 @@ pub mod ca_client;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod dns;
 pub mod drain;
 pub mod identity;
 pub mod inbound;
+pub mod inpod;
 pub mod outbound;
 pub mod quickstart;
 pub mod rbac;
