@@ -100,17 +100,20 @@ pub(crate) async fn establish(
     expected: Vec<Identity>,
     destination: SocketAddr,
     signals: Arc<ConnSignals>,
+    sockets: &dyn crate::socket::SocketFactory,
 ) -> Result<Established, Error> {
-    let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(destination))
+    let connect_error = |source| Error::Connect {
+        addr: destination,
+        source,
+    };
+    let socket = sockets.tcp(destination).map_err(connect_error)?;
+    let tcp = tokio::time::timeout(config.connect_timeout, socket.connect(destination))
         .await
         .map_err(|_| Error::ConnectTimeout {
             addr: destination,
             timeout: config.connect_timeout,
         })?
-        .map_err(|source| Error::Connect {
-            addr: destination,
-            source,
-        })?;
+        .map_err(connect_error)?;
     // Small writes (CONNECT headers, request/response traffic) must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
 

@@ -21,6 +21,7 @@
 //! - [`client`] and [`pool`]: opening tunnels, multiplexed over pooled HTTP/2 connections.
 //! - [`server`]: accepting tunnels and handing them to a handler.
 //! - [`stream`]: an HTTP/2 stream as an `AsyncRead + AsyncWrite` byte stream.
+//! - [`socket`]: where outgoing TCP sockets come from (e.g. a pod's network namespace).
 //! - [`copy`]: bidirectional copy with half-close and adaptive buffers.
 //! - [`config`] and [`error`]: the knobs and the typed errors of all of the above.
 
@@ -35,6 +36,7 @@ pub mod identity;
 pub mod pool;
 pub mod server;
 mod sniff;
+pub mod socket;
 pub mod stream;
 pub mod tls;
 
@@ -49,4 +51,5 @@ pub use error::Error;
 pub use identity::Identity;
 pub use pool::{Pool, PoolKey, Tunnel};
 pub use server::{Handler, InboundRequest, Responder, Server, Shutdown};
+pub use socket::{DefaultSockets, SocketFactory};
 pub use stream::H2Stream;

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::sniff::ConnSignals;
+use crate::socket::SocketFactory;
 use crate::stream::H2Stream;
 
 /// How often a tunnel is retried after its connection went away before the server saw it.
@@ -73,6 +74,7 @@ pub struct Pool {
 struct Inner {
     config: Config,
     roots: Vec<CertificateDer<'static>>,
+    sockets: Arc<dyn SocketFactory>,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<Conn>>>>,
     next_id: AtomicU64,
     opened: AtomicU64,
@@ -157,11 +159,22 @@ impl Drop for Slot {
 impl Pool {
     /// Creates a pool whose connections trust `roots`.
     pub fn new(config: Config, roots: Vec<CertificateDer<'static>>) -> Result<Self, Error> {
+        Self::with_sockets(config, roots, crate::socket::default_sockets())
+    }
+
+    /// Creates a pool whose connections trust `roots` and are dialled from sockets of
+    /// `sockets` (e.g. created inside a pod's network namespace).
+    pub fn with_sockets(
+        config: Config,
+        roots: Vec<CertificateDer<'static>>,
+        sockets: Arc<dyn SocketFactory>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 roots,
+                sockets,
                 conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
@@ -280,6 +293,7 @@ impl Pool {
                 key.destination_identities.clone(),
                 key.destination,
                 conn.signals.clone(),
+                self.inner.sockets.as_ref(),
             )
             .await?;
             Ok::<_, Error>(est)

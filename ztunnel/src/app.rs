@@ -18,13 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connections::ConnectionTracker;
+use crate::dns::{DnsClient, DnsConfig, DnsContext, DnsError, DnsServer, PlainSockets};
 use crate::identity::{IdentityError, IdentityManager};
 use crate::inbound::{DestinationMode, InboundContext, InboundHandler, PlaintextListener};
+use crate::inpod::sockets::PodSockets;
 use crate::outbound::request::OutboundContext;
 use crate::outbound::{OutboundInputs, OutboundListener, Socks5Listener};
 use crate::state::{StateHandle, Workload};
@@ -52,6 +54,9 @@ pub enum AppError {
     /// The TLS or HBONE configuration is invalid.
     #[error(transparent)]
     Hbone(#[from] hbone::Error),
+    /// The DNS proxy's configuration is invalid.
+    #[error("DNS proxy: {0}")]
+    Dns(#[from] DnsError),
 }
 
 /// Ports of a workload's listeners (0 lets the OS choose).
@@ -92,6 +97,8 @@ pub struct Node {
     tracker: ConnectionTracker,
     /// Whether the policy watcher of `tracker` has been started.
     watching: Arc<AtomicBool>,
+    /// The DNS proxy's settings; in-pod proxies serve DNS (15053) when set.
+    dns: Option<DnsConfig>,
 }
 
 impl Node {
@@ -113,6 +120,7 @@ impl Node {
                 ctx,
                 connect_timeout: hbone.connect_timeout,
                 metrics: metrics.clone(),
+                sockets: hbone::socket::default_sockets(),
             },
             roots: Arc::new(roots),
             hbone,
@@ -120,7 +128,14 @@ impl Node {
             metrics,
             tracker: ConnectionTracker::new(),
             watching: Arc::new(AtomicBool::new(false)),
+            dns: None,
         })
+    }
+
+    /// Serves DNS (15053) in every in-pod proxy with `config`.
+    pub fn with_dns(mut self, config: DnsConfig) -> Self {
+        self.dns = Some(config);
+        self
     }
 
     /// Records this node's traffic in `metrics` (e.g. shared with the metrics server) instead of
@@ -152,6 +167,7 @@ impl Node {
             tracker: self.tracker.clone(),
             metrics: self.metrics.clone(),
             connect_timeout: self.hbone.connect_timeout,
+            sockets: self.outbound.sockets.clone(),
         }
     }
 
@@ -177,8 +193,47 @@ impl Node {
             outbound: ports.outbound.map(at),
             plaintext: ports.plaintext.map(at),
             socks5: ports.socks5.map(at),
+            dns: None,
         };
         self.add_workload_on(workload, addrs).await
+    }
+
+    /// Binds and starts the listeners of `workload` inside its pod's network namespace, as
+    /// upstream's in-pod mode: 15008, 15001 and 15006 on the unspecified address of the
+    /// workload's (first) address family, DNS on the loopback address (when the node serves
+    /// DNS); every connection of the proxy is dialled from the pod's namespace too.
+    pub async fn add_pod(
+        &self,
+        workload: &Workload,
+        pod: PodSockets,
+    ) -> Result<WorkloadProxy, AppError> {
+        use crate::config::ports;
+        let ipv6 = workload
+            .workload_ips
+            .first()
+            .is_some_and(std::net::IpAddr::is_ipv6);
+        let (any, loopback): (std::net::IpAddr, std::net::IpAddr) = if ipv6 {
+            (
+                std::net::Ipv6Addr::UNSPECIFIED.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            )
+        } else {
+            (
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            )
+        };
+        let addrs = ListenAddrs {
+            hbone: SocketAddr::new(any, ports::INBOUND_HBONE),
+            outbound: Some(SocketAddr::new(any, ports::OUTBOUND)),
+            plaintext: Some(SocketAddr::new(any, ports::INBOUND_PLAINTEXT)),
+            socks5: None,
+            dns: self
+                .dns
+                .is_some()
+                .then(|| SocketAddr::new(loopback, ports::DNS)),
+        };
+        self.start(workload, addrs, Some(pod)).await
     }
 
     /// Binds and starts the listeners of `workload` on `addrs` (a dedicated proxy binds the
@@ -188,53 +243,109 @@ impl Node {
         workload: &Workload,
         addrs: ListenAddrs,
     ) -> Result<WorkloadProxy, AppError> {
+        self.start(workload, addrs, None).await
+    }
+
+    /// Binds (in the process's namespace, or in the pod's when `pod` is given) and starts the
+    /// listeners of `workload`.
+    async fn start(
+        &self,
+        workload: &Workload,
+        addrs: ListenAddrs,
+        pod: Option<PodSockets>,
+    ) -> Result<WorkloadProxy, AppError> {
         let certs = self.outbound.identities.fetch(&workload.identity()).await?;
         let tls = hbone::tls::server_config(certs, &self.roots).map_err(hbone::Error::from)?;
         let bind_err = |addr| move |source| AppError::Bind { addr, source };
 
+        // An in-pod proxy dials from the pod's namespace: its own pool and sockets.
+        let mut outbound_inputs = self.outbound.clone();
+        let mut ctx = self.inbound_context();
+        if let Some(pod) = &pod {
+            let sockets: Arc<dyn hbone::SocketFactory> = Arc::new(pod.clone());
+            outbound_inputs.pool = hbone::Pool::with_sockets(
+                self.hbone.clone(),
+                self.roots.as_ref().clone(),
+                sockets.clone(),
+            )?;
+            outbound_inputs.sockets = sockets.clone();
+            ctx.sockets = sockets;
+        }
+        let listen = |addr: SocketAddr| {
+            let pod = pod.clone();
+            async move {
+                match pod {
+                    Some(pod) => TcpListener::from_std(pod.tcp_listener(addr)?),
+                    None => TcpListener::bind(addr).await,
+                }
+            }
+        };
+
         // Bind everything first, so a port conflict leaves nothing half-started.
-        let inbound = TcpListener::bind(addrs.hbone)
-            .await
-            .map_err(bind_err(addrs.hbone))?;
-        let ctx = self.inbound_context();
+        let inbound = listen(addrs.hbone).await.map_err(bind_err(addrs.hbone))?;
         let outbound = match addrs.outbound {
             Some(addr) => Some(
-                OutboundListener::new(
-                    addr,
-                    self.outbound.clone(),
+                OutboundListener::from_listener(
+                    listen(addr).await.map_err(bind_err(addr))?,
+                    outbound_inputs.clone(),
                     &workload.uid,
                     DestinationMode::OriginalDst,
                 )
-                .await
-                .map_err(bind_err(addr))?
                 .with_drain_deadline(self.drain_deadline),
             ),
             None => None,
         };
         let plaintext = match addrs.plaintext {
             Some(addr) => Some(
-                PlaintextListener::new(
-                    addr,
+                PlaintextListener::from_listener(
+                    listen(addr).await.map_err(bind_err(addr))?,
                     ctx.clone(),
                     &workload.uid,
                     DestinationMode::OriginalDst,
                 )
-                .await
-                .map_err(bind_err(addr))?
                 .with_drain_deadline(self.drain_deadline),
             ),
             None => None,
         };
         let socks5 = match addrs.socks5 {
             Some(addr) => Some(
-                Socks5Listener::new(addr, self.outbound.clone(), &workload.uid)
+                Socks5Listener::new(addr, outbound_inputs.clone(), &workload.uid)
                     .await
                     .map_err(bind_err(addr))?
                     .with_drain_deadline(self.drain_deadline),
             ),
             None => None,
         };
+        let dns = match (addrs.dns, &self.dns) {
+            (Some(addr), Some(config)) => {
+                let (udp, tcp) = match &pod {
+                    Some(pod) => (
+                        pod.udp_socket(addr).and_then(UdpSocket::from_std),
+                        pod.tcp_listener(addr).and_then(TcpListener::from_std),
+                    ),
+                    None => (UdpSocket::bind(addr).await, TcpListener::bind(addr).await),
+                };
+                let sockets: Arc<dyn crate::dns::UpstreamSockets> = match &pod {
+                    Some(pod) => Arc::new(pod.clone()),
+                    None => Arc::new(PlainSockets::default()),
+                };
+                let ctx = DnsContext {
+                    state: self.outbound.state.clone(),
+                    client: DnsClient::from_workload(workload),
+                    config: config.clone(),
+                    metrics: self.metrics.dns().clone(),
+                    sockets,
+                };
+                Some(DnsServer::new(
+                    udp.map_err(bind_err(addr))?,
+                    tcp.map_err(bind_err(addr))?,
+                    ctx,
+                )?)
+            }
+            _ => None,
+        };
         let inbound_addr = inbound.local_addr().map_err(bind_err(addrs.hbone))?;
+        let dns_addr = dns.as_ref().and_then(|d| d.address().ok());
         let outbound_addr = outbound.as_ref().and_then(|l| l.address().ok());
         let socks5_addr = socks5.as_ref().and_then(|l| l.address().ok());
         let plaintext_addr = plaintext.as_ref().and_then(|l| l.address().ok());
@@ -253,6 +364,9 @@ impl Node {
         if let Some(l) = socks5 {
             tasks.spawn(l.run(shutdown.drain.clone()));
         }
+        if let Some(d) = dns {
+            tasks.spawn(d.run(shutdown.drain.clone()));
+        }
         tasks.close();
         Ok(WorkloadProxy {
             uid: workload.uid.clone(),
@@ -260,6 +374,8 @@ impl Node {
             outbound: outbound_addr,
             plaintext: plaintext_addr,
             socks5: socks5_addr,
+            dns: dns_addr,
+            netns: pod.map(|p| p.netns_id()),
             shutdown,
             tasks,
         })
@@ -277,6 +393,8 @@ pub struct ListenAddrs {
     pub plaintext: Option<SocketAddr>,
     /// SOCKS5 (15080), when enabled.
     pub socks5: Option<SocketAddr>,
+    /// The DNS proxy (15053, UDP and TCP), when enabled and the node serves DNS.
+    pub dns: Option<SocketAddr>,
 }
 
 /// The running listeners of one local workload.
@@ -292,6 +410,10 @@ pub struct WorkloadProxy {
     pub plaintext: Option<SocketAddr>,
     /// SOCKS5 address, when enabled.
     pub socks5: Option<SocketAddr>,
+    /// DNS proxy address (UDP and TCP), when enabled.
+    pub dns: Option<SocketAddr>,
+    /// The pod network namespace the listeners live in (in-pod proxies only).
+    pub netns: Option<crate::inpod::netns::NetnsId>,
     shutdown: hbone::Shutdown,
     tasks: TaskTracker,
 }

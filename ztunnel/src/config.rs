@@ -198,6 +198,27 @@ pub struct Config {
     pub drain_deadline: Duration,
     /// HBONE client and server settings.
     pub hbone: hbone::Config,
+    /// In-pod mode: pods announced over ZDS by istio-cni (or `ztunnel node-agent`) instead of
+    /// listeners on the workloads' own addresses; `None` when off.
+    pub inpod: Option<InpodConfig>,
+}
+
+/// In-pod mode settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InpodConfig {
+    /// The node agent's socket (`INPOD_UDS`, default `/var/run/ztunnel/ztunnel.sock`).
+    pub zds: crate::inpod::zds::ZdsConfig,
+    /// The mark on every socket of the pod proxies (`PACKET_MARK`, default 1337 = 0x539); the
+    /// capture rules exempt it.
+    pub mark: u32,
+    /// Whether pod proxies serve DNS on 15053 (`DNS_CAPTURE`, ProxyConfig's
+    /// `proxyMetadata.DNS_CAPTURE`; default true).
+    pub dns_capture: bool,
+    /// The resolv.conf whose name servers DNS queries the proxy does not answer are relayed to
+    /// (`DNS_RESOLV_CONF`, our knob; default `/etc/resolv.conf`).
+    pub resolv_conf: PathBuf,
+    /// The cluster's DNS domain (`CLUSTER_DOMAIN`, default `cluster.local`).
+    pub cluster_domain: String,
 }
 
 impl Config {
@@ -220,6 +241,7 @@ impl Config {
             listeners: listeners(env)?,
             drain_deadline: drain_deadline(env)?,
             hbone: hbone_config(env)?,
+            inpod: inpod(env)?,
         };
         Ok(config)
     }
@@ -397,6 +419,31 @@ fn xds(env: &impl Env, local: &LocalState) -> Result<Option<Box<XdsConfig>>, Con
     XdsConfig::from_env(env)?
         .map(|c| c.with_prefixed_vars(env.vars()).map(Box::new))
         .transpose()
+}
+
+/// `INPOD_ENABLED` (default: on in Kubernetes, where istio-cni hands over the pods; off
+/// elsewhere, where workloads are served on their own addresses) and its settings.
+fn inpod(env: &impl Env) -> Result<Option<InpodConfig>, ConfigError> {
+    let enabled = match string(env, "INPOD_ENABLED") {
+        Some(_) => boolean(env, "INPOD_ENABLED")?,
+        None => string(env, "KUBERNETES_SERVICE_HOST").is_some(),
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let dns_capture = match string(env, "DNS_CAPTURE") {
+        Some(_) => boolean(env, "DNS_CAPTURE")?,
+        None => true,
+    };
+    Ok(Some(InpodConfig {
+        zds: crate::inpod::zds::ZdsConfig::from_env(env),
+        mark: parse::<u32>(env, "PACKET_MARK")?.unwrap_or(crate::inpod::rules::ZTUNNEL_MARK),
+        dns_capture,
+        resolv_conf: string(env, "DNS_RESOLV_CONF")
+            .map_or_else(|| PathBuf::from("/etc/resolv.conf"), PathBuf::from),
+        cluster_domain: string(env, "CLUSTER_DOMAIN")
+            .unwrap_or_else(|| crate::dns::DEFAULT_CLUSTER_DOMAIN.into()),
+    }))
 }
 
 fn outbound_policy(env: &impl Env) -> Result<OutboundPolicy, ConfigError> {

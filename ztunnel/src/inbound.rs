@@ -196,6 +196,9 @@ pub struct InboundContext {
     pub metrics: Arc<Metrics>,
     /// Deadline for connecting to the application.
     pub connect_timeout: Duration,
+    /// Where connections to the application are dialled from (the pod's network namespace
+    /// for an in-pod proxy).
+    pub sockets: Arc<dyn hbone::SocketFactory>,
 }
 
 impl InboundContext {
@@ -206,6 +209,7 @@ impl InboundContext {
             tracker: ConnectionTracker::new(),
             metrics: Arc::new(Metrics::new()),
             connect_timeout,
+            sockets: hbone::socket::default_sockets(),
         }
     }
 
@@ -223,16 +227,9 @@ impl InboundContext {
             authorized.connection.clone(),
         )?;
         let target = authorized.target;
-        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await;
-        let app = match connect {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(InboundError::Connect { target, source }),
-            Err(_) => {
-                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-                return Err(InboundError::Connect { target, source });
-            }
-        };
-        let _ = app.set_nodelay(true);
+        let app = hbone::socket::connect(self.sockets.as_ref(), target, self.connect_timeout)
+            .await
+            .map_err(|source| InboundError::Connect { target, source })?;
         // Revoked while connecting: refuse rather than answer and reset at once.
         if let Some(revoked) = guard.revocation() {
             return Err(revoked.clone().into());

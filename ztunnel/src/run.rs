@@ -36,6 +36,8 @@ use crate::app::{AppError, ListenAddrs, Node, WorkloadProxy};
 use crate::ca_client::CaClient;
 use crate::config::{CaSource, Config, LocalState, ProxyMode, WorkloadInfo};
 use crate::identity::{CertificateSource, IdentityManager};
+use crate::inpod::manager::InpodManager;
+use crate::inpod::zds::ZdsClient;
 use crate::outbound::request::OutboundContext;
 use crate::state::{
     self, LoadError, LocalConfig, MeshState, StateHandle, TunnelProtocol, Workload,
@@ -70,6 +72,9 @@ pub enum RunError {
     /// The node could not be set up.
     #[error(transparent)]
     App(#[from] AppError),
+    /// In-pod mode cannot work on this system.
+    #[error(transparent)]
+    Inpod(#[from] crate::inpod::CapabilityError),
     /// An admin, metrics or readiness server could not bind.
     #[error("failed to bind the {server} server on {addr}: {source}")]
     Bind {
@@ -172,6 +177,7 @@ fn listen_addrs(config: &Config, workload: &Workload) -> Option<ListenAddrs> {
                 outbound: Some(at(l.outbound)),
                 plaintext: Some(at(l.inbound_plaintext)),
                 socks5: l.socks5.map(at),
+                dns: None,
             })
         }
         ProxyMode::Dedicated(_) => Some(ListenAddrs {
@@ -179,6 +185,7 @@ fn listen_addrs(config: &Config, workload: &Workload) -> Option<ListenAddrs> {
             outbound: Some(l.outbound),
             plaintext: Some(l.inbound_plaintext),
             socks5: l.socks5,
+            dns: None,
         }),
     }
 }
@@ -225,6 +232,7 @@ pub struct Proxy {
     stop_reconcile: CancellationToken,
     stop_xds: Option<CancellationToken>,
     state: StateHandle,
+    inpod: Option<Arc<InpodManager>>,
 }
 
 impl Proxy {
@@ -329,13 +337,54 @@ impl Proxy {
         };
 
         let served: Served = Arc::default();
+        let stop_reconcile = CancellationToken::new();
+        if let Some(inpod) = &config.inpod {
+            // Pods come from the node agent; their proxies start once the state has them.
+            crate::inpod::verify_capabilities(inpod.mark)?;
+            let node = match inpod.dns_capture {
+                true => node.with_dns(dns_config(inpod)),
+                false => node,
+            };
+            let manager = InpodManager::new(node, handle.clone(), inpod.mark);
+            manager.watch_state(stop_reconcile.clone());
+            let client = ZdsClient::new(inpod.zds.clone(), manager.clone());
+            let snapshot = ready.register("inpod");
+            let mut zds_ready = client.readiness();
+            tokio::spawn(client.run(stop_reconcile.clone()));
+            let stop = stop_reconcile.clone();
+            tokio::spawn(async move {
+                if let Some(mut xds) = xds_ready {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        ready = xds.wait() => if !ready { return },
+                    }
+                }
+                drop((state_task, certs_task, workloads_task));
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    ready = zds_ready.wait() => if ready { drop(snapshot) },
+                }
+            });
+            return Ok(Self {
+                endpoints,
+                ready,
+                quit,
+                servers,
+                served,
+                reconcile: None,
+                reload,
+                stop_reconcile,
+                stop_xds,
+                state: handle,
+                inpod: Some(manager),
+            });
+        }
         let reconciler = Reconciler {
             config: config.clone(),
             node,
             identities,
             served: served.clone(),
         };
-        let stop_reconcile = CancellationToken::new();
         let startup = Startup {
             state: state_task,
             certificates: certs_task,
@@ -355,6 +404,7 @@ impl Proxy {
             stop_reconcile,
             stop_xds,
             state: handle,
+            inpod: None,
         })
     }
 
@@ -376,6 +426,14 @@ impl Proxy {
     /// Cancelled by `POST /quitquitquit`.
     pub fn quit_requested(&self) -> CancellationToken {
         self.quit.clone()
+    }
+
+    /// The pods announced by the node agent and their proxies (in-pod mode; empty otherwise).
+    pub async fn pods(&self) -> Vec<crate::inpod::manager::PodStatus> {
+        match &self.inpod {
+            Some(manager) => manager.status().await,
+            None => Vec::new(),
+        }
     }
 
     /// The workloads served now, by uid.
@@ -414,6 +472,9 @@ impl Proxy {
         tracing::info!(workloads = proxies.len(), "draining");
         for p in &proxies {
             p.shutdown();
+        }
+        if let Some(inpod) = &self.inpod {
+            inpod.drain().await;
         }
         for p in &proxies {
             p.drain().await;
@@ -576,6 +637,20 @@ impl Reconciler {
     }
 }
 
+/// The DNS proxy's settings: the name servers of the configured resolv.conf (none, with a
+/// warning, when it cannot be read: mesh names are still answered).
+fn dns_config(inpod: &crate::config::InpodConfig) -> crate::dns::DnsConfig {
+    let conf = crate::dns::ResolvConf::read(&inpod.resolv_conf).unwrap_or_else(|error| {
+        tracing::warn!(
+            path = %inpod.resolv_conf.display(),
+            %error,
+            "no upstream resolvers: only mesh hostnames will resolve"
+        );
+        crate::dns::ResolvConf::default()
+    });
+    crate::dns::DnsConfig::from_resolv_conf(&conf, &inpod.cluster_domain)
+}
+
 /// The readiness tasks start-up completes, and the xDS readiness it waits for first.
 struct Startup {
     state: ReadyTask,
@@ -616,6 +691,12 @@ fn config_summary(config: &Config) -> serde_json::Value {
             crate::config::OutboundPolicy::RegistryOnly => "REGISTRY_ONLY",
         },
         "drainDeadline": format!("{}ms", config.drain_deadline.as_millis()),
+        "inpod": config.inpod.as_ref().map(|i| serde_json::json!({
+            "socket": i.zds.socket_path.display().to_string(),
+            "packetMark": i.mark,
+            "dnsCapture": i.dns_capture,
+            "resolvConf": i.resolv_conf.display().to_string(),
+        })),
         "listeners": {
             "outbound": l.outbound.to_string(),
             "inboundPlaintext": l.inbound_plaintext.to_string(),

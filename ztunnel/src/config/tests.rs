@@ -112,6 +112,15 @@ fn bad_settings_name_the_variable() {
         ),
         (&[("OUTBOUND_PORT", "70000")], "OUTBOUND_PORT"),
         (&[("HTTP2_FRAME_SIZE", "-1")], "HTTP2_FRAME_SIZE"),
+        (&[("INPOD_ENABLED", "maybe")], "INPOD_ENABLED"),
+        (
+            &[("INPOD_ENABLED", "true"), ("PACKET_MARK", "0x539")],
+            "PACKET_MARK",
+        ),
+        (
+            &[("INPOD_ENABLED", "true"), ("DNS_CAPTURE", "on")],
+            "DNS_CAPTURE",
+        ),
     ];
     for (vars, name) in cases {
         let map: HashMap<&str, &str> = vars.iter().copied().collect();
@@ -221,4 +230,53 @@ fn control_plane_and_ca_selection() {
             "{vars:?}"
         );
     }
+}
+
+#[test]
+fn inpod_mode() {
+    // Off outside Kubernetes unless asked for; on in Kubernetes (istio-cni hands over pods).
+    assert_eq!(Config::from_env(&env(&[])).unwrap().inpod, None);
+    let in_k8s = Config::from_env(&env(&[
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("LOCAL_XDS_PATH", "/etc/ztunnel/state.yaml"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        in_k8s.inpod,
+        Some(InpodConfig {
+            zds: crate::inpod::zds::ZdsConfig {
+                socket_path: "/var/run/ztunnel/ztunnel.sock".into()
+            },
+            mark: 0x539,
+            dns_capture: true,
+            resolv_conf: "/etc/resolv.conf".into(),
+            cluster_domain: "cluster.local".into(),
+        })
+    );
+    let off_in_k8s = Config::from_env(&env(&[
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("LOCAL_XDS_PATH", "/etc/ztunnel/state.yaml"),
+        ("INPOD_ENABLED", "false"),
+    ]))
+    .unwrap();
+    assert_eq!(off_in_k8s.inpod, None);
+    let custom = Config::from_env(&env(&[
+        ("INPOD_ENABLED", "true"),
+        ("INPOD_UDS", "/tmp/zds.sock"),
+        ("PACKET_MARK", "4242"),
+        ("DNS_CAPTURE", "false"),
+        ("DNS_RESOLV_CONF", "/tmp/resolv.conf"),
+        ("CLUSTER_DOMAIN", "corp.example"),
+    ]))
+    .unwrap()
+    .inpod
+    .unwrap();
+    assert_eq!(
+        custom.zds.socket_path,
+        std::path::Path::new("/tmp/zds.sock")
+    );
+    assert_eq!(custom.mark, 4242);
+    assert!(!custom.dns_capture);
+    assert_eq!(custom.resolv_conf, std::path::Path::new("/tmp/resolv.conf"));
+    assert_eq!(custom.cluster_domain, "corp.example");
 }

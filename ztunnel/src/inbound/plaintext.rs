@@ -51,13 +51,29 @@ impl PlaintextListener {
         uid: &str,
         mode: DestinationMode,
     ) -> io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
+        Ok(Self::from_listener(
+            TcpListener::bind(addr).await?,
+            ctx,
+            uid,
+            mode,
+        ))
+    }
+
+    /// Serves `listener` (bound by the caller, e.g. inside a pod's network namespace) for the
+    /// workload `uid`.
+    pub fn from_listener(
+        listener: TcpListener,
+        ctx: InboundContext,
+        uid: &str,
+        mode: DestinationMode,
+    ) -> Self {
+        Self {
+            listener,
             ctx,
             uid: uid.into(),
             mode,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
-        })
+        }
     }
 
     /// Sets how long open connections may run once [`PlaintextListener::run`] is shut down.

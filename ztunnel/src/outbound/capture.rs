@@ -36,13 +36,29 @@ impl OutboundListener {
         source_uid: &str,
         mode: DestinationMode,
     ) -> std::io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
+        Ok(Self::from_listener(
+            TcpListener::bind(addr).await?,
+            inputs,
+            source_uid,
+            mode,
+        ))
+    }
+
+    /// Serves `listener` (bound by the caller, e.g. inside a pod's network namespace) for the
+    /// workload `source_uid`.
+    pub fn from_listener(
+        listener: TcpListener,
+        inputs: OutboundInputs,
+        source_uid: &str,
+        mode: DestinationMode,
+    ) -> Self {
+        Self {
+            listener,
             inputs,
             source_uid: source_uid.into(),
             mode,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
-        })
+        }
     }
 
     /// Sets how long open connections may run once [`OutboundListener::run`] is shut down.

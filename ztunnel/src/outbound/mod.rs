@@ -53,6 +53,9 @@ pub struct OutboundInputs {
     pub connect_timeout: Duration,
     /// Where connections are counted (`reporter="source"`).
     pub metrics: Arc<Metrics>,
+    /// Where plain TCP connections are dialled from (a pod's network namespace for an in-pod
+    /// proxy; the pool has its own).
+    pub sockets: Arc<dyn hbone::SocketFactory>,
 }
 
 /// Why an outbound connection failed.
@@ -202,27 +205,16 @@ pub async fn open(
             Upstream::Tunnel(Box::new(tunnel))
         }
         Protocol::Tcp | Protocol::Passthrough => {
-            let connect =
-                tokio::time::timeout(inputs.connect_timeout, TcpStream::connect(req.destination))
-                    .await;
-            let stream = match connect {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(OutboundFailure::Connect {
-                        destination: req.destination,
-                        source,
-                    });
-                }
-                Err(_) => {
-                    let source =
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-                    return Err(OutboundFailure::Connect {
-                        destination: req.destination,
-                        source,
-                    });
-                }
-            };
-            let _ = stream.set_nodelay(true);
+            let stream = hbone::socket::connect(
+                inputs.sockets.as_ref(),
+                req.destination,
+                inputs.connect_timeout,
+            )
+            .await
+            .map_err(|source| OutboundFailure::Connect {
+                destination: req.destination,
+                source,
+            })?;
             Upstream::Tcp(stream)
         }
     };

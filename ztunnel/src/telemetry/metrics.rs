@@ -11,7 +11,7 @@
 //! upkeep is needed: [`PrometheusHandle::render`] itself publishes pending descriptions.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ::metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -82,6 +82,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Counter handles by label set.
     cache: Mutex<HashMap<ConnectionLabels, Handles>>,
+    /// The DNS proxies' metrics (`istio_dns_*`), rendered with the rest.
+    dns: Arc<crate::dns::DnsMetrics>,
 }
 
 /// The two byte counters of one connection, for cheap incremental updates while it runs.
@@ -147,7 +149,13 @@ impl Metrics {
             recorder,
             handle,
             cache: Mutex::new(HashMap::new()),
+            dns: Arc::new(crate::dns::DnsMetrics::new()),
         }
+    }
+
+    /// The DNS proxies' metrics, exported with these.
+    pub fn dns(&self) -> &Arc<crate::dns::DnsMetrics> {
+        &self.dns
     }
 
     /// The counter `kind` for `labels`, registered on first use.
@@ -210,7 +218,10 @@ impl Metrics {
     /// The output is deterministic: metric families sorted by name, samples sorted within a
     /// family (the exporter itself iterates hash maps).
     pub fn render(&self) -> String {
-        sort_exposition(&self.handle.render())
+        let mut text = self.handle.render();
+        text.push_str("\n\n");
+        text.push_str(&self.dns.render());
+        sort_exposition(&text)
     }
 }
 
