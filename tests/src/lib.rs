@@ -8,8 +8,16 @@
 //! - `ztunnel_l4.rs`: two node proxies — HBONE by VIP and hostname, plain TCP, passthrough.
 //! - `ztunnel_policy.rs`: live revocation, strict mTLS against plaintext, inbound metrics.
 //!
+//! - `netns_harness.rs`: the network-namespace harness of [`netns`] itself (root only).
+//!
 //! Suites that bind fixed ports (15008, 15080, …) use their own loopback addresses
 //! (127.0.2.x, 127.0.3.x, …) so that test binaries running in parallel never collide.
+//!
+//! [`netns`] builds a two-node topology of network namespaces (nodes, pods, the wire between
+//! them), creates sockets inside them and captures the inter-node traffic, for suites that run
+//! the real in-pod data path.
+
+pub mod netns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

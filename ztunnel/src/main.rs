@@ -61,6 +61,22 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         measure_mb: u64,
     },
+    /// Runs a node agent in istio-cni's place, for VMs and tests: the pods of a YAML file
+    /// (uid, name, namespace, serviceAccount, netns path, captureDns, exclude) get their
+    /// capture rules installed and are handed to ztunnel over the ZDS socket; the file is
+    /// hot-reloaded. Runs until SIGTERM or Ctrl-C; the rules are left in place on exit unless
+    /// --remove-rules-on-exit.
+    NodeAgent {
+        /// The ZDS socket ztunnel connects to.
+        #[arg(long, env = "INPOD_UDS", default_value = ztunnel::inpod::zds::DEFAULT_SOCKET_PATH)]
+        socket: PathBuf,
+        /// The pods file.
+        #[arg(long)]
+        pods: PathBuf,
+        /// Remove every pod's capture rules when stopping.
+        #[arg(long)]
+        remove_rules_on_exit: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run => "info",
         Command::Quickstart { .. } => "warn,access=info",
         Command::Demo { .. } => "warn",
+        Command::NodeAgent { .. } => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
@@ -112,6 +129,32 @@ fn main() -> anyhow::Result<()> {
             state_dir,
             measure_mb,
         } => runtime.block_on(demo(state_dir, measure_mb)),
+        Command::NodeAgent {
+            socket,
+            pods,
+            remove_rules_on_exit,
+        } => runtime.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let options = ztunnel::inpod::node_agent::NodeAgentOptions {
+                remove_rules_on_shutdown: remove_rules_on_exit,
+                ..Default::default()
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let agent = ztunnel::inpod::node_agent::NodeAgentService::new(socket, pods)
+                .with_options(options)
+                .run(shutdown.clone());
+            tokio::pin!(agent);
+            let mut term =
+                signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+            let reason = tokio::select! {
+                result = &mut agent => return result.context("node agent failed"),
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "interrupt",
+            };
+            tracing::info!(reason, "shutting down");
+            shutdown.cancel();
+            agent.await.context("node agent failed")
+        }),
     }
 }
 
