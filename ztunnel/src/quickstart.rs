@@ -188,6 +188,7 @@ pub async fn start(opts: &Options) -> Result<Quickstart, QuickstartError> {
                 config: serde_json::json!({ "node": w.node, "mode": "quickstart" }),
                 log_level: opts.log_level.clone(),
                 quit: quit.clone(),
+                workload_state: Default::default(),
             };
             endpoints.insert(w.node.clone(), serve_node(ip, &node, admin, &quit).await?);
             node_proxies.insert(w.node.clone(), node);

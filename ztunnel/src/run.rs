@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{
     AdminInputs, AdminServer, LogLevel, MetricsServer, ReadinessServer, Ready, ReadyTask,
+    WorkloadStateSource,
 };
 use crate::app::{AppError, ListenAddrs, Node, WorkloadProxy};
 use crate::ca_client::CaClient;
@@ -271,6 +272,7 @@ impl Proxy {
         .with_drain_deadline(config.drain_deadline);
 
         let quit = CancellationToken::new();
+        let workload_state = WorkloadStateSource::default();
         let metrics = MetricsServer::new(l.metrics, node.metrics().clone())
             .await
             .map_err(|source| RunError::Bind {
@@ -287,6 +289,7 @@ impl Proxy {
                 config: config_summary(&config),
                 log_level,
                 quit: quit.clone(),
+                workload_state: workload_state.clone(),
             },
         )
         .await
@@ -346,6 +349,11 @@ impl Proxy {
                 false => node,
             };
             let manager = InpodManager::new(node, handle.clone(), inpod.mark);
+            let dump = Arc::downgrade(&manager);
+            let _ = workload_state.set(Box::new(move || {
+                let pods = dump.upgrade().map(|m| m.status_now()).unwrap_or_default();
+                workload_state_json(&pods)
+            }));
             manager.watch_state(stop_reconcile.clone());
             let client = ZdsClient::new(inpod.zds.clone(), manager.clone());
             let snapshot = ready.register("inpod");
@@ -635,6 +643,21 @@ impl Reconciler {
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty()
     }
+}
+
+/// `workloadState` of `/config_dump`: each pod by uid, `Up` once its proxy runs, `Pending`
+/// while it waits for its workload in the mesh state.
+fn workload_state_json(pods: &[crate::inpod::manager::PodStatus]) -> serde_json::Value {
+    pods.iter()
+        .map(|p| {
+            let state = if p.running { "Up" } else { "Pending" };
+            (
+                p.uid.clone(),
+                serde_json::json!({ "state": state, "workload": p.workload, "netns": p.netns }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// The DNS proxy's settings: the name servers of the configured resolv.conf (none, with a

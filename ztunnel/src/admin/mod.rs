@@ -28,7 +28,7 @@ pub use self::logging::{LogLevel, ReloadLogLevel};
 pub use self::metrics::MetricsServer;
 pub use self::readiness::{ReadinessServer, Ready, ReadyTask};
 pub use self::serve::HttpOptions;
-pub use self::server::{AdminInputs, AdminServer};
+pub use self::server::{AdminInputs, AdminServer, WorkloadStateSource};
 
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,13 @@ pub struct AdminInputs {
     pub log_level: Arc<dyn LogLevel>,
     /// Cancelled by `POST /quitquitquit` to start a graceful shutdown of the proxy.
     pub quit: CancellationToken,
+    /// The live state of the in-pod proxies, dumped as `workloadState` once set.
+    pub workload_state: WorkloadStateSource,
 }
+
+/// Where `/config_dump` reads the in-pod proxies' state from (set once they exist).
+pub type WorkloadStateSource =
+    Arc<std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>>;
 
 impl fmt::Debug for AdminInputs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,6 +115,11 @@ impl AdminHandler {
             &self.inputs.roots,
             &self.inputs.config,
         );
+        let mut dump = dump;
+        if let (Some(source), Some(map)) = (self.inputs.workload_state.get(), dump.as_object_mut())
+        {
+            map.insert("workloadState".into(), source());
+        }
         match serde_json::to_vec_pretty(&dump) {
             Ok(mut body) => {
                 body.push(b'\n');

@@ -278,6 +278,7 @@ fn fixture() -> Fixture {
             config: serde_json::json!({ "proxyMode": "Shared", "adminAddr": "127.0.0.1:15000" }),
             log_level: level.clone(),
             quit: quit.clone(),
+            workload_state: Default::default(),
         },
         level,
         quit,

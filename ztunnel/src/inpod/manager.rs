@@ -65,8 +65,9 @@ struct Pod {
     proxy: Option<WorkloadProxy>,
 }
 
-/// What the manager reports about one pod (for `config_dump` and tests).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the manager reports about one pod (`workloadState` of `/config_dump`, and tests).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     /// The pod's uid (as announced).
     pub uid: String,
@@ -84,6 +85,8 @@ pub struct InpodManager {
     mark: u32,
     state: StateHandle,
     pods: Mutex<HashMap<String, Pod>>,
+    /// The last [`PodStatus`] list, readable without waiting (for the admin server).
+    published: std::sync::Mutex<Vec<PodStatus>>,
 }
 
 impl std::fmt::Debug for InpodManager {
@@ -102,7 +105,25 @@ impl InpodManager {
             mark,
             state,
             pods: Mutex::new(HashMap::new()),
+            published: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The pods as of the last change, without waiting for a change in progress.
+    pub fn status_now(&self) -> Vec<PodStatus> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes the status of `pods` for [`InpodManager::status_now`].
+    fn publish(&self, pods: &HashMap<String, Pod>) {
+        let status = status_of(pods);
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
     }
 
     /// Starts waiting pods whenever the mesh state changes, until `shutdown`.
@@ -122,23 +143,17 @@ impl InpodManager {
 
     /// The pods and their proxies.
     pub async fn status(&self) -> Vec<PodStatus> {
-        let pods = self.pods.lock().await;
-        let mut out: Vec<_> = pods
-            .iter()
-            .map(|(uid, pod)| PodStatus {
-                uid: uid.clone(),
-                workload: pod.proxy.as_ref().map(|p| p.uid.clone()),
-                netns: pod.sockets.netns_id().to_string(),
-                running: pod.proxy.is_some(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.uid.cmp(&b.uid));
-        out
+        status_of(&*self.pods.lock().await)
     }
 
     /// Stops every pod proxy: listeners close, connections get the node's drain deadline.
     pub async fn drain(&self) {
-        let pods: Vec<Pod> = self.pods.lock().await.drain().map(|(_, p)| p).collect();
+        let pods: Vec<Pod> = {
+            let mut all = self.pods.lock().await;
+            let drained = all.drain().map(|(_, p)| p).collect();
+            self.publish(&all);
+            drained
+        };
         for pod in &pods {
             if let Some(proxy) = &pod.proxy {
                 proxy.shutdown();
@@ -189,7 +204,23 @@ impl InpodManager {
                 tracing::warn!(pod = %uid, %error, "pod proxy did not start");
             }
         }
+        self.publish(&pods);
     }
+}
+
+/// The status of `pods`, by uid.
+fn status_of(pods: &HashMap<String, Pod>) -> Vec<PodStatus> {
+    let mut out: Vec<_> = pods
+        .iter()
+        .map(|(uid, pod)| PodStatus {
+            uid: uid.clone(),
+            workload: pod.proxy.as_ref().map(|p| p.uid.clone()),
+            netns: pod.sockets.netns_id().to_string(),
+            running: pod.proxy.is_some(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.uid.cmp(&b.uid));
+    out
 }
 
 /// Stops `proxy` in the background, letting its connections drain.
@@ -210,7 +241,9 @@ impl WorkloadHandler for InpodManager {
         if let Some(pod) = pods.get_mut(&uid) {
             if pod.sockets.netns_id() == netns.id() {
                 pod.info = info.or(pod.info.take());
-                return self.try_start(&uid, pod).await;
+                let result = self.try_start(&uid, pod).await;
+                self.publish(&pods);
+                return result;
             }
             tracing::info!(
                 pod = %uid,
@@ -231,6 +264,7 @@ impl WorkloadHandler for InpodManager {
         if result.is_ok() {
             pods.insert(uid, pod);
         }
+        self.publish(&pods);
         result
     }
 
@@ -245,12 +279,14 @@ impl WorkloadHandler for InpodManager {
     }
 
     async fn del(&self, uid: String) -> Result<(), String> {
-        if let Some(pod) = self.pods.lock().await.remove(&uid) {
+        let mut pods = self.pods.lock().await;
+        if let Some(pod) = pods.remove(&uid) {
             tracing::info!(pod = %uid, "pod removed; its proxy stops");
             // Dropping the proxy stops its listeners; the pod is gone, so there is nothing to
             // drain towards.
             drop(pod);
         }
+        self.publish(&pods);
         Ok(())
     }
 
@@ -267,6 +303,7 @@ impl WorkloadHandler for InpodManager {
                 drain_in_background(proxy);
             }
         }
+        self.publish(&pods);
         Ok(())
     }
 }
