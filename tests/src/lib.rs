@@ -9,14 +9,17 @@
 //! - `ztunnel_policy.rs`: live revocation, strict mTLS against plaintext, inbound metrics.
 //!
 //! - `netns_harness.rs`: the network-namespace harness of [`netns`] itself (root only).
+//! - `inpod_netns.rs`: in-pod redirection across two namespace "nodes" (root only).
 //!
 //! Suites that bind fixed ports (15008, 15080, …) use their own loopback addresses
 //! (127.0.2.x, 127.0.3.x, …) so that test binaries running in parallel never collide.
 //!
 //! [`netns`] builds a two-node topology of network namespaces (nodes, pods, the wire between
 //! them), creates sockets inside them and captures the inter-node traffic, for suites that run
-//! the real in-pod data path.
+//! the real in-pod data path. [`inpod`] starts a node's ztunnel in in-pod mode and its node
+//! agent on such a topology (used by `inpod_netns.rs` and the `inpod` benchmark).
 
+pub mod inpod;
 pub mod netns;
 
 use std::net::SocketAddr;

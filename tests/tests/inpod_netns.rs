@@ -15,43 +15,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ambient_e2e::inpod::{Node, WAIT, counter, mesh_workload, pod_entry};
 use ambient_e2e::netns::{self, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use ztunnel::config::Config;
-use ztunnel::inpod::node_agent::{NodeAgentOptions, NodeAgentService};
-use ztunnel::quickstart::FixedLogLevel;
-use ztunnel::run::{Certificates, Proxy};
-
-/// Every wait in this suite is bounded by this.
-const WAIT: Duration = Duration::from_secs(20);
 
 const ECHO_VIP: &str = "10.96.0.10";
 
 fn mesh() -> String {
-    let workload = |name: &str, sa: &str, ip: &str, protocol: &str, node: &str, extra: &str| {
-        format!(
-            "- uid: Kubernetes//Pod/default/{name}
-  name: {name}
-  namespace: default
-  serviceAccount: {sa}
-  workloadIps: [\"{ip}\"]
-  protocol: {protocol}
-  node: {node}
-  canonicalName: {sa}
-  canonicalRevision: v1
-  workloadName: {sa}
-  workloadType: deployment
-{extra}"
-        )
-    };
     format!(
         "workloads:
 {}{}{}{}services:
@@ -73,9 +47,9 @@ policies:
   action: Deny
   rules: [[[{{destinationPorts: [7070]}}]]]
 ",
-        workload("pod-a", "client", "10.1.1.10", "HBONE", "node1", ""),
-        workload("pod-b", "intruder", "10.1.1.11", "HBONE", "node1", ""),
-        workload(
+        mesh_workload("pod-a", "client", "10.1.1.10", "HBONE", "node1", ""),
+        mesh_workload("pod-b", "intruder", "10.1.1.11", "HBONE", "node1", ""),
+        mesh_workload(
             "pod-c",
             "echo",
             "10.1.2.10",
@@ -83,136 +57,8 @@ policies:
             "node2",
             "  services:\n    default/echo.default.svc.cluster.local:\n      80: 8080\n"
         ),
-        workload("pod-d", "plain", "10.1.2.11", "TCP", "node2", ""),
+        mesh_workload("pod-d", "plain", "10.1.2.11", "TCP", "node2", ""),
     )
-}
-
-/// One entry of a node agent's pods file.
-fn pod_entry(topo: &Topology, pod: &str, sa: &str, extra: &str) -> String {
-    format!(
-        "- uid: uid-{pod}
-  name: {pod}
-  namespace: default
-  serviceAccount: {sa}
-  netns: {}
-{extra}",
-        topo.netns_path(pod).display()
-    )
-}
-
-/// A node: its ztunnel and its node agent, both in this process.
-struct Node {
-    proxy: Proxy,
-    pods_file: PathBuf,
-    agent_stop: CancellationToken,
-}
-
-impl Node {
-    async fn start(name: &str, dir: &Path, state: &Path, pods: &str) -> Self {
-        let socket = dir.join(format!("{name}.sock"));
-        let pods_file = dir.join(format!("{name}-pods.yaml"));
-        std::fs::write(&pods_file, pods).unwrap();
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(&resolv, "nameserver 10.99.0.53\n").unwrap();
-        let agent_stop = CancellationToken::new();
-        let agent = NodeAgentService::new(&socket, &pods_file).with_options(NodeAgentOptions {
-            poll_interval: Duration::from_millis(100),
-            ..NodeAgentOptions::default()
-        });
-        let stop = agent_stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = agent.run(stop).await {
-                panic!("node agent failed: {e}");
-            }
-        });
-
-        let state = state.display().to_string();
-        let socket = socket.display().to_string();
-        let ca = dir.join("ca").display().to_string();
-        let resolv = resolv.display().to_string();
-        let env: HashMap<&str, &str> = [
-            ("LOCAL_XDS_PATH", state.as_str()),
-            ("NODE_NAME", name),
-            ("INPOD_ENABLED", "true"),
-            ("INPOD_UDS", socket.as_str()),
-            ("LOCAL_CA_DIR", ca.as_str()),
-            ("DNS_RESOLV_CONF", resolv.as_str()),
-            ("ZTUNNEL_BIND_ADDRESS", "127.0.0.1"),
-            ("ADMIN_PORT", "0"),
-            ("STATS_PORT", "0"),
-            ("READINESS_PORT", "0"),
-            ("CONNECTION_TERMINATION_DEADLINE", "1s"),
-        ]
-        .into_iter()
-        .collect();
-        let config = Config::from_env(&env).unwrap();
-        let certificates = Certificates::from_config(&config).await.unwrap();
-        let proxy = Proxy::start(config, certificates, Arc::new(FixedLogLevel("info".into())))
-            .await
-            .unwrap();
-        Self {
-            proxy,
-            pods_file,
-            agent_stop,
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        http_get(self.proxy.endpoints().metrics, "/stats/prometheus").await
-    }
-
-    /// Waits until the proxies of exactly `pods` (by uid) run.
-    async fn wait_pods(&self, pods: &[&str]) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let status = self.proxy.pods().await;
-            let running: Vec<&str> = status
-                .iter()
-                .filter(|p| p.running)
-                .map(|p| p.uid.as_str())
-                .collect();
-            if running == pods && status.len() == pods.len() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pods running {running:?}, expected {pods:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.agent_stop.cancel();
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out
-}
-
-/// The sum of a counter over the series whose labels contain every one of `labels`.
-fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// A backend in a pod: accepts connections on `port`, answers each line-less request with
@@ -363,12 +209,8 @@ async fn transparent_mesh_across_two_nodes() {
     let pods2 = format!("pods:\n{}", pod_entry(&topo, "pod-c", "echo", ""));
     let node1 = Node::start("node1", dir.path(), &state, &pods1).await;
     let node2 = Node::start("node2", dir.path(), &state, &pods2).await;
-    tokio::time::timeout(WAIT, node1.proxy.ready().wait())
-        .await
-        .expect("node1 ready");
-    tokio::time::timeout(WAIT, node2.proxy.ready().wait())
-        .await
-        .expect("node2 ready");
+    node1.wait_ready().await;
+    node2.wait_ready().await;
     node1.wait_pods(&["uid-pod-a", "uid-pod-b"]).await;
     node2.wait_pods(&["uid-pod-c"]).await;
 
@@ -575,7 +417,7 @@ async fn transparent_mesh_across_two_nodes() {
             "  exclude: {outboundPorts: [9999]}\n"
         )
     );
-    std::fs::write(&node1.pods_file, pods1).unwrap();
+    std::fs::write(node1.pods_file(), pods1).unwrap();
     node1.wait_pods(&["uid-pod-a"]).await;
     let deadline = Instant::now() + WAIT;
     while netns::nft_table_exists(&topo, "pod-b") {
