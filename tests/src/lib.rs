@@ -21,6 +21,7 @@
 
 pub mod inpod;
 pub mod netns;
+pub mod waypoint;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,8 +25,16 @@
 //!   pool, outlier detection, TLS). The endpoint stage (inbound pod listener,
 //!   `connect_originate`) and the listeners themselves come next.
 
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cluster;
 pub mod config;
+pub mod filters;
 pub mod route;
+pub mod run;
+pub mod stages;
+pub mod telemetry;
 
 /// The port a waypoint serves HBONE on (the Gateway's single `HBONE` listener).
 pub const HBONE_PORT: u16 = hbone::HBONE_PORT;

@@ -158,7 +158,7 @@ fn unix_seconds(t: SystemTime) -> i64 {
 
 /// Formats Unix seconds as RFC 3339 in UTC, e.g. `2026-11-22T05:00:00Z` (proleptic Gregorian
 /// calendar; Howard Hinnant's `civil_from_days`).
-pub(crate) fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let z = days + 719_468;

@@ -20,7 +20,7 @@ pub mod config_dump;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
-mod serve;
+pub mod serve;
 pub mod server;
 
 pub use self::config_dump::config_dump;

@@ -21,12 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The response type of every handler: a complete, in-memory body.
-pub(crate) type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Full<Bytes>>;
 
 /// `Content-Type` of plain-text answers.
-pub(crate) const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// `Content-Type` of JSON answers.
-pub(crate) const APPLICATION_JSON: &str = "application/json";
+pub const APPLICATION_JSON: &str = "application/json";
 
 /// Limits of the HTTP servers. The defaults suit endpoints that take no request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,25 +52,25 @@ impl Default for HttpOptions {
 }
 
 /// A synchronous endpoint handler.
-pub(crate) trait Handler: Send + Sync + 'static {
+pub trait Handler: Send + Sync + 'static {
     /// Answers `request`, whose body has been read in full, from `peer`.
     fn handle(&self, request: Request<Bytes>, peer: SocketAddr) -> HttpResponse;
 }
 
 /// A bound HTTP listener, not yet serving.
 #[derive(Debug)]
-pub(crate) struct HttpListener {
+pub struct HttpListener {
     /// The bound socket.
     listener: TcpListener,
     /// Its local address (port 0 resolved).
     address: SocketAddr,
     /// Limits applied to every connection.
-    pub(crate) options: HttpOptions,
+    pub options: HttpOptions,
 }
 
 impl HttpListener {
     /// Binds `addr` with default options.
-    pub(crate) async fn bind(addr: SocketAddr) -> io::Result<Self> {
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let address = listener.local_addr()?;
         Ok(Self {
@@ -81,13 +81,13 @@ impl HttpListener {
     }
 
     /// The bound address.
-    pub(crate) fn address(&self) -> SocketAddr {
+    pub fn address(&self) -> SocketAddr {
         self.address
     }
 
     /// Accepts connections until `shutdown`, serving each on its own task with `handler`.
     /// Connections in progress finish their current request and close once `shutdown` fires.
-    pub(crate) async fn serve<H: Handler>(
+    pub async fn serve<H: Handler>(
         self,
         server: &'static str,
         handler: Arc<H>,
@@ -201,7 +201,7 @@ fn too_large(max_body: usize) -> HttpResponse {
 }
 
 /// A response with `status`, `content_type` and `body`.
-pub(crate) fn response(
+pub fn response(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -215,17 +215,17 @@ pub(crate) fn response(
 }
 
 /// A plain-text response.
-pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     response(status, TEXT_PLAIN, body)
 }
 
 /// 404 for a path no endpoint serves.
-pub(crate) fn not_found(path: &str) -> HttpResponse {
+pub fn not_found(path: &str) -> HttpResponse {
     text(StatusCode::NOT_FOUND, format!("no endpoint at {path}\n"))
 }
 
 /// 405 naming the allowed methods in `Allow`.
-pub(crate) fn method_not_allowed(allowed: &'static str) -> HttpResponse {
+pub fn method_not_allowed(allowed: &'static str) -> HttpResponse {
     let mut response = text(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method not allowed; use {allowed}\n"),
@@ -237,14 +237,14 @@ pub(crate) fn method_not_allowed(allowed: &'static str) -> HttpResponse {
 }
 
 /// Whether `method` is GET or HEAD (hyper sends no body for HEAD).
-pub(crate) fn is_get(method: &Method) -> bool {
+pub fn is_get(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
 /// Parses an `application/x-www-form-urlencoded` query into `(key, value)` pairs, in order.
 /// A key without `=` has an empty value. `None` when an escape is malformed or a decoded
 /// part is not UTF-8.
-pub(crate) fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
+pub fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())

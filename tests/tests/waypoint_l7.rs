@@ -1,0 +1,758 @@
+//! The waypoint end to end: client → ztunnel → waypoint → ztunnel → backends, every hop a real
+//! socket (SOCKS5 into the client's ztunnel, HBONE to the waypoint, HBONE to the backends'
+//! ztunnel). Each test runs its own mesh on its own `127.<net>.0.0/16`.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use ambient_e2e::waypoint::{Net, WaypointMesh, get, send, series};
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+const SUBSETS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"#;
+
+fn backend_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_routing_weighted_split_and_telemetry() {
+    let mesh = WaypointMesh::start(Net(31)).await;
+    mesh.apply(&format!(
+        r#"{SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers:
+        end-user: {{exact: jason}}
+    route:
+    - destination: {{host: reviews, subset: v2}}
+  - name: split
+    route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: 80
+    - destination: {{host: reviews, subset: v3}}
+      weight: 20
+"#
+    ));
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+
+    // Header match → v2, every time.
+    for _ in 0..20 {
+        let (status, headers, _) = send(
+            &mut client,
+            get(REVIEWS, "/reviews/1", &[("end-user", "jason")]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(backend_of(&headers), "reviews-v2");
+    }
+
+    // 80/20 over 1000 requests: v1 count is Binomial(1000, 0.8), sd ≈ 12.6; ±6 sd.
+    let mut v1 = 0;
+    let mut v3 = 0;
+    for _ in 0..1000 {
+        let (status, headers, _) = send(&mut client, get(REVIEWS, "/reviews/2", &[])).await;
+        assert_eq!(status, StatusCode::OK);
+        match backend_of(&headers).as_str() {
+            "reviews-v1" => v1 += 1,
+            "reviews-v3" => v3 += 1,
+            other => panic!("unexpected backend {other}"),
+        }
+    }
+    assert_eq!(v1 + v3, 1000);
+    assert!(
+        (725..=875).contains(&v1),
+        "v1 got {v1} of 1000, expected ≈800"
+    );
+    assert_eq!(mesh.backends.count("reviews-v2", "/reviews/2"), 0);
+
+    // Metrics: reporter=waypoint with the standard labels, exact counts.
+    let metrics = mesh.metrics();
+    let common = [
+        "reporter=\"waypoint\"",
+        "destination_service=\"reviews.default.svc.cluster.local\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "source_workload=\"sleep\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_code=\"200\"",
+        "response_flags=\"-\"",
+        "request_protocol=\"http\"",
+    ];
+    let v2_labels: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain([
+            "destination_workload=\"reviews-v2\"",
+            "destination_version=\"v2\"",
+        ])
+        .collect();
+    assert_eq!(
+        series(&metrics, "istio_requests_total", &v2_labels),
+        Some(20.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "istio_requests_total", &common),
+        Some(1020.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "istio_request_duration_milliseconds_count",
+            &v2_labels
+        ),
+        Some(20.0)
+    );
+    assert!(metrics.contains("istio_request_duration_milliseconds_bucket{"));
+
+    // Access log: one JSON line per request with Envoy's field names.
+    let log = mesh.access_log();
+    assert_eq!(log.len(), 1020);
+    let first = &log[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/reviews/1");
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["response_code"], 200);
+    assert_eq!(first["response_flags"], "-");
+    assert_eq!(first["route_name"], "jason");
+    assert_eq!(first["authority"], REVIEWS);
+    assert_eq!(
+        first["upstream_cluster"],
+        "inbound-vip|9080|http/v2|reviews.default.svc.cluster.local"
+    );
+    assert_eq!(
+        first["upstream_host"],
+        format!("{}:9080", mesh.net.workload(12))
+    );
+    assert_eq!(first["response_code_details"], "via_upstream");
+    assert!(first["request_id"].as_str().is_some_and(|s| s.len() == 36));
+    assert!(first["bytes_sent"].as_u64().is_some_and(|b| b > 0));
+    assert!(
+        first["start_time"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_missing_subset_redirect_rewrite_and_headers() {
+    let mesh = WaypointMesh::start(Net(32)).await;
+    mesh.apply(&format!(
+        r#"{SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: old
+    match: [{{uri: {{prefix: /old}}}}]
+    redirect: {{uri: /new, authority: elsewhere.example}}
+  - name: rewrite
+    match: [{{uri: {{prefix: /api/}}}}]
+    rewrite: {{uri: /v2/, authority: reviews.internal}}
+    headers:
+      request:
+        set: {{x-route: rewrite}}
+        remove: [x-drop]
+      response:
+        add: {{x-answered-by: waypoint}}
+    route:
+    - destination: {{host: reviews, subset: v1}}
+  - name: ghost
+    match: [{{uri: {{prefix: /ghost}}}}]
+    route:
+    - destination: {{host: reviews, subset: v9}}
+  - name: known
+    match: [{{uri: {{exact: /known}}}}]
+    route:
+    - destination: {{host: reviews, subset: v1}}
+"#
+    ));
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+
+    let (status, _, body) = send(&mut client, get(REVIEWS, "/unknown", &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(&body[..], b"route_not_found");
+
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/ghost", &[])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let (status, headers, _) = send(&mut client, get(REVIEWS, "/old/page?x=1", &[])).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        headers.get("location").unwrap(),
+        "http://elsewhere.example/new?x=1"
+    );
+
+    let (status, headers, _) = send(
+        &mut client,
+        get(
+            REVIEWS,
+            "/api/items?q=2",
+            &[("x-drop", "1"), ("x-keep", "1")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("x-seen-path").unwrap(), "/v2/items?q=2");
+    assert_eq!(headers.get("x-seen-host").unwrap(), "reviews.internal");
+    assert_eq!(headers.get("x-answered-by").unwrap(), "waypoint");
+    let seen = mesh.backends.seen("reviews-v1");
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers.get("x-route").unwrap(), "rewrite");
+    assert!(last.headers.get("x-drop").is_none());
+    assert_eq!(last.headers.get("x-keep").unwrap(), "1");
+    assert!(last.headers.get("x-request-id").is_some());
+
+    // Nothing but the rewritten request reached a backend.
+    let total: usize = ["reviews-v1", "reviews-v2", "reviews-v3"]
+        .iter()
+        .map(|b| mesh.backends.seen(b).len())
+        .sum();
+    assert_eq!(total, 1);
+
+    let log = mesh.access_log();
+    let flags: Vec<(u64, String)> = log
+        .iter()
+        .map(|l| {
+            (
+                l["response_code"].as_u64().unwrap(),
+                l["response_flags"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            (404, "NR".to_owned()),
+            (503, "UH".to_owned()),
+            (301, "-".to_owned()),
+            (200, "-".to_owned()),
+        ]
+    );
+    assert_eq!(
+        log[3]["path"], "/api/items?q=2",
+        "the access log shows the original path"
+    );
+    let metrics = mesh.metrics();
+    assert_eq!(
+        series(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"404\"", "response_flags=\"NR\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "istio_requests_total",
+            &["response_code=\"503\"", "response_flags=\"UH\""]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_timeouts_and_retries() {
+    let mesh = WaypointMesh::start(Net(33)).await;
+    mesh.apply(&format!(
+        r#"{SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: delay
+    match: [{{uri: {{prefix: /delayed}}}}]
+    fault:
+      delay: {{fixedDelay: 200ms, percentage: {{value: 100}}}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: abort-all
+    match: [{{uri: {{prefix: /abort-all}}}}]
+    fault:
+      abort: {{httpStatus: 418, percentage: {{value: 100}}}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: abort-half
+    match: [{{uri: {{prefix: /abort-half}}}}]
+    fault:
+      abort: {{httpStatus: 503, percentage: {{value: 50}}}}
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: slow
+    match: [{{uri: {{prefix: /delay/}}}}]
+    timeout: 100ms
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - name: retry
+    match: [{{uri: {{prefix: /status/}}}}, {{uri: {{prefix: /flaky/}}}}]
+    retries: {{attempts: 3, retryOn: 5xx}}
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+"#
+    ));
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+
+    // Delay: the request still succeeds; flagged DI; it took at least the delay.
+    let started = Instant::now();
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/delayed", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // Abort at 100%: 418 and the backend never sees it.
+    let (status, _, body) = send(&mut client, get(REVIEWS, "/abort-all", &[])).await;
+    assert_eq!(status.as_u16(), 418);
+    assert_eq!(&body[..], b"fault filter abort");
+    assert_eq!(mesh.backends.count("reviews-v1", "/abort-all"), 0);
+
+    // Abort at 50% over 400 requests: aborted ≈ 200 (sd 10), and exactly the rest reached v1.
+    let mut aborted = 0;
+    for _ in 0..400 {
+        let (status, _, _) = send(&mut client, get(REVIEWS, "/abort-half", &[])).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            aborted += 1;
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    assert!((140..=260).contains(&aborted), "aborted {aborted} of 400");
+    assert_eq!(
+        mesh.backends.count("reviews-v1", "/abort-half"),
+        400 - aborted
+    );
+
+    // Route timeout: 504 UT while the backend is still sleeping.
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/delay/2000", &[])).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+
+    // Retries on 5xx: 1 try + 3 retries reach the backend, then the 503 comes back (URX).
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/status/503", &[])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(mesh.backends.count("reviews-v2", "/status/503"), 4);
+    // A path failing twice then succeeding: the client sees 200 after 3 attempts.
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/flaky/2", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mesh.backends.count("reviews-v2", "/flaky/2"), 3);
+
+    let log = mesh.access_log();
+    let find = |path: &str| {
+        log.iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no access log line for {path}"))
+            .clone()
+    };
+    assert_eq!(find("/delayed")["response_flags"], "DI");
+    assert!(find("/delayed")["duration"].as_u64().unwrap() >= 200);
+    assert_eq!(find("/abort-all")["response_flags"], "FI");
+    assert_eq!(
+        find("/abort-all")["response_code_details"],
+        "fault_filter_abort"
+    );
+    assert_eq!(find("/delay/2000")["response_flags"], "UT");
+    assert_eq!(find("/status/503")["response_flags"], "URX");
+    assert_eq!(find("/flaky/2")["response_flags"], "-");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_consistent_hash_circuit_breaking_and_outliers() {
+    let mesh = WaypointMesh::start(Net(34)).await;
+    mesh.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v3, labels: {version: v3}}
+  - name: limited
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool:
+        tcp: {maxConnections: 1}
+        http: {http1MaxPendingRequests: 1, http2MaxRequests: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 100
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: mirrored
+    match: [{uri: {prefix: /mirror}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v3}
+    mirrorPercentage: {value: 100}
+  - name: limited
+    match: [{uri: {prefix: /delay/}}]
+    route: [{destination: {host: reviews, subset: limited}}]
+    retries: {attempts: 0}
+  - name: sticky
+    route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings}}]
+    retries: {attempts: 0}
+"#,
+    );
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+
+    // Mirror: the client gets v1's answer; v3 receives the copy with a -shadow authority.
+    let (status, headers, _) = send(&mut client, get(REVIEWS, "/mirror/1", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(backend_of(&headers), "reviews-v1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.backends.count("reviews-v3", "/mirror/1") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shadow = mesh.backends.seen("reviews-v3");
+    assert_eq!(shadow.len(), 1, "the mirror received one copy");
+    assert_eq!(
+        shadow[0].headers.get("host").unwrap(),
+        "reviews.default.svc.cluster.local-shadow"
+    );
+
+    // Consistent hash: a user sticks to one backend; several users spread.
+    let mut chosen = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let user = format!("user-{user}");
+        let (_, headers, _) =
+            send(&mut client, get(REVIEWS, "/sticky", &[("x-user", &user)])).await;
+        let first = backend_of(&headers);
+        for _ in 0..10 {
+            let (_, headers, _) =
+                send(&mut client, get(REVIEWS, "/sticky", &[("x-user", &user)])).await;
+            assert_eq!(backend_of(&headers), first, "{user} moved");
+        }
+        chosen.insert(first);
+    }
+    assert!(chosen.len() >= 2, "12 users all hashed to {chosen:?}");
+
+    // Circuit breaking: one request in flight, one pending; the rest overflow with 503 UO.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut c = mesh.http1(mesh.net.reviews()).await;
+        tasks.push(tokio::spawn(async move {
+            send(&mut c, get(REVIEWS, "/delay/300", &[])).await.0
+        }));
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => overflow += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok >= 1 && overflow >= 1, "ok {ok}, overflow {overflow}");
+    assert_eq!(ok + overflow, 6);
+    let uo = mesh
+        .access_log()
+        .iter()
+        .filter(|l| l["response_flags"] == "UO")
+        .count();
+    assert_eq!(uo, overflow);
+
+    // Outlier detection: ratings-v2 fails `/fail-on/ratings-v2`, ratings-v1 answers it. With
+    // round robin, v2 gets every other request until its second consecutive 5xx ejects it;
+    // from then on everything goes to v1.
+    let mut ratings = mesh.http1(mesh.net.ratings()).await;
+    let host = "ratings.default.svc.cluster.local";
+    let mut failures = 0;
+    let mut tail = Vec::new();
+    for i in 0..20 {
+        let (status, headers, _) = send(&mut ratings, get(host, "/fail-on/ratings-v2", &[])).await;
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            failures += 1;
+        }
+        if i >= 10 {
+            tail.push((status, backend_of(&headers)));
+        }
+    }
+    assert_eq!(failures, 2, "ratings-v2 answered twice before its ejection");
+    assert!(
+        tail.iter()
+            .all(|(s, b)| *s == StatusCode::OK && b == "ratings-v1"),
+        "{tail:?}"
+    );
+    let dump = mesh.config_dump().await;
+    let cluster = dump["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["kind"] == "cluster"
+                && s["name"] == "inbound-vip|9080|http|ratings.default.svc.cluster.local"
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(
+        cluster["stats"]["outlier_detection_ejections_enforced_consecutive_5xx"], 1,
+        "{cluster}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_grpc_through_the_chain() {
+    let mesh = WaypointMesh::start(Net(35)).await;
+    mesh.apply(&format!(
+        r#"{SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+"#
+    ));
+    // HTTP/2: several concurrent streams on one connection, header routing works.
+    let mut h2 = mesh.http2::<Full<Bytes>>(mesh.net.reviews()).await;
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        let user = if i % 2 == 0 { "jason" } else { "other" };
+        let request = http::Request::get(format!("http://{REVIEWS}/h2/{i}"))
+            .header("end-user", user)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let fut = h2.send_request(request);
+        handles.push(tokio::spawn(async move {
+            let r = fut.await.unwrap();
+            assert_eq!(r.version(), http::Version::HTTP_2);
+            (user, backend_of(r.headers()))
+        }));
+    }
+    for h in handles {
+        let (user, backend) = h.await.unwrap();
+        let expected = if user == "jason" {
+            "reviews-v2"
+        } else {
+            "reviews-v1"
+        };
+        assert_eq!(backend, expected);
+    }
+    let seen = mesh.backends.seen("reviews-v2");
+    assert!(seen.iter().all(|s| s.path.starts_with("/h2/")));
+
+    // gRPC unary.
+    let mut grpc = mesh.http2::<Full<Bytes>>(mesh.net.reviews()).await;
+    let message = ambient_e2e::waypoint::grpc_frame(b"hello");
+    let request = http::Request::post(format!("http://{REVIEWS}/echo.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(message.clone()))
+        .unwrap();
+    let response = grpc.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(collected.to_bytes(), message);
+
+    // gRPC bidirectional streaming: each reply arrives before the next message is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut stream_client = mesh
+        .http2::<http_body_util::StreamBody<
+            tokio_stream::wrappers::ReceiverStream<
+                Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+            >,
+        >>(mesh.net.reviews())
+        .await;
+    let request = http::Request::post(format!("http://{REVIEWS}/echo.Echo/Stream"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let response = stream_client.send_request(request).await;
+    let mut pending = Some(response);
+    // The first message must go out before the response headers can come back.
+    tx.send(Ok(hyper::body::Frame::data(
+        ambient_e2e::waypoint::grpc_frame(b"m0"),
+    )))
+    .await
+    .unwrap();
+    let response = pending.take().unwrap().unwrap();
+    let mut body = response.into_body();
+    for i in 0..5 {
+        if i > 0 {
+            let msg = format!("m{i}");
+            tx.send(Ok(hyper::body::Frame::data(
+                ambient_e2e::waypoint::grpc_frame(msg.as_bytes()),
+            )))
+            .await
+            .unwrap();
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the reply streams back before the request ends")
+            .unwrap()
+            .unwrap();
+        let data = frame.into_data().unwrap();
+        assert_eq!(&data[5..], format!("m{i}").as_bytes());
+    }
+    drop(tx);
+    let rest = body.collect().await.unwrap();
+    assert_eq!(rest.trailers().unwrap().get("grpc-status").unwrap(), "0");
+
+    let metrics = mesh.metrics();
+    assert_eq!(
+        series(
+            &metrics,
+            "istio_requests_total",
+            &["request_protocol=\"grpc\"", "grpc_response_status=\"0\""]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    let log = mesh.access_log();
+    assert!(
+        log.iter()
+            .any(|l| l["protocol"] == "HTTP/2" && l["path"] == "/echo.Echo/Stream")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matches_weights_filters_and_config_dump() {
+    let mesh = WaypointMesh::start(Net(36)).await;
+    mesh.apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ratings, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: ratings, port: 9080}
+  rules:
+  - matches:
+    - headers: [{name: end-user, value: jason}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-from, value: httproute}]
+    backendRefs:
+    - {name: ratings, port: 9080}
+  - matches:
+    - path: {type: PathPrefix, value: /moved}
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.example, statusCode: 302}
+  - backendRefs:
+    - {name: ratings, port: 9080, weight: 1}
+"#,
+    );
+    let mut client = mesh.http1(mesh.net.ratings()).await;
+    let host = "ratings.default.svc.cluster.local";
+    let (status, _, _) = send(&mut client, get(host, "/x", &[("end-user", "jason")])).await;
+    assert_eq!(status, StatusCode::OK);
+    let all: Vec<_> = ["ratings-v1", "ratings-v2"]
+        .iter()
+        .flat_map(|b| mesh.backends.seen(b))
+        .collect();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].headers.get("x-from").unwrap(), "httproute");
+
+    let (status, headers, _) = send(&mut client, get(host, "/moved/a", &[])).await;
+    assert_eq!(status, StatusCode::FOUND);
+    // Gateway API: no port given → the listener's (here the service's) port, kept unless 80.
+    assert_eq!(
+        headers.get("location").unwrap(),
+        "http://new.example:9080/moved/a"
+    );
+
+    // config_dump, from the admin server, names every stage.
+    let dump = mesh.config_dump().await;
+    let names: Vec<String> = dump["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    for expected in [
+        "connect_terminate",
+        "main_internal",
+        "inbound-vip|9080|http|ratings.default.svc.cluster.local",
+        "inbound-vip|9080|http|reviews.default.svc.cluster.local",
+        "inbound-vip|9080|tcp|ratings.default.svc.cluster.local",
+        "connect_originate",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let pods: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("inbound-pod|9080|"))
+        .collect();
+    assert_eq!(
+        pods.len(),
+        2,
+        "one inbound-pod stage per ratings endpoint: {names:?}"
+    );
+    let listener = dump["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["kind"] == "listener"
+                && s["name"] == "inbound-vip|9080|http|ratings.default.svc.cluster.local"
+        })
+        .unwrap();
+    assert_eq!(listener["routes"]["http"].as_array().unwrap().len(), 3);
+}

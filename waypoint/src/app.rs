@@ -1,0 +1,548 @@
+//! The waypoint as a set of bound listeners around one shared [`Core`]: the mesh state, the
+//! compiled L7 configuration, the clusters and the `connect_originate` pool that every stage
+//! reads. [`Core::refresh`] recomputes what depends on the state or the configuration (which
+//! services are bound to this waypoint, their routes, the endpoints of each cluster) whenever
+//! either changes; requests in flight keep the snapshot they started with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use hbone::Identity;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use ztunnel::identity::IdentityManager;
+use ztunnel::state::service::Service;
+use ztunnel::state::workload::{HealthStatus, Workload};
+use ztunnel::state::{MeshState, StateHandle};
+
+use crate::cluster::{Cluster, ClusterEndpoint};
+use crate::config::{ConfigError, ConfigSet};
+use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
+use crate::stages::connect_originate::ConnectOriginate;
+use crate::stages::connect_terminate::ConnectTerminate;
+use crate::stages::main_internal::{Bindings, SelfRef};
+use crate::telemetry::{AccessLog, RequestMetrics};
+
+/// How often the L7 configuration directory is checked for changes.
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Errors setting up a waypoint.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The waypoint's certificate could not be obtained.
+    #[error("no certificate for {identity}: {reason}")]
+    Certificate {
+        /// The identity.
+        identity: Identity,
+        /// Why.
+        reason: String,
+    },
+    /// The HBONE server could not be configured.
+    #[error("HBONE server: {0}")]
+    Hbone(String),
+}
+
+/// Settings of one waypoint.
+#[derive(Debug, Clone)]
+pub struct WaypointOptions {
+    /// How the waypoint is named in the mesh state.
+    pub self_ref: SelfRef,
+    /// The identity it presents, both to clients and to destinations.
+    pub identity: Identity,
+    /// The network it is on (empty = the default network).
+    pub network: String,
+    /// The cluster's DNS domain.
+    pub domain_suffix: String,
+    /// How long drained connections may take to finish.
+    pub drain_deadline: Duration,
+    /// How long a tunnel may wait for its first bytes before it is treated as TCP.
+    pub protocol_detection_timeout: Duration,
+}
+
+impl WaypointOptions {
+    /// Options for the waypoint `service_name` in `namespace` with `identity`.
+    pub fn new(namespace: &str, service_name: &str, identity: Identity) -> Self {
+        Self {
+            self_ref: SelfRef {
+                namespace: namespace.to_owned(),
+                service_name: service_name.to_owned(),
+                instance_ips: Vec::new(),
+            },
+            identity,
+            network: String::new(),
+            domain_suffix: "cluster.local".to_owned(),
+            drain_deadline: Duration::from_secs(5),
+            protocol_detection_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The L7 configuration in force.
+#[derive(Debug, Default)]
+pub struct L7State {
+    /// The objects loaded.
+    pub config: ConfigSet,
+    /// Problems found loading them (each object with a problem was left out).
+    pub errors: Vec<ConfigError>,
+    /// The routes and destination policies compiled for the services bound here.
+    pub compiled: Compiled,
+    /// The services bound to this waypoint when it was compiled.
+    pub services: Vec<ServiceTarget>,
+}
+
+/// What identifies a cluster and lets it be rebuilt when the state or configuration changes.
+struct ClusterEntry {
+    host: String,
+    subset: Option<String>,
+    port: u16,
+    cluster: Arc<Cluster>,
+}
+
+/// The state shared by every stage.
+pub struct Core {
+    state: StateHandle,
+    options: WaypointOptions,
+    bindings: ArcSwap<Bindings>,
+    l7: ArcSwap<L7State>,
+    config: Mutex<(ConfigSet, Vec<ConfigError>)>,
+    clusters: Mutex<HashMap<String, ClusterEntry>>,
+    /// The `connect_originate` stage.
+    pub originate: Arc<ConnectOriginate>,
+    /// Request metrics.
+    pub metrics: Arc<RequestMetrics>,
+    /// The access log.
+    pub access_log: AccessLog,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core over `state`, tunnelling through `pool` with certificates from `identities`.
+    pub fn new(
+        state: StateHandle,
+        options: WaypointOptions,
+        identities: Arc<IdentityManager>,
+        pool: hbone::Pool,
+        metrics: Arc<RequestMetrics>,
+        access_log: AccessLog,
+    ) -> Arc<Self> {
+        let originate = Arc::new(ConnectOriginate::new(
+            pool,
+            identities,
+            options.identity.clone(),
+        ));
+        let core = Arc::new(Self {
+            state,
+            options,
+            bindings: ArcSwap::from_pointee(Bindings::default()),
+            l7: ArcSwap::from_pointee(L7State::default()),
+            config: Mutex::new((ConfigSet::default(), Vec::new())),
+            clusters: Mutex::new(HashMap::new()),
+            originate,
+            metrics,
+            access_log,
+        });
+        core.refresh();
+        core
+    }
+
+    /// The options.
+    pub fn options(&self) -> &WaypointOptions {
+        &self.options
+    }
+
+    /// The current mesh state.
+    pub fn mesh(&self) -> Arc<MeshState> {
+        self.state.current()
+    }
+
+    /// What names this waypoint in the state.
+    pub fn bindings(&self) -> Arc<Bindings> {
+        self.bindings.load_full()
+    }
+
+    /// The L7 configuration in force.
+    pub fn l7(&self) -> Arc<L7State> {
+        self.l7.load_full()
+    }
+
+    /// Replaces the L7 configuration and recompiles.
+    pub fn set_config(&self, config: ConfigSet, errors: Vec<ConfigError>) {
+        for error in &errors {
+            tracing::warn!(%error, "L7 configuration object ignored");
+        }
+        *lock(&self.config) = (config, errors);
+        self.refresh();
+    }
+
+    /// Recomputes the bindings, the routes of the bound services and every cluster's
+    /// endpoints and policy from the current state and configuration.
+    pub fn refresh(&self) {
+        let state = self.state.current();
+        let bindings = Bindings::resolve(&state, &self.options.self_ref);
+        let services = served_services(&state, &bindings);
+        let (config, errors) = lock(&self.config).clone();
+        let options = CompileOptions {
+            domain_suffix: self.options.domain_suffix.clone(),
+            waypoint_namespace: Some(self.options.self_ref.namespace.clone()),
+        };
+        let compiled = compile(&config, &services, &options);
+        for warning in &compiled.warnings {
+            tracing::warn!(%warning, "L7 configuration");
+        }
+        self.bindings.store(Arc::new(bindings));
+        let l7 = Arc::new(L7State {
+            config,
+            errors,
+            compiled,
+            services,
+        });
+        self.l7.store(Arc::clone(&l7));
+        let mut clusters = lock(&self.clusters);
+        clusters.retain(|_, entry| {
+            let Some(service) = find_service(&state, &entry.host) else {
+                return false;
+            };
+            let policy = l7.compiled.destinations.cluster_policy(
+                &entry.host,
+                entry.subset.as_deref(),
+                entry.port,
+            );
+            if &policy != entry.cluster.policy() {
+                return false;
+            }
+            entry.cluster.set_endpoints(endpoints(
+                &state,
+                &service,
+                entry.port,
+                &policy.subset_labels,
+            ));
+            true
+        });
+        let live: Vec<SocketAddr> = clusters
+            .values()
+            .flat_map(|e| e.cluster.endpoints().into_iter().map(|s| s.address))
+            .collect();
+        drop(clusters);
+        self.originate.retain(|addr| live.contains(addr));
+    }
+
+    /// The cluster for `host`'s `port` (and `subset`), created on first use. `None` when no
+    /// service has that hostname.
+    pub fn cluster(
+        &self,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        protocol: &str,
+    ) -> Option<(Arc<Cluster>, Arc<Service>)> {
+        let state = self.state.current();
+        let service = find_service(&state, host)?;
+        let name = cluster_name(port, protocol, subset, host);
+        let mut clusters = lock(&self.clusters);
+        if let Some(entry) = clusters.get(&name) {
+            return Some((Arc::clone(&entry.cluster), service));
+        }
+        let policy = self
+            .l7
+            .load()
+            .compiled
+            .destinations
+            .cluster_policy(host, subset, port);
+        let endpoints = endpoints(&state, &service, port, &policy.subset_labels);
+        let cluster = Arc::new(Cluster::new(name.clone(), &policy, endpoints));
+        clusters.insert(
+            name,
+            ClusterEntry {
+                host: host.to_owned(),
+                subset: subset.map(str::to_owned),
+                port,
+                cluster: Arc::clone(&cluster),
+            },
+        );
+        Some((cluster, service))
+    }
+
+    /// The clusters created so far, by name.
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        let mut out: Vec<Arc<Cluster>> = lock(&self.clusters)
+            .values()
+            .map(|e| Arc::clone(&e.cluster))
+            .collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+
+    /// The source workload of a tunnel: the workload at `addr` whose identity is the one the
+    /// peer proved, else the only workload with that identity. An address alone is never
+    /// trusted, and an identity shared by several workloads elsewhere names none of them.
+    pub fn source_workload(
+        &self,
+        addr: std::net::IpAddr,
+        identity: &Identity,
+    ) -> Option<Arc<Workload>> {
+        let state = self.state.current();
+        if let Some(w) = state
+            .workload_by_addr(&self.options.network, addr)
+            .filter(|w| &w.identity() == identity)
+        {
+            return Some(Arc::clone(w));
+        }
+        let mut found = state.workloads().filter(|w| &w.identity() == identity);
+        match (found.next(), found.next()) {
+            (Some(only), None) => Some(Arc::clone(only)),
+            _ => None,
+        }
+    }
+
+    /// The workload that owns `addr`.
+    pub fn workload_at(&self, addr: SocketAddr) -> Option<Arc<Workload>> {
+        self.state
+            .current()
+            .workload_by_addr(&self.options.network, addr.ip())
+            .cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The best service for a hostname (any namespace).
+fn find_service(state: &MeshState, host: &str) -> Option<Arc<Service>> {
+    state.service_by_hostname(host, None).cloned()
+}
+
+/// The services bound to this waypoint, as compile targets.
+fn served_services(state: &MeshState, bindings: &Bindings) -> Vec<ServiceTarget> {
+    let mut out: Vec<ServiceTarget> = state
+        .services()
+        .filter(|s| s.waypoint.as_ref().is_some_and(|gw| bindings.is_me(gw)))
+        .map(|s| ServiceTarget {
+            hostname: s.hostname.clone(),
+            namespace: s.namespace.clone(),
+            name: (!s.name.is_empty()).then(|| s.name.clone()),
+            ports: s
+                .ports
+                .keys()
+                .map(|&port| ServicePort { port, name: None })
+                .collect(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    out
+}
+
+/// The labels a subset selector is matched against. The workload API carries no pod labels,
+/// so these are the ones Istio derives its canonical name and revision from.
+pub fn workload_labels(workload: &Workload) -> Vec<(&'static str, &str)> {
+    let mut labels = Vec::new();
+    if !workload.canonical_name.is_empty() {
+        for key in [
+            "app",
+            "app.kubernetes.io/name",
+            "service.istio.io/canonical-name",
+        ] {
+            labels.push((key, workload.canonical_name.as_str()));
+        }
+    }
+    if !workload.canonical_revision.is_empty() {
+        for key in [
+            "version",
+            "app.kubernetes.io/version",
+            "service.istio.io/canonical-revision",
+        ] {
+            labels.push((key, workload.canonical_revision.as_str()));
+        }
+    }
+    labels
+}
+
+/// Whether `workload` is selected by `selector` (every key present with the value).
+pub fn selects(selector: &std::collections::BTreeMap<String, String>, workload: &Workload) -> bool {
+    let labels = workload_labels(workload);
+    selector
+        .iter()
+        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+}
+
+/// The healthy endpoints of `service`'s `port` selected by `subset_labels`, as
+/// `podIP:targetPort`.
+fn endpoints(
+    state: &MeshState,
+    service: &Service,
+    port: u16,
+    subset_labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<ClusterEndpoint> {
+    state
+        .endpoints(service)
+        .into_iter()
+        .filter(|e| e.workload.status == HealthStatus::Healthy)
+        .filter(|e| selects(subset_labels, e.workload))
+        .filter_map(|e| {
+            let target = MeshState::target_port(service, &e, port)?;
+            let ip = e.workload.workload_ips.first()?;
+            Some(ClusterEndpoint {
+                address: SocketAddr::new(*ip, target),
+                uid: Arc::from(e.workload.uid.as_str()),
+            })
+        })
+        .collect()
+}
+
+/// Watches `dir` and hands every changed version of its YAML objects to `core`. The first
+/// load happens before this returns.
+pub fn watch_config_dir(core: Arc<Core>, dir: PathBuf, interval: Duration) -> JoinHandle<()> {
+    let mut last = fingerprint(&dir);
+    load_config_dir(&core, &dir);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = fingerprint(&dir);
+            if now != last {
+                last = now;
+                load_config_dir(&core, &dir);
+            }
+        }
+    })
+}
+
+/// Loads `dir` into `core`; a directory that cannot be read keeps the previous configuration.
+pub fn load_config_dir(core: &Core, dir: &Path) {
+    match ConfigSet::load_dir(dir) {
+        Ok((config, errors)) => {
+            tracing::info!(
+                dir = %dir.display(),
+                objects = config.len(),
+                errors = errors.len(),
+                "L7 configuration loaded"
+            );
+            core.set_config(config, errors);
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot read the L7 configuration directory; keeping the previous one");
+        }
+    }
+}
+
+/// Names, sizes and modification times of the files of `dir`.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if let Ok(meta) = entry.metadata() {
+                out.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Watches the mesh state and refreshes `core` on every change.
+pub fn watch_state(core: Arc<Core>, state: &StateHandle) -> JoinHandle<()> {
+    let mut changes = state.subscribe();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            core.refresh();
+        }
+    })
+}
+
+/// Addresses the waypoint listens on; port 0 picks a free port.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddrs {
+    /// HBONE (`connect_terminate`), 15008.
+    pub hbone: SocketAddr,
+}
+
+/// A waypoint's HBONE listener, bound and ready to run.
+pub struct Waypoint {
+    core: Arc<Core>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    hbone_config: hbone::Config,
+}
+
+impl std::fmt::Debug for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waypoint")
+            .field("address", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Waypoint {
+    /// Binds `connect_terminate` on `addrs.hbone` with the waypoint's certificate.
+    pub async fn bind(
+        core: Arc<Core>,
+        identities: &IdentityManager,
+        roots: &[CertificateDer<'static>],
+        hbone_config: hbone::Config,
+        addrs: ListenAddrs,
+    ) -> Result<Self, AppError> {
+        let identity = core.options().identity.clone();
+        let certs = identities
+            .fetch(&identity)
+            .await
+            .map_err(|e| AppError::Certificate {
+                identity: identity.clone(),
+                reason: e.to_string(),
+            })?;
+        let tls =
+            hbone::tls::server_config(certs, roots).map_err(|e| AppError::Hbone(e.to_string()))?;
+        let listener = TcpListener::bind(addrs.hbone)
+            .await
+            .map_err(|source| AppError::Bind {
+                what: "HBONE",
+                addr: addrs.hbone,
+                source,
+            })?;
+        Ok(Self {
+            core,
+            listener,
+            tls,
+            hbone_config,
+        })
+    }
+
+    /// The HBONE address.
+    pub fn address(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown.drain` is cancelled, then drains up to the deadline.
+    pub async fn run(self, shutdown: hbone::Shutdown) -> Result<(), AppError> {
+        let deadline = self.core.options().drain_deadline;
+        let handler = ConnectTerminate::new(Arc::clone(&self.core));
+        let server = hbone::Server::new(self.hbone_config, self.tls, handler)
+            .map_err(|e| AppError::Hbone(e.to_string()))?;
+        server.run(self.listener, shutdown, deadline).await;
+        Ok(())
+    }
+}

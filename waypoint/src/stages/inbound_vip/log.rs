@@ -1,0 +1,153 @@
+//! The "log" phase: what a request did, collected along the phases and reported once its
+//! response body has ended — Istio request metrics and the access log.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::request::Parts;
+use http::{HeaderValue, Response, StatusCode};
+use ztunnel::state::service::Service;
+use ztunnel::state::workload::Workload;
+
+use super::request::{ResponseBody, authority_of, local_body};
+use super::{Downstream, VipTarget};
+use crate::app::Core;
+use crate::body::BodyOutcome;
+use crate::telemetry::{
+    AccessLogEntry, DestinationLabels, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
+};
+
+/// What one request did.
+pub(super) struct RequestLog {
+    pub(super) start: Instant,
+    pub(super) downstream: Arc<Downstream>,
+    /// The request fields of the access log, as the request arrived.
+    entry: AccessLogEntry,
+    pub(super) grpc: bool,
+    pub(super) route_name: Option<String>,
+    pub(super) response_code: u16,
+    pub(super) grpc_status: Option<u32>,
+    pub(super) flags: ResponseFlags,
+    pub(super) details: &'static str,
+    pub(super) upstream_cluster: Option<String>,
+    pub(super) upstream_host: Option<SocketAddr>,
+    pub(super) upstream_service_time: Option<Duration>,
+    pub(super) upstream_transport_failure_reason: Option<String>,
+    pub(super) destination_service: Option<Arc<Service>>,
+    pub(super) destination_workload: Option<Arc<Workload>>,
+    pub(super) set_cookie: Option<HeaderValue>,
+    pub(super) attempts: u32,
+    /// Things that must live as long as the request (circuit-breaker permits).
+    guards: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl RequestLog {
+    /// Starts the record of a request as it arrived.
+    pub(super) fn start(
+        downstream: &Arc<Downstream>,
+        vip: &VipTarget,
+        parts: &Parts,
+        request_id: HeaderValue,
+    ) -> Self {
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let start_time = SystemTime::now();
+        let mut entry = AccessLogEntry::new(start_time);
+        entry.set_request(&parts.method, &parts.uri, parts.version, &parts.headers);
+        if entry.request_id.is_none() {
+            entry.request_id = request_id.to_str().ok().map(str::to_owned);
+        }
+        if entry.authority.is_none() {
+            entry.authority = Some(authority_of(parts));
+        }
+        entry.downstream_local_address = Some(downstream.original_dst);
+        entry.downstream_remote_address = Some(downstream.client_addr());
+        Self {
+            start: Instant::now(),
+            downstream: Arc::clone(downstream),
+            entry,
+            grpc,
+            route_name: None,
+            response_code: 0,
+            grpc_status: None,
+            flags: ResponseFlags::NONE,
+            details: "",
+            upstream_cluster: None,
+            upstream_host: None,
+            upstream_service_time: None,
+            upstream_transport_failure_reason: None,
+            destination_service: Some(Arc::clone(&vip.service)),
+            destination_workload: None,
+            set_cookie: None,
+            attempts: 1,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Keeps `guard` alive until the request is logged.
+    pub(super) fn hold(&mut self, guard: impl Any + Send + Sync) {
+        self.guards.push(Box::new(guard));
+    }
+
+    /// A local reply with `status`, recording `flag` and `details`.
+    pub(super) fn local_reply(
+        &mut self,
+        status: StatusCode,
+        flag: Option<ResponseFlag>,
+        details: &'static str,
+    ) -> Response<ResponseBody> {
+        if let Some(flag) = flag {
+            self.flags.insert(flag);
+        }
+        self.details = details;
+        local_body(status, details, self.grpc)
+    }
+
+    /// Reports the request: `istio_requests_total` and the histograms, and the access log.
+    pub(super) fn finish(mut self, core: &Core, body: BodyOutcome, request_bytes: u64) {
+        if !body.complete && self.response_code != 0 {
+            self.flags
+                .insert(ResponseFlag::DownstreamConnectionTermination);
+        }
+        let duration = self.start.elapsed();
+        let grpc_status = body.grpc_status.or(self.grpc_status);
+        let source = WorkloadLabels::source(
+            self.downstream.source.as_deref(),
+            Some(&self.downstream.peer_identity),
+        );
+        let destination = DestinationLabels::new(
+            self.destination_service.as_deref(),
+            self.destination_workload.as_deref(),
+        );
+        let mut labels =
+            RequestLabels::new(Arc::new(source), Arc::new(destination), self.response_code)
+                .with_response_flags(self.flags);
+        if self.grpc {
+            labels = labels.with_grpc_status(grpc_status);
+        }
+        core.metrics
+            .record(&labels, duration, request_bytes, body.bytes);
+        if core.access_log.is_enabled() {
+            let mut entry = self.entry;
+            entry.route_name = self.route_name;
+            entry.response_code = self.response_code;
+            entry.response_flags = self.flags;
+            entry.response_code_details =
+                (!self.details.is_empty()).then(|| self.details.to_owned());
+            entry.bytes_received = request_bytes;
+            entry.bytes_sent = body.bytes;
+            entry.duration = duration;
+            entry.upstream_service_time = self.upstream_service_time;
+            entry.upstream_host = self.upstream_host.map(|a| a.to_string());
+            entry.upstream_cluster = self.upstream_cluster;
+            entry.upstream_transport_failure_reason = self.upstream_transport_failure_reason;
+            core.access_log.log(&entry);
+        }
+        drop(self.guards);
+    }
+}

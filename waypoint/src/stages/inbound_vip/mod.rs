@@ -1,0 +1,93 @@
+//! The inbound VIP listener `inbound-vip|<port>|http|<host>` (and `…|tcp|…`): the stage where
+//! L7 happens. It serves HTTP/1.1, HTTP/2 and gRPC on the tunnelled stream after detecting the
+//! protocol from its first bytes ([`detect`]); anything else is proxied as TCP through the
+//! service's TCP routes.
+//!
+//! Every HTTP request runs the same phases, in this order:
+//!
+//! 1. **route** — the service port's [`CompiledRoutes`](crate::route::CompiledRoutes): first
+//!    match wins ([`select_route`]); no match → 404 `NR`. A CORS preflight is answered here.
+//!    The route's action resolves to a weighted backend, a redirect or a direct response.
+//! 2. **filters** — fault injection (delay `DI`, abort `FI`), request header operations (route,
+//!    then backend), rewrite, hop-by-hop headers, `x-request-id`.
+//! 3. **select backend** — the inbound VIP cluster `inbound-vip|<port>|http[/<subset>]|<host>`:
+//!    circuit breaking (503 `UO`), load balancing over healthy, non-ejected endpoints (503 `UH`).
+//! 4. **send** — through the inbound pod listener (tunnel metadata) and `connect_originate`,
+//!    with the route's per-try timeout and retries (`URX` when they run out) inside the
+//!    route's timeout (504 `UT`); mirrors are sent fire-and-forget.
+//! 5. **respond** — response header operations, CORS headers, a consistent-hash cookie.
+//! 6. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
+
+pub mod detect;
+mod log;
+mod request;
+mod tcp;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::H2Stream;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use self::detect::{Detected, Prefixed};
+use super::inbound_pod::TunnelMetadata;
+use super::{Downstream, VipTarget};
+use crate::app::Core;
+
+/// Streams multiplexed on one downstream HTTP/2 connection (Istio's `connect_terminate`
+/// value).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Time allowed for a request's headers to arrive on an HTTP/1.1 connection.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request header block accepted.
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+
+/// Serves one tunnel addressed to `vip`.
+pub async fn serve(core: Arc<Core>, stream: H2Stream, downstream: Arc<Downstream>, vip: VipTarget) {
+    let timeout = core.options().protocol_detection_timeout;
+    let (detected, io) = Prefixed::detect(stream, timeout).await;
+    match detected {
+        Detected::Closed => {}
+        Detected::Tcp => tcp::serve(core, io, downstream, vip).await,
+        Detected::Http => serve_http(core, io, downstream, vip).await,
+    }
+}
+
+/// Serves workload-addressed traffic: straight to the pod's inbound pod listener as TCP.
+pub async fn serve_pod(
+    core: Arc<Core>,
+    stream: H2Stream,
+    downstream: Arc<Downstream>,
+    meta: TunnelMetadata,
+) {
+    tcp::serve_direct(core, stream, downstream, meta).await;
+}
+
+async fn serve_http(
+    core: Arc<Core>,
+    io: Prefixed<H2Stream>,
+    downstream: Arc<Downstream>,
+    vip: VipTarget,
+) {
+    let listener = Arc::new(request::Listener::new(core, downstream, vip));
+    let service = service_fn(move |req| {
+        let listener = Arc::clone(&listener);
+        async move { Ok::<_, Infallible>(listener.handle(req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES as usize * 2);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}

@@ -1,0 +1,559 @@
+//! The per-request phases of the inbound VIP listener (see the parent module for the order).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use super::log::RequestLog;
+use super::{Downstream, VipTarget};
+use crate::app::Core;
+use crate::body::{Observed, Replay};
+use crate::cluster::{Cluster, Outcome, PickContext};
+use crate::filters::{self, AttemptOutcome};
+use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
+use crate::stages::PodTarget;
+use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamProtocol};
+use crate::stages::inbound_pod::TunnelMetadata;
+use crate::telemetry::ResponseFlag;
+
+/// A response on its way to the client, before observation.
+pub(super) type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// The inbound VIP listener of one tunnel.
+pub(super) struct Listener {
+    core: Arc<Core>,
+    downstream: Arc<Downstream>,
+    vip: VipTarget,
+}
+
+impl Listener {
+    pub(super) fn new(core: Arc<Core>, downstream: Arc<Downstream>, vip: VipTarget) -> Self {
+        Self {
+            core,
+            downstream,
+            vip,
+        }
+    }
+
+    /// Runs every phase for one request.
+    pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Observed> {
+        let (mut parts, body) = request.into_parts();
+        let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
+        let mut log = RequestLog::start(&self.downstream, &self.vip, &parts, request_id);
+        let replay = Replay::new(body);
+        let response = self.phases(&mut parts, &replay, &mut log).await;
+        log.response_code = response.status().as_u16();
+        if log.grpc {
+            log.grpc_status = crate::body::grpc_status(response.headers());
+        }
+        let core = Arc::clone(&self.core);
+        let (head, body) = response.into_parts();
+        let observed = Observed::new(
+            body,
+            Box::new(move |outcome| log.finish(&core, outcome, replay.bytes_read())),
+        );
+        Response::from_parts(head, observed)
+    }
+
+    async fn phases(
+        &self,
+        parts: &mut Parts,
+        replay: &Replay,
+        log: &mut RequestLog,
+    ) -> Response<ResponseBody> {
+        // 1. Route.
+        let l7 = self.core.l7();
+        let host = self.vip.service.hostname.as_str();
+        let port = self.vip.port;
+        let Some(routes) = l7.compiled.routes.get(host, port) else {
+            return log.local_reply(
+                StatusCode::NOT_FOUND,
+                Some(ResponseFlag::NoRouteFound),
+                "route_not_found",
+            );
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let authority = authority_of(parts);
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path: &path,
+            authority: &authority,
+            headers: &parts.headers,
+            port,
+        };
+        let decision = select_route(routes, &view);
+        let Some(matched) = decision.route().copied() else {
+            return log.local_reply(
+                StatusCode::NOT_FOUND,
+                Some(ResponseFlag::NoRouteFound),
+                "route_not_found",
+            );
+        };
+        let route = matched.route;
+        log.route_name = route.name.clone();
+        let route_filters = &route.filters;
+        if let Some(cors) = &route_filters.cors
+            && let Some(preflight) = filters::cors_preflight(cors, parts)
+        {
+            log.details = "cors_response";
+            return preflight.map(|()| empty());
+        }
+        let backend = match matched.resolve(fastrand::u32(..)) {
+            Resolution::Forward(backend) => backend,
+            Resolution::Redirect(redirect) => {
+                log.details = "direct_response";
+                return filters::redirect_response(redirect, matched.path, parts, port)
+                    .map(|()| empty());
+            }
+            Resolution::DirectResponse(direct) => {
+                log.details = "direct_response";
+                return filters::direct_response(direct).map(full);
+            }
+            Resolution::UnknownSubset(_) => {
+                return log.local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ResponseFlag::NoHealthyUpstream),
+                    "no_healthy_upstream",
+                );
+            }
+            Resolution::InvalidBackend(_) | Resolution::NoBackend => {
+                return log.local_reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Some(ResponseFlag::NoClusterFound),
+                    "cluster_not_found",
+                );
+            }
+        };
+
+        // 2. Filters.
+        if let Some(fault) = &route_filters.fault {
+            let decision =
+                filters::decide_fault(fault, fastrand::f64() * 100.0, fastrand::f64() * 100.0);
+            if let Some(delay) = decision.delay {
+                log.flags.insert(ResponseFlag::DelayInjected);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(abort) = decision.abort {
+                log.flags.insert(ResponseFlag::FaultInjected);
+                log.details = "fault_filter_abort";
+                return filters::abort_response(&abort, log.grpc).map(full);
+            }
+        }
+        filters::apply_header_ops(&route_filters.request_headers, &mut parts.headers);
+        filters::apply_header_ops(&backend.request_headers, &mut parts.headers);
+        if let Some(rewrite) = &route_filters.rewrite
+            && let Err(e) = filters::apply_rewrite(rewrite, matched.path, parts)
+        {
+            tracing::debug!(error = %e, "rewrite produced an invalid request");
+            return log.local_reply(StatusCode::BAD_REQUEST, None, "rewrite_failed");
+        }
+        filters::strip_hop_by_hop(&mut parts.headers);
+
+        // 3. Select backend: the inbound VIP cluster.
+        let backend_port = backend.backend.port.unwrap_or(port);
+        let Some((cluster, service)) = self.core.cluster(
+            &backend.backend.host,
+            backend.backend.subset.as_deref(),
+            backend_port,
+            "http",
+        ) else {
+            return log.local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(ResponseFlag::NoClusterFound),
+                "cluster_not_found",
+            );
+        };
+        log.upstream_cluster = Some(cluster.name().to_owned());
+        log.destination_service = Some(service);
+        let Ok(permit) = cluster.admit(upstream_protocol(parts)).await else {
+            return log.local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(ResponseFlag::UpstreamOverflow),
+                "upstream_reset_before_response_started{overflow}",
+            );
+        };
+        log.hold(permit);
+
+        for mirror in &route_filters.mirrors {
+            if fastrand::f64() * 100.0 < mirror.percent {
+                self.shadow(&mirror.backend, backend_port, parts, replay);
+            }
+        }
+
+        // 4. Send.
+        let upstream_start = Instant::now();
+        let mut response = match self
+            .send_with_retries(&cluster, route, parts, replay, log)
+            .await
+        {
+            Ok(response) => response,
+            Err(reply) => return reply,
+        };
+        log.upstream_service_time = Some(upstream_start.elapsed());
+
+        // 5. Respond.
+        filters::apply_header_ops(&backend.response_headers, response.headers_mut());
+        filters::apply_header_ops(&route_filters.response_headers, response.headers_mut());
+        if let Some(cors) = &route_filters.cors {
+            let origin = parts.headers.get(http::header::ORIGIN).cloned();
+            filters::cors_response_headers(cors, origin.as_ref(), response.headers_mut());
+        }
+        if let Some(cookie) = log.set_cookie.take() {
+            response
+                .headers_mut()
+                .append(http::header::SET_COOKIE, cookie);
+        }
+        filters::strip_hop_by_hop(response.headers_mut());
+        log.details = "via_upstream";
+        response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+    }
+
+    /// Sends to the cluster, retrying per the route's policy, within its timeout.
+    async fn send_with_retries(
+        &self,
+        cluster: &Arc<Cluster>,
+        route: &Route,
+        parts: &Parts,
+        replay: &Replay,
+        log: &mut RequestLog,
+    ) -> Result<Response<Incoming>, Response<ResponseBody>> {
+        let (overall, per_try) = filters::effective_timeouts(route.timeout, route.retry.as_ref());
+        let attempts = self.attempts(cluster, route.retry.as_ref(), per_try, parts, replay, log);
+        match overall {
+            None => attempts.await,
+            Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
+                Ok(result) => result,
+                Err(_) => Err(log.local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Some(ResponseFlag::UpstreamRequestTimeout),
+                    "upstream_response_timeout",
+                )),
+            },
+        }
+    }
+
+    async fn attempts(
+        &self,
+        cluster: &Arc<Cluster>,
+        policy: Option<&RetryPolicy>,
+        per_try: Option<Duration>,
+        parts: &Parts,
+        replay: &Replay,
+        log: &mut RequestLog,
+    ) -> Result<Response<Incoming>, Response<ResponseBody>> {
+        let protocol = upstream_protocol(parts);
+        let settings = ConnSettings::from(cluster.connection_limits());
+        let query = parts.uri.query();
+        let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let exclude: &[std::net::SocketAddr] = match policy {
+                Some(p) if p.ignore_previous_hosts => &tried,
+                _ => &[],
+            };
+            let ctx = PickContext {
+                headers: &parts.headers,
+                source_ip: Some(self.downstream.client_addr().ip()),
+                query,
+                exclude,
+            };
+            let Ok(picked) = cluster.pick(&ctx, Instant::now()) else {
+                return Err(log.local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ResponseFlag::NoHealthyUpstream),
+                    "no_healthy_upstream",
+                ));
+            };
+            let address = picked.address;
+            log.upstream_host = Some(address);
+            if let Some(cookie) = picked.set_cookie.clone() {
+                log.set_cookie = Some(cookie);
+            }
+            let Some(workload) = self.core.workload_at(address) else {
+                return Err(log.local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ResponseFlag::NoHealthyUpstream),
+                    "no_healthy_upstream",
+                ));
+            };
+            log.destination_workload = Some(Arc::clone(&workload));
+            let meta = TunnelMetadata::new(
+                PodTarget { workload, address },
+                &self.downstream,
+                Some(self.vip.service.hostname.as_str()),
+            );
+            let request = build_request(parts, replay.reader().boxed());
+            let send = self.core.originate.send(&meta, protocol, settings, request);
+            let result = match per_try {
+                Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+                None => Some(send.await),
+            };
+            let outcome = match &result {
+                None => AttemptOutcome::Timeout,
+                Some(Ok(response)) => AttemptOutcome::Response(
+                    response.status().as_u16(),
+                    crate::body::grpc_status(response.headers()),
+                ),
+                Some(Err(e)) if e.is_connect_failure() => AttemptOutcome::ConnectFailure,
+                Some(Err(_)) => AttemptOutcome::Reset,
+            };
+            cluster.report(address, cluster_outcome(&outcome), Instant::now());
+            drop(picked);
+            let retry = policy.is_some_and(|p| {
+                attempt <= p.attempts && filters::should_retry(p, attempt, &outcome)
+            }) && replay.replayable();
+            if retry && let Some(_budget) = cluster.try_retry() {
+                log.attempts = attempt + 1;
+                tried.push(address);
+                if let Some(p) = policy {
+                    tokio::time::sleep(filters::retry_backoff(p, attempt, fastrand::f64())).await;
+                }
+                continue;
+            }
+            let exhausted = retry && attempt > 1;
+            if attempt > 1 && (exhausted || policy.is_some_and(|p| attempt > p.attempts)) {
+                log.flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
+            }
+            return match result {
+                Some(Ok(response)) => Ok(response),
+                None => Err(log.local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Some(ResponseFlag::UpstreamRequestTimeout),
+                    "upstream_per_try_timeout",
+                )),
+                Some(Err(e)) => {
+                    log.upstream_transport_failure_reason = Some(e.to_string());
+                    let (flag, details) = if e.is_connect_failure() {
+                        (
+                            ResponseFlag::UpstreamConnectionFailure,
+                            "upstream_reset_before_response_started{connection_failure}",
+                        )
+                    } else {
+                        (
+                            ResponseFlag::UpstreamConnectionTermination,
+                            "upstream_reset_before_response_started{connection_termination}",
+                        )
+                    };
+                    Err(log.local_reply(StatusCode::SERVICE_UNAVAILABLE, Some(flag), details))
+                }
+            };
+        }
+    }
+
+    /// Sends a copy of the request to `backend` and forgets it (Envoy's request mirroring:
+    /// the authority gets a `-shadow` suffix; the response is read and dropped).
+    fn shadow(
+        &self,
+        backend: &crate::route::Backend,
+        default_port: u16,
+        parts: &Parts,
+        replay: &Replay,
+    ) {
+        let port = backend.port.unwrap_or(default_port);
+        let Some((cluster, _)) =
+            self.core
+                .cluster(&backend.host, backend.subset.as_deref(), port, "http")
+        else {
+            return;
+        };
+        let ctx = PickContext {
+            headers: &parts.headers,
+            source_ip: Some(self.downstream.client_addr().ip()),
+            query: parts.uri.query(),
+            exclude: &[],
+        };
+        let Ok(picked) = cluster.pick(&ctx, Instant::now()) else {
+            return;
+        };
+        let Some(workload) = self.core.workload_at(picked.address) else {
+            return;
+        };
+        let meta = TunnelMetadata::new(
+            PodTarget {
+                workload,
+                address: picked.address,
+            },
+            &self.downstream,
+            Some(backend.host.as_str()),
+        );
+        let mut request = build_request(parts, replay.reader().boxed());
+        let shadow_authority = shadow_host(&authority_of(parts));
+        if let Ok(value) = HeaderValue::from_str(&shadow_authority) {
+            request.headers_mut().insert(http::header::HOST, value);
+        }
+        if let Ok(uri) = rebuild_uri(request.uri(), &shadow_authority) {
+            *request.uri_mut() = uri;
+        }
+        let protocol = upstream_protocol(parts);
+        let settings = ConnSettings::from(cluster.connection_limits());
+        let core = Arc::clone(&self.core);
+        tokio::spawn(async move {
+            let _picked = picked;
+            match core
+                .originate
+                .send(&meta, protocol, settings, request)
+                .await
+            {
+                Ok(response) => {
+                    let _ = response.into_body().collect().await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, cluster = cluster.name(), "mirror request failed");
+                }
+            }
+        });
+    }
+}
+
+/// Upstream requests use the downstream's HTTP version (gRPC and HTTP/2 stay HTTP/2).
+fn upstream_protocol(parts: &Parts) -> UpstreamProtocol {
+    match parts.version {
+        Version::HTTP_2 => UpstreamProtocol::Http2,
+        _ => UpstreamProtocol::Http1,
+    }
+}
+
+/// The outlier-detection view of an attempt.
+fn cluster_outcome(outcome: &AttemptOutcome) -> Outcome {
+    match outcome {
+        AttemptOutcome::Response(status, _) => Outcome::Status(*status),
+        AttemptOutcome::ConnectFailure => Outcome::ConnectFailure,
+        AttemptOutcome::Reset | AttemptOutcome::RefusedStream => Outcome::Reset,
+        AttemptOutcome::Timeout => Outcome::Timeout,
+    }
+}
+
+/// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+pub(super) fn authority_of(parts: &Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// `host-shadow[:port]`.
+fn shadow_host(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            format!("{host}-shadow:{port}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+fn rebuild_uri(uri: &http::Uri, authority: &str) -> Result<http::Uri, http::Error> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if uri.authority().is_none() {
+        return Ok(http::Uri::try_from(path)?);
+    }
+    http::Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+}
+
+/// One attempt's request: the (filtered) head and a reader of the shared body.
+fn build_request(parts: &Parts, body: ResponseBody) -> Request<ResponseBody> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+fn empty() -> ResponseBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn full(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A local reply's body: Envoy answers local errors with their details as text.
+pub(super) fn local_body(status: StatusCode, details: &str, grpc: bool) -> Response<ResponseBody> {
+    if grpc {
+        let code = grpc_status_for_http(status.as_u16());
+        let mut response = Response::new(empty());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from(code));
+        if let Ok(message) = HeaderValue::from_str(details) {
+            response.headers_mut().insert("grpc-message", message);
+        }
+        return response;
+    }
+    let mut response = Response::new(full(Bytes::from(details.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// The gRPC status a local HTTP error becomes for a gRPC client (the mapping of gRPC's
+/// "HTTP to gRPC status code" table).
+fn grpc_status_for_http(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_hosts() {
+        assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_host("reviews"), "reviews-shadow");
+        assert_eq!(
+            shadow_host("reviews.default.svc.cluster.local"),
+            "reviews.default.svc.cluster.local-shadow"
+        );
+        assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn grpc_codes_of_local_replies() {
+        assert_eq!(grpc_status_for_http(503), 14);
+        assert_eq!(grpc_status_for_http(404), 12);
+        assert_eq!(grpc_status_for_http(504), 14);
+        assert_eq!(grpc_status_for_http(500), 2);
+    }
+}

@@ -1,0 +1,126 @@
+//! TCP through the waypoint: the `inbound-vip|<port>|tcp|<host>` chain for streams that are not
+//! HTTP (VirtualService `tcp` routes, else the service itself), and workload-addressed tunnels
+//! straight to their pod. Bytes are copied both ways with half-close.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hbone::H2Stream;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::detect::Prefixed;
+use super::{Downstream, VipTarget};
+use crate::app::Core;
+use crate::cluster::PickContext;
+use crate::route::{TcpView, pick_weighted, select_tcp_route};
+use crate::stages::PodTarget;
+use crate::stages::connect_originate::DEFAULT_CONNECT_TIMEOUT;
+use crate::stages::inbound_pod::TunnelMetadata;
+
+/// Proxies a non-HTTP stream addressed to `vip`.
+pub(super) async fn serve(
+    core: Arc<Core>,
+    mut io: Prefixed<H2Stream>,
+    downstream: Arc<Downstream>,
+    vip: VipTarget,
+) {
+    let listener = vip.listener_name("tcp");
+    let l7 = core.l7();
+    let Some(routes) = l7.compiled.routes.get(&vip.service.hostname, vip.port) else {
+        tracing::info!(%listener, "no TCP route: connection closed");
+        return;
+    };
+    let view = TcpView {
+        port: vip.port,
+        destination: Some(downstream.original_dst.ip()),
+    };
+    let Some(route) = select_tcp_route(routes, &view) else {
+        tracing::info!(%listener, "no TCP route matched: connection closed");
+        return;
+    };
+    let Some(backend) = pick_weighted(&route.backends, fastrand::u32(..)) else {
+        tracing::info!(%listener, "TCP route has no backend: connection closed");
+        return;
+    };
+    let port = backend.backend.port.unwrap_or(vip.port);
+    let Some((cluster, _)) = core.cluster(
+        &backend.backend.host,
+        backend.backend.subset.as_deref(),
+        port,
+        "tcp",
+    ) else {
+        tracing::info!(%listener, host = %backend.backend.host, "TCP backend unknown: connection closed");
+        return;
+    };
+    let Ok(_permit) = cluster.admit(crate::cluster::UpstreamProtocol::Http1).await else {
+        tracing::info!(
+            cluster = cluster.name(),
+            "circuit breaker open: connection closed"
+        );
+        return;
+    };
+    let headers = http::HeaderMap::new();
+    let ctx = PickContext {
+        headers: &headers,
+        source_ip: Some(downstream.client_addr().ip()),
+        query: None,
+        exclude: &[],
+    };
+    let Ok(picked) = cluster.pick(&ctx, Instant::now()) else {
+        tracing::info!(
+            cluster = cluster.name(),
+            "no healthy upstream: connection closed"
+        );
+        return;
+    };
+    let Some(workload) = core.workload_at(picked.address) else {
+        return;
+    };
+    let meta = TunnelMetadata::new(
+        PodTarget {
+            workload,
+            address: picked.address,
+        },
+        &downstream,
+        Some(vip.service.hostname.as_str()),
+    );
+    copy_to(&core, &mut io, &meta, cluster.name()).await;
+}
+
+/// Proxies a workload-addressed tunnel to its pod.
+pub(super) async fn serve_direct(
+    core: Arc<Core>,
+    mut stream: H2Stream,
+    _downstream: Arc<Downstream>,
+    meta: TunnelMetadata,
+) {
+    let name = meta.target.listener_name();
+    copy_to(&core, &mut stream, &meta, &name).await;
+}
+
+async fn copy_to<IO>(core: &Core, io: &mut IO, meta: &TunnelMetadata, cluster: &str)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let mut upstream = match core.originate.open(meta, DEFAULT_CONNECT_TIMEOUT).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            tracing::info!(%cluster, upstream = %meta.target.address, error = %e, "TCP upstream connect failed");
+            return;
+        }
+    };
+    let copy = hbone::copy::copy_bidirectional(io, &mut upstream, None);
+    match copy.await {
+        Ok(transferred) => tracing::debug!(
+            %cluster,
+            upstream = %meta.target.address,
+            ?transferred,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "TCP connection complete"
+        ),
+        Err(e) => {
+            tracing::debug!(%cluster, upstream = %meta.target.address, error = ?e, "TCP connection ended with an error")
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Istio's HTTP/gRPC request metrics of one waypoint, rendered in the Prometheus text format.
+//!
+//! Each [`RequestMetrics`] owns its own `metrics-exporter-prometheus` recorder; nothing is
+//! installed as the process-global `metrics` recorder, so two waypoints in one process (tests,
+//! the demo) never share a series. The admin server serves [`RequestMetrics::render`].
+//!
+//! The three distributions are real Prometheus histograms (`_bucket{le=...}`, `_sum`,
+//! `_count`) with Envoy's default bucket bounds, which Istio uses for every histogram
+//! (durations in milliseconds, sizes in bytes) unless overridden per pod.
+//!
+//! # Hot path
+//!
+//! [`RequestMetrics::record`] runs once per finished request. The handles of a label set are
+//! registered on first use and cached under the [`RequestLabels`] (whose source and destination
+//! parts are shared `Arc`s), so a recording is a hash of the labels, a read-locked map lookup,
+//! one atomic add and three lock-free histogram pushes. Histogram samples are buffered by the
+//! exporter until they are folded into their buckets, which happens on every render and, so
+//! that an unscraped waypoint does not grow without bound, on one recording out of
+//! [`UPKEEP_EVERY`] (or whenever [`RequestMetrics::upkeep`] is called).
+//!
+//! Label sets are bounded by the mesh state (workloads, services), the status codes and the
+//! flags; nothing a client sends directly becomes a label value.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use super::labels::RequestLabels;
+
+/// `istio_requests_total`.
+pub const REQUESTS_TOTAL: &str = "istio_requests_total";
+/// `istio_request_duration_milliseconds`.
+pub const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
+/// `istio_request_bytes`.
+pub const REQUEST_BYTES: &str = "istio_request_bytes";
+/// `istio_response_bytes`.
+pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+/// `istio_build`.
+pub const BUILD: &str = "istio_build";
+
+/// Envoy's default histogram bucket bounds, used by Istio for all its histograms.
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Buffered histogram samples are folded into buckets after this many recordings.
+pub const UPKEEP_EVERY: u64 = 4096;
+
+/// The histograms and their HELP texts (from Istio's metric reference).
+const HISTOGRAMS: [(&str, &str); 3] = [
+    (
+        REQUEST_DURATION,
+        "The duration of requests, in milliseconds",
+    ),
+    (REQUEST_BYTES, "The HTTP request body sizes, in bytes"),
+    (RESPONSE_BYTES, "The HTTP response body sizes, in bytes"),
+];
+
+/// A per-cluster Envoy-style counter (`envoy_cluster_*{cluster_name=...}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClusterStat {
+    /// `envoy_cluster_upstream_rq_pending_overflow`: requests rejected because the pending
+    /// request limit (`http1MaxPendingRequests`) was reached.
+    PendingOverflow,
+    /// `envoy_cluster_upstream_cx_overflow`: connection limit (`maxConnections`) reached.
+    ConnectionOverflow,
+    /// `envoy_cluster_upstream_rq_retry_overflow`: retries not attempted because of the retry
+    /// budget / circuit breaker.
+    RetryOverflow,
+    /// `envoy_cluster_outlier_detection_ejections_enforced_total`: hosts ejected by outlier
+    /// detection.
+    EjectionsEnforced,
+}
+
+impl ClusterStat {
+    /// Every stat, in rendering order.
+    pub const ALL: [Self; 4] = [
+        Self::PendingOverflow,
+        Self::ConnectionOverflow,
+        Self::RetryOverflow,
+        Self::EjectionsEnforced,
+    ];
+
+    /// The metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PendingOverflow => "envoy_cluster_upstream_rq_pending_overflow",
+            Self::ConnectionOverflow => "envoy_cluster_upstream_cx_overflow",
+            Self::RetryOverflow => "envoy_cluster_upstream_rq_retry_overflow",
+            Self::EjectionsEnforced => "envoy_cluster_outlier_detection_ejections_enforced_total",
+        }
+    }
+
+    /// The HELP text.
+    fn help(self) -> &'static str {
+        match self {
+            Self::PendingOverflow => {
+                "Requests rejected because the cluster's pending request limit was reached"
+            }
+            Self::ConnectionOverflow => {
+                "Connections not opened because the cluster's connection limit was reached"
+            }
+            Self::RetryOverflow => "Retries not attempted because of the cluster's retry limit",
+            Self::EjectionsEnforced => "Hosts ejected from the cluster by outlier detection",
+        }
+    }
+}
+
+/// The handles of one request label set.
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// Istio request metrics of one waypoint.
+pub struct RequestMetrics {
+    /// The recorder all handles are registered with.
+    recorder: PrometheusRecorder,
+    /// Renders the recorder's contents.
+    handle: PrometheusHandle,
+    /// Handles by label set. Read-locked on the hot path; write-locked only to add a set.
+    cache: RwLock<HashMap<RequestLabels, Handles>>,
+    /// Per-cluster counters by (stat, cluster name).
+    clusters: Mutex<HashMap<(ClusterStat, String), Counter>>,
+    /// Recordings so far, to schedule upkeep.
+    recorded: AtomicU64,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Metadata for registrations; the Prometheus recorder ignores it.
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+}
+
+/// The recorder, with bucketed histograms for our three distributions.
+fn build_recorder() -> PrometheusRecorder {
+    let builder = HISTOGRAMS
+        .iter()
+        .try_fold(PrometheusBuilder::new(), |builder, (name, _)| {
+            builder.set_buckets_for_metric(Matcher::Full((*name).to_owned()), &BUCKETS)
+        });
+    match builder {
+        Ok(builder) => builder.build_recorder(),
+        // Only an empty bucket list is rejected and BUCKETS is not empty: never taken (it
+        // would render the histograms as summaries).
+        Err(_) => PrometheusBuilder::new().build_recorder(),
+    }
+}
+
+impl RequestMetrics {
+    /// A fresh, empty set of metrics with its own recorder. `istio_build` is set to 1 with
+    /// `component="waypoint"` and `tag` the crate version.
+    pub fn new() -> Self {
+        let recorder = build_recorder();
+        let handle = recorder.handle();
+        recorder.describe_counter(
+            KeyName::from(REQUESTS_TOTAL),
+            None,
+            SharedString::from("The total number of requests handled by the waypoint"),
+        );
+        for (name, help) in HISTOGRAMS {
+            recorder.describe_histogram(KeyName::from(name), None, SharedString::from(help));
+        }
+        for stat in ClusterStat::ALL {
+            recorder.describe_counter(
+                KeyName::from(stat.name()),
+                None,
+                SharedString::from(stat.help()),
+            );
+        }
+        recorder.describe_gauge(
+            KeyName::from(BUILD),
+            None,
+            SharedString::from("Istio component build info"),
+        );
+        let build = Key::from_parts(
+            BUILD,
+            vec![
+                Label::new("component", "waypoint"),
+                Label::new("tag", env!("CARGO_PKG_VERSION")),
+            ],
+        );
+        recorder.register_gauge(&build, &metadata()).set(1.0);
+        Self {
+            recorder,
+            handle,
+            cache: RwLock::new(HashMap::new()),
+            clusters: Mutex::new(HashMap::new()),
+            recorded: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one finished request: `istio_requests_total` +1, its duration (milliseconds,
+    /// fractional) and its request and response body sizes.
+    pub fn record(
+        &self,
+        labels: &RequestLabels,
+        duration: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let millis = duration.as_secs_f64() * 1000.0;
+        // Byte counts above 2^53 lose precision as f64; irrelevant for bucketing.
+        #[allow(clippy::cast_precision_loss)]
+        let (req, resp) = (request_bytes as f64, response_bytes as f64);
+        let record = |h: &Handles| {
+            h.requests.increment(1);
+            h.duration.record(millis);
+            h.request_bytes.record(req);
+            h.response_bytes.record(resp);
+        };
+        let found = {
+            let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+            cache.get(labels).map(record).is_some()
+        };
+        if !found {
+            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+            // Another thread may have registered it meanwhile; registering twice would be
+            // harmless (the registry deduplicates by key) but wasteful.
+            let handles = cache
+                .entry(labels.clone())
+                .or_insert_with(|| self.register(labels));
+            record(handles);
+        }
+        if self.recorded.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+            self.upkeep();
+        }
+    }
+
+    /// Registers the handles of a label set.
+    fn register(&self, labels: &RequestLabels) -> Handles {
+        let parts: Vec<Label> = labels
+            .pairs()
+            .into_iter()
+            .map(|(k, v)| Label::new(k, v.into_owned()))
+            .collect();
+        let key = |name: &'static str| Key::from_parts(name, parts.clone());
+        let md = metadata();
+        Handles {
+            requests: self.recorder.register_counter(&key(REQUESTS_TOTAL), &md),
+            duration: self
+                .recorder
+                .register_histogram(&key(REQUEST_DURATION), &md),
+            request_bytes: self.recorder.register_histogram(&key(REQUEST_BYTES), &md),
+            response_bytes: self.recorder.register_histogram(&key(RESPONSE_BYTES), &md),
+        }
+    }
+
+    /// Adds one to the per-cluster counter `stat` of `cluster` (e.g.
+    /// `inbound-vip|9080|http/v1|reviews.default.svc.cluster.local`).
+    pub fn count_cluster(&self, stat: ClusterStat, cluster: &str) {
+        let mut clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = clusters.get(&(stat, cluster.to_owned())) {
+            counter.increment(1);
+            return;
+        }
+        let key = Key::from_parts(
+            stat.name(),
+            vec![Label::new("cluster_name", cluster.to_owned())],
+        );
+        let counter = self.recorder.register_counter(&key, &metadata());
+        counter.increment(1);
+        clusters.insert((stat, cluster.to_owned()), counter);
+    }
+
+    /// Counts a request rejected by circuit breaking
+    /// (`envoy_cluster_upstream_rq_pending_overflow`).
+    pub fn count_overflow(&self, cluster: &str) {
+        self.count_cluster(ClusterStat::PendingOverflow, cluster);
+    }
+
+    /// Counts a host ejected by outlier detection
+    /// (`envoy_cluster_outlier_detection_ejections_enforced_total`).
+    pub fn count_ejection(&self, cluster: &str) {
+        self.count_cluster(ClusterStat::EjectionsEnforced, cluster);
+    }
+
+    /// Folds buffered histogram samples into their buckets. Called automatically every
+    /// [`UPKEEP_EVERY`] recordings and by [`RequestMetrics::render`]; an owner may also call
+    /// it from a background task.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every series recorded so far.
+    ///
+    /// The output is deterministic: metric families sorted by name, series sorted within a
+    /// family, the lines of one histogram series (buckets in `le` order, `_sum`, `_count`)
+    /// kept together.
+    pub fn render(&self) -> String {
+        sort_exposition(&self.handle.render())
+    }
+}
+
+/// Sorts the families of an exposition by name and the series within each family.
+///
+/// The exporter separates families by blank lines and writes each histogram series as
+/// consecutive `_bucket` lines, then `_sum`, then `_count`; label values are escaped, so none
+/// contains a raw newline.
+fn sort_exposition(text: &str) -> String {
+    let mut families: Vec<(String, String)> = text
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(sort_family)
+        .collect();
+    families.sort();
+    let mut out = String::with_capacity(text.len());
+    for (i, (_, block)) in families.into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&block);
+    }
+    out
+}
+
+/// One family block with its series sorted, keyed by the family name.
+fn sort_family(block: &str) -> (String, String) {
+    let mut comments = Vec::new();
+    let mut series: Vec<Vec<&str>> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    let mut name = String::new();
+    let mut count_prefix = String::new();
+    let mut histogram = false;
+    for line in block.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split(' ');
+            words.next().unwrap_or_default().clone_into(&mut name);
+            histogram = words.next() == Some("histogram");
+            count_prefix = format!("{name}_count");
+            comments.push(line);
+        } else if line.starts_with('#') {
+            comments.push(line);
+        } else if histogram {
+            current.push(line);
+            // A histogram series ends with its `_count` line.
+            if line.starts_with(&count_prefix) {
+                series.push(std::mem::take(&mut current));
+            }
+        } else {
+            series.push(vec![line]);
+        }
+    }
+    if !current.is_empty() {
+        series.push(current);
+    }
+    series.sort_unstable();
+    let mut out = comments.join("\n");
+    for line in series.into_iter().flatten() {
+        out.push('\n');
+        out.push_str(line);
+    }
+    out.push('\n');
+    (name, out)
+}
