@@ -6,30 +6,41 @@
 //! the opposite direction keeps flowing, so a client that shuts its write side still receives
 //! the whole response.
 //!
-//! Buffers are sized to the flow: each direction starts with [`INITIAL_BUFFER`] bytes, grows
-//! step by step while reads keep filling the buffer (bulk transfer) and shrinks back when reads
-//! stay small, so an idle or chatty connection costs little memory.
+//! Buffers are sized to the flow, and an idle connection holds none: while a flow is small,
+//! each direction reads into a buffer on the stack and writes straight from it (a heap copy is
+//! kept only for bytes the writer could not take yet); a flow whose reads keep filling the buffer
+//! steps up to heap buffers, which are stepped back down when reads stay small and given back
+//! once the flow has found nothing to read for a second. A direction that has been waiting for
+//! data that long therefore owns no buffer, whatever it carried before: memory per idle
+//! connection is the copy's small fixed state, not its buffers.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::stream::H2Stream;
 
-/// Buffer size a direction starts with.
-pub const INITIAL_BUFFER: usize = 1024;
-/// The buffer sizes a direction steps through as a flow proves to be bulk.
-const SIZES: [usize; 4] = [INITIAL_BUFFER, 16 * 1024, 128 * 1024, 512 * 1024];
+/// Read size a direction starts with. Reads of this size go to a buffer on the stack, so they
+/// cost no heap memory between reads.
+pub const INITIAL_BUFFER: usize = 16 * 1024;
+/// The read sizes a direction steps through as a flow proves to be bulk. The first is the stack
+/// buffer; the others are heap buffers, held only while bytes are moving.
+const SIZES: [usize; 3] = [INITIAL_BUFFER, 128 * 1024, 512 * 1024];
 /// Consecutive reads that fill the buffer before it grows one step.
 const GROW_AFTER: u8 = 2;
 /// Consecutive reads under a quarter of the buffer before it shrinks one step.
 const SHRINK_AFTER: u8 = 16;
+/// How long a flow holding a heap buffer may find nothing to read before the buffer is given
+/// back (and the flow starts over with small reads on the stack).
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Bytes moved in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,27 +73,76 @@ pub struct ByteCounters {
 
 /// Copies `a → b` and `b → a` until both directions reach end of stream, propagating each
 /// half-close to the other side.
-pub async fn copy_bidirectional<A, B>(
-    a: &mut A,
-    b: &mut B,
+///
+/// The future holds the two directions' state and nothing else (no buffer while idle), so it
+/// stays small for the life of a long-lived connection.
+pub fn copy_bidirectional<'a, A, B>(
+    a: &'a mut A,
+    b: &'a mut B,
     counters: Option<Arc<ByteCounters>>,
-) -> Result<Transferred, CopyError>
+) -> CopyBidirectional<'a, A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut a_to_b = Direction::default();
-    let mut b_to_a = Direction::default();
-    let result = poll_fn(|cx| {
-        let ab = a_to_b.poll_copy(cx, &mut *a, &mut *b, counters.as_ref().map(|c| &c.a_to_b));
-        let ba = b_to_a.poll_copy(cx, &mut *b, &mut *a, counters.as_ref().map(|c| &c.b_to_a));
-        both(ab, ba)
-    })
-    .await;
-    let transferred = Transferred {
-        a_to_b: a_to_b.amount,
-        b_to_a: b_to_a.amount,
-    };
+    CopyBidirectional {
+        a,
+        b,
+        counters,
+        a_to_b: Direction::default(),
+        b_to_a: Direction::default(),
+    }
+}
+
+/// The future of [`copy_bidirectional`].
+pub struct CopyBidirectional<'a, A: ?Sized, B: ?Sized> {
+    a: &'a mut A,
+    b: &'a mut B,
+    counters: Option<Arc<ByteCounters>>,
+    a_to_b: Direction,
+    b_to_a: Direction,
+}
+
+impl<A: ?Sized, B: ?Sized> CopyBidirectional<'_, A, B> {
+    /// What has been moved so far (also after the copy was abandoned part-way).
+    pub fn transferred(&self) -> Transferred {
+        Transferred {
+            a_to_b: self.a_to_b.amount,
+            b_to_a: self.b_to_a.amount,
+        }
+    }
+}
+
+impl<A, B> Future for CopyBidirectional<'_, A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    type Output = Result<Transferred, CopyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let counters = this.counters.as_deref();
+        let ab = this
+            .a_to_b
+            .poll_copy(cx, &mut *this.a, &mut *this.b, counters.map(|c| &c.a_to_b));
+        let ba = this
+            .b_to_a
+            .poll_copy(cx, &mut *this.b, &mut *this.a, counters.map(|c| &c.b_to_a));
+        both(ab, ba).map(|result| finish(result, this.transferred()))
+    }
+}
+
+impl<A: ?Sized, B: ?Sized> std::fmt::Debug for CopyBidirectional<'_, A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyBidirectional")
+            .field("transferred", &self.transferred())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a copy that moved `transferred`.
+fn finish(result: io::Result<()>, transferred: Transferred) -> Result<Transferred, CopyError> {
     result.map(|()| transferred).map_err(|source| CopyError {
         transferred,
         source,
@@ -100,46 +160,89 @@ fn both(ab: Poll<io::Result<()>>, ba: Poll<io::Result<()>>) -> Poll<io::Result<(
 
 /// Copies between an application stream and an HBONE tunnel, like [`copy_bidirectional`]
 /// (`a` = `io`, `b` = `tunnel`), but hands buffers to HTTP/2 and takes them back from it
-/// without copying: what `io` reads is frozen and queued on the tunnel as is, and what the
-/// tunnel receives is written to `io` straight from the received frames.
-pub async fn copy_tunnel<A>(
-    io: &mut A,
-    tunnel: &mut H2Stream,
+/// without copying: what `io` reads in bulk is frozen and queued on the tunnel as is, and what
+/// the tunnel receives is written to `io` straight from the received frames.
+pub fn copy_tunnel<'a, A>(
+    io: &'a mut A,
+    tunnel: &'a mut H2Stream,
     counters: Option<Arc<ByteCounters>>,
-) -> Result<Transferred, CopyError>
+) -> CopyTunnel<'a, A>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut up = ToTunnel::default();
-    let mut down = FromTunnel::default();
-    let result = poll_fn(|cx| {
-        let ab = up.poll_copy(cx, &mut *io, tunnel, counters.as_ref().map(|c| &c.a_to_b));
-        let ba = down.poll_copy(cx, tunnel, &mut *io, counters.as_ref().map(|c| &c.b_to_a));
-        both(ab, ba)
-    })
-    .await;
-    let transferred = Transferred {
-        a_to_b: up.amount,
-        b_to_a: down.amount,
-    };
-    result.map(|()| transferred).map_err(|source| CopyError {
-        transferred,
-        source,
-    })
+    CopyTunnel {
+        io,
+        tunnel,
+        counters,
+        up: ToTunnel::default(),
+        down: FromTunnel::default(),
+    }
 }
 
-/// Chooses a direction's buffer size from how full its reads come back.
+/// The future of [`copy_tunnel`].
+pub struct CopyTunnel<'a, A: ?Sized> {
+    io: &'a mut A,
+    tunnel: &'a mut H2Stream,
+    counters: Option<Arc<ByteCounters>>,
+    up: ToTunnel,
+    down: FromTunnel,
+}
+
+impl<A: ?Sized> CopyTunnel<'_, A> {
+    /// What has been moved so far (also after the copy was abandoned part-way): `a_to_b` from
+    /// `io` to the tunnel, `b_to_a` back.
+    pub fn transferred(&self) -> Transferred {
+        Transferred {
+            a_to_b: self.up.amount,
+            b_to_a: self.down.amount,
+        }
+    }
+}
+
+impl<A> Future for CopyTunnel<'_, A>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    type Output = Result<Transferred, CopyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let counters = this.counters.as_deref();
+        let ab = this
+            .up
+            .poll_copy(cx, &mut *this.io, this.tunnel, counters.map(|c| &c.a_to_b));
+        let ba = this
+            .down
+            .poll_copy(cx, this.tunnel, &mut *this.io, counters.map(|c| &c.b_to_a));
+        both(ab, ba).map(|result| finish(result, this.transferred()))
+    }
+}
+
+impl<A: ?Sized> std::fmt::Debug for CopyTunnel<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyTunnel")
+            .field("transferred", &self.transferred())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Chooses a direction's read size from how full its reads come back.
 #[derive(Debug, Default)]
 struct Sizer {
     /// Index into [`SIZES`] of the current size.
-    step: usize,
+    step: u8,
     full_reads: u8,
     small_reads: u8,
 }
 
 impl Sizer {
     fn size(&self) -> usize {
-        SIZES[self.step]
+        SIZES[usize::from(self.step)]
+    }
+
+    /// Whether reads go to the buffer on the stack (a small flow).
+    fn on_stack(&self) -> bool {
+        self.step == 0
     }
 
     /// Records a read of `n` bytes into a buffer of `size`.
@@ -159,7 +262,7 @@ impl Sizer {
     /// Moves one step up after repeated full reads, one step down after repeated small ones.
     /// Returns whether the size changed.
     fn adjust(&mut self) -> bool {
-        if self.full_reads >= GROW_AFTER && self.step + 1 < SIZES.len() {
+        if self.full_reads >= GROW_AFTER && usize::from(self.step) + 1 < SIZES.len() {
             self.step += 1;
             self.full_reads = 0;
             true
@@ -173,13 +276,88 @@ impl Sizer {
     }
 }
 
+/// Notices when a flow that holds a heap buffer has gone quiet. A bulk flow finds its reader
+/// empty often, for microseconds at a time; giving the buffer back each time would cost an
+/// allocation per read, so it is given back only after [`QUIET`] without a byte moved. One
+/// pointer while unarmed (every small flow).
+#[derive(Default)]
+struct Quiet {
+    /// Armed while a heap buffer is held and the reader has been found empty.
+    timer: Option<Pin<Box<QuietTimer>>>,
+}
+
+pin_project_lite::pin_project! {
+    /// The quiet timer and the direction's byte count when it was (re)armed.
+    struct QuietTimer {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        armed_at: u64,
+    }
+}
+
+impl Quiet {
+    /// Called when a read finds nothing while a heap buffer is held; `true` once no byte has
+    /// moved for [`QUIET`] (give the buffer back). Otherwise the timer will wake the task.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>, amount: u64) -> bool {
+        let timer = self.timer.get_or_insert_with(|| {
+            Box::pin(QuietTimer {
+                sleep: tokio::time::sleep(QUIET),
+                armed_at: amount,
+            })
+        });
+        loop {
+            let mut timer = timer.as_mut().project();
+            if timer.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if amount == *timer.armed_at {
+                self.timer = None;
+                return true;
+            }
+            // Bytes moved since the timer was armed: wait for another quiet period.
+            timer
+                .sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + QUIET);
+            *timer.armed_at = amount;
+        }
+    }
+
+    fn stop(&mut self) {
+        self.timer = None;
+    }
+}
+
+/// A read buffer on the stack, [`INITIAL_BUFFER`] bytes, left uninitialised (reads fill it).
+fn stack_buffer() -> [MaybeUninit<u8>; INITIAL_BUFFER] {
+    [MaybeUninit::uninit(); INITIAL_BUFFER]
+}
+
+/// Reads once into `buf`'s spare room, at most `size` bytes (the buffer grows to make room);
+/// returns how many were read, 0 at end of stream.
+fn poll_read_heap<R>(
+    cx: &mut Context<'_>,
+    reader: &mut R,
+    buf: &mut BytesMut,
+    size: usize,
+) -> Poll<io::Result<usize>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    use bytes::BufMut;
+    buf.reserve(size);
+    tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut (&mut *buf).limit(size))
+}
+
 /// One direction of a copy between two byte streams.
 #[derive(Default)]
 struct Direction {
-    buf: Vec<u8>,
+    /// Bytes read and not yet written; in a bulk flow, also the read buffer. Unallocated
+    /// while a small flow waits for data, given back once a bulk flow has gone quiet (boxed:
+    /// one pointer in every small flow's state).
+    buf: Option<Box<BytesMut>>,
     sizer: Sizer,
-    pos: usize,
-    end: usize,
+    quiet: Quiet,
     read_done: bool,
     finished: bool,
     need_flush: bool,
@@ -202,52 +380,121 @@ impl Direction {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.end && !self.read_done {
-                if self.sizer.adjust() || self.buf.is_empty() {
-                    self.buf = vec![0; self.sizer.size()];
-                }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-                    Poll::Pending => {
+            if self.unwritten() == 0 && !self.read_done {
+                self.sizer.adjust();
+                let read = if self.sizer.on_stack() {
+                    self.release();
+                    self.poll_read_stack(cx, reader, writer, counter)
+                } else {
+                    let size = self.sizer.size();
+                    let buf = self.buf.get_or_insert_default();
+                    poll_read_heap(cx, reader, buf, size).map_ok(|n| {
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.sizer.observe(n, size);
+                        }
+                    })
+                };
+                match read {
+                    Poll::Pending if self.unwritten() == 0 => {
+                        // Nothing to read.
+                        if !self.sizer.on_stack() && self.quiet.poll_quiet(cx, self.amount) {
+                            self.release();
+                            self.sizer = Sizer::default();
+                        }
                         if self.need_flush {
                             ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
+                    // The writer is full; what it could not take is in `buf`.
+                    Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        self.pos = 0;
-                        self.end = n;
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            self.sizer.observe(n, self.buf.len());
-                        }
-                    }
+                    Poll::Ready(Ok(())) => {}
                 }
             }
-            while self.pos < self.end {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.end]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            if let Some(buf) = &mut self.buf {
+                while !buf.is_empty() {
+                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, buf))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    buf.advance(n);
+                    self.amount += n as u64;
+                    self.need_flush = true;
+                    count(counter, n);
                 }
-                self.pos += n;
-                self.amount += n as u64;
-                self.need_flush = true;
-                count(counter, n);
             }
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.finished = true;
-                // The direction is done: give its buffer back.
-                self.buf = Vec::new();
+                self.release();
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// Bytes read and not yet written.
+    fn unwritten(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Gives the heap buffer back (it holds no unwritten bytes).
+    fn release(&mut self) {
+        self.buf = None;
+        self.quiet.stop();
+    }
+
+    /// Small flow: reads into a buffer on the stack and writes from there; only what the writer
+    /// cannot take right away is copied to `buf`. `Pending` with an empty `buf` means nothing
+    /// could be read.
+    fn poll_read_stack<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        counter: Option<&AtomicU64>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut stack = stack_buffer();
+        let mut rb = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+        let data = rb.filled();
+        if data.is_empty() {
+            self.read_done = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.sizer.observe(data.len(), INITIAL_BUFFER);
+        let mut written = 0;
+        while written < data.len() {
+            match Pin::new(&mut *writer).poll_write(cx, &data[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.wrote(n, counter);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.buf
+                        .get_or_insert_default()
+                        .extend_from_slice(&data[written..]);
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn wrote(&mut self, n: usize, counter: Option<&AtomicU64>) {
+        self.amount += n as u64;
+        self.need_flush = true;
+        count(counter, n);
     }
 }
 
@@ -257,12 +504,18 @@ fn count(counter: Option<&AtomicU64>, n: usize) {
     }
 }
 
-/// Application stream → tunnel, handing each read buffer to HTTP/2 without a copy.
+/// Application stream → tunnel. Bulk reads are handed to HTTP/2 without a copy; small ones are
+/// read on the stack and copied into a chunk of their exact size.
 #[derive(Default)]
 struct ToTunnel {
-    buf: BytesMut,
-    pending: Bytes,
+    /// Heap read buffer of a bulk flow, given back once the flow has gone quiet (boxed: one
+    /// pointer in every small flow's state).
+    buf: Option<Box<BytesMut>>,
+    /// A chunk HTTP/2 could not take in full yet (flow control); never empty. Boxed: one
+    /// pointer while nothing is held up, which is always the case for an idle connection.
+    pending: Option<Box<Bytes>>,
     sizer: Sizer,
+    quiet: Quiet,
     read_done: bool,
     finished: bool,
     amount: u64,
@@ -283,42 +536,92 @@ impl ToTunnel {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pending.is_empty() && !self.read_done {
-                self.sizer.adjust();
-                // Reuses the allocation once HTTP/2 has released the previous chunk.
-                self.buf.reserve(self.sizer.size());
-                let room = self.buf.capacity() - self.buf.len();
-                let n = ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(&mut *reader),
-                    cx,
-                    &mut self.buf
-                ))?;
-                if n == 0 {
-                    self.read_done = true;
-                } else {
-                    self.sizer.observe(n, room);
-                    self.pending = self.buf.split().freeze();
+            if let Some(mut chunk) = self.pending.take() {
+                match self.send(cx, tunnel, &mut chunk, counter) {
+                    Poll::Pending => {
+                        self.pending = Some(chunk);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
                 }
-            }
-            while !self.pending.is_empty() {
-                let n = ready!(tunnel.poll_send_bytes(cx, &mut self.pending))?;
-                self.amount += n as u64;
-                count(counter, n);
             }
             if self.read_done {
                 ready!(Pin::new(&mut *tunnel).poll_shutdown(cx))?;
                 self.finished = true;
-                self.buf = BytesMut::new();
+                self.release();
                 return Poll::Ready(Ok(()));
             }
+            self.sizer.adjust();
+            let read = if self.sizer.on_stack() {
+                self.release();
+                let mut stack = stack_buffer();
+                let mut rb = ReadBuf::uninit(&mut stack);
+                Pin::new(&mut *reader)
+                    .poll_read(cx, &mut rb)
+                    .map_ok(|()| Bytes::copy_from_slice(rb.filled()))
+            } else {
+                // Reuses the allocation once HTTP/2 has released the previous chunk.
+                let buf = self.buf.get_or_insert_default();
+                poll_read_heap(cx, reader, buf, self.sizer.size()).map_ok(|_| buf.split().freeze())
+            };
+            match read {
+                Poll::Pending => {
+                    // Nothing to read (chunks already handed to HTTP/2 are freed once they are
+                    // sent).
+                    if !self.sizer.on_stack() && self.quiet.poll_quiet(cx, self.amount) {
+                        self.release();
+                        self.sizer = Sizer::default();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(chunk)) if chunk.is_empty() => self.read_done = true,
+                Poll::Ready(Ok(mut chunk)) => {
+                    self.sizer.observe(chunk.len(), self.sizer.size());
+                    match self.send(cx, tunnel, &mut chunk, counter) {
+                        Poll::Pending => {
+                            self.pending = Some(Box::new(chunk));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+            }
         }
+    }
+
+    /// Queues `chunk` on the tunnel, as far as flow control allows; what is left stays in it.
+    fn send(
+        &mut self,
+        cx: &mut Context<'_>,
+        tunnel: &mut H2Stream,
+        chunk: &mut Bytes,
+        counter: Option<&AtomicU64>,
+    ) -> Poll<io::Result<()>> {
+        while !chunk.is_empty() {
+            let n = ready!(tunnel.poll_send_bytes(cx, chunk))?;
+            self.amount += n as u64;
+            count(counter, n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Gives the heap read buffer back.
+    fn release(&mut self) {
+        self.buf = None;
+        self.quiet.stop();
     }
 }
 
 /// Tunnel → application stream, writing received frames out as they are.
 #[derive(Default)]
 struct FromTunnel {
-    pending: Bytes,
+    /// The part of a received frame the writer could not take yet; never empty. Boxed: one
+    /// pointer while nothing is held up, and an idle direction keeps no reference into
+    /// HTTP/2's receive buffers.
+    pending: Option<Box<Bytes>>,
     done: bool,
     finished: bool,
     need_flush: bool,
@@ -340,29 +643,15 @@ impl FromTunnel {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pending.is_empty() && !self.done {
-                match tunnel.poll_recv_bytes(cx) {
+            if let Some(mut chunk) = self.pending.take() {
+                match self.write(cx, writer, &mut chunk, counter) {
                     Poll::Pending => {
-                        if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
+                        self.pending = Some(chunk);
                         return Poll::Pending;
                     }
-                    Poll::Ready(Some(Ok(data))) => self.pending = data,
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                    Poll::Ready(None) => self.done = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
                 }
-            }
-            while !self.pending.is_empty() {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.pending))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pending.advance(n);
-                self.amount += n as u64;
-                self.need_flush = true;
-                count(counter, n);
             }
             if self.done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
@@ -370,7 +659,52 @@ impl FromTunnel {
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
+            match tunnel.poll_recv_bytes(cx) {
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(mut chunk))) => {
+                    match self.write(cx, writer, &mut chunk, counter) {
+                        Poll::Pending => {
+                            self.pending = Some(Box::new(chunk));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => self.done = true,
+            }
         }
+    }
+
+    /// Writes `chunk` out, as far as the writer takes it; what is left stays in it.
+    fn write<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        chunk: &mut Bytes,
+        counter: Option<&AtomicU64>,
+    ) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        while !chunk.is_empty() {
+            let n = ready!(Pin::new(&mut *writer).poll_write(cx, chunk))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            chunk.advance(n);
+            self.amount += n as u64;
+            self.need_flush = true;
+            count(counter, n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -418,6 +752,115 @@ mod tests {
         );
         assert_eq!(counters.a_to_b.load(Ordering::Relaxed), 300_000);
         assert_eq!(counters.b_to_a.load(Ordering::Relaxed), 200_000);
+    }
+
+    /// Drives `copy` until `f` completes, without ending the copy.
+    async fn drive<C, F>(copy: &mut C, f: F) -> F::Output
+    where
+        C: Future<Output = Result<Transferred, CopyError>> + Unpin,
+        F: Future,
+    {
+        tokio::select! {
+            r = copy => panic!("the copy ended early: {r:?}"),
+            out = f => out,
+        }
+    }
+
+    /// Writes `total` bytes into `w` while reading them from `r`, 64 KiB at a time.
+    async fn bulk<W, R>(w: &mut W, r: &mut R, total: usize)
+    where
+        W: AsyncWrite + Unpin,
+        R: AsyncRead + Unpin,
+    {
+        let chunk = vec![0x5a; 64 * 1024];
+        let send = async {
+            for _ in 0..total / chunk.len() {
+                w.write_all(&chunk).await.unwrap();
+            }
+        };
+        let receive = async {
+            let mut buf = vec![0; 64 * 1024];
+            let mut got = 0;
+            while got < total {
+                got += r.read(&mut buf).await.unwrap();
+            }
+        };
+        tokio::join!(send, receive);
+    }
+
+    /// An idle connection costs no buffer: a small exchange is copied through the stack, a bulk
+    /// transfer takes a heap buffer, and the buffer is given back once the flow has been quiet
+    /// for [`QUIET`].
+    #[tokio::test(start_paused = true)]
+    async fn idle_copy_holds_no_buffer() {
+        let (mut client, mut proxy_a) = duplex(1 << 20);
+        let (mut proxy_b, mut server) = duplex(1 << 20);
+        let mut copy = copy_bidirectional(&mut proxy_a, &mut proxy_b, None);
+        let idle = |copy: &CopyBidirectional<'_, _, _>| {
+            copy.a_to_b.buf.is_none()
+                && copy.b_to_a.buf.is_none()
+                && copy.a_to_b.quiet.timer.is_none()
+                && copy.b_to_a.quiet.timer.is_none()
+        };
+
+        // Request/response: straight through the stack buffers.
+        let mut got = [0u8; 4];
+        client.write_all(b"ping").await.unwrap();
+        drive(&mut copy, server.read_exact(&mut got)).await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        drive(&mut copy, client.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"pong");
+        assert!(idle(&copy), "a small flow never holds a buffer");
+
+        // Bulk: the flow steps up to a heap buffer, kept while bytes keep moving.
+        drive(&mut copy, bulk(&mut client, &mut server, 8 << 20)).await;
+        assert!(copy.a_to_b.sizer.step > 0, "bulk reads use a bigger buffer");
+        assert!(
+            copy.a_to_b.buf.is_some(),
+            "held between reads of a bulk flow"
+        );
+
+        // Quiet for a while: the buffer is given back, and the flow starts small again.
+        drive(&mut copy, tokio::time::sleep(QUIET * 3)).await;
+        assert!(idle(&copy), "given back after the quiet period");
+        assert_eq!(copy.a_to_b.sizer.step, 0);
+        assert_eq!(copy.transferred().a_to_b, 4 + (8 << 20));
+    }
+
+    /// The same for a tunnel: nothing is held between exchanges, neither a read buffer nor a
+    /// reference into HTTP/2's receive buffers.
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnel_copy_holds_no_buffer() {
+        let (mut near, mut far, _client) = crate::stream::tests::tunnel_pair().await;
+        let (mut app, mut proxy) = duplex(1 << 20);
+        let mut copy = copy_tunnel(&mut proxy, &mut near, None);
+        let idle = |copy: &CopyTunnel<'_, _>| {
+            copy.up.buf.is_none()
+                && copy.up.pending.is_none()
+                && copy.up.quiet.timer.is_none()
+                && copy.down.pending.is_none()
+        };
+
+        let mut got = [0u8; 4];
+        app.write_all(b"ping").await.unwrap();
+        drive(&mut copy, far.read_exact(&mut got)).await.unwrap();
+        far.write_all(b"pong").await.unwrap();
+        drive(&mut copy, app.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"pong");
+        assert!(idle(&copy), "a small flow never holds a buffer");
+
+        drive(&mut copy, bulk(&mut app, &mut far, 8 << 20)).await;
+        assert!(copy.up.sizer.step > 0, "bulk reads use a bigger buffer");
+        drive(&mut copy, bulk(&mut far, &mut app, 8 << 20)).await;
+        drive(&mut copy, tokio::time::sleep(QUIET * 3)).await;
+        assert!(idle(&copy), "given back after the quiet period");
+        assert_eq!(
+            copy.transferred(),
+            Transferred {
+                a_to_b: 4 + (8 << 20),
+                b_to_a: 4 + (8 << 20)
+            }
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Conn {
 }
 
 /// Holds one stream slot of a connection; releases it when dropped.
-struct Slot {
+pub(crate) struct Slot {
     conn: Arc<Conn>,
 }
 
@@ -204,7 +204,9 @@ impl Pool {
             let (slot, setup) = self.reserve(&key);
             if let Some(setup_tx) = setup {
                 // This request opened the connection; it sets it up for everyone waiting on it.
-                self.setup(&slot.conn, source.clone(), setup_tx).await?;
+                // Boxed: the TLS and HTTP/2 handshakes are large futures, and most requests
+                // find a connection open, so they do not carry that size.
+                Box::pin(self.setup(&slot.conn, source.clone(), setup_tx)).await?;
             } else if !self.wait_ready(&slot.conn).await? {
                 attempts += 1;
                 continue;
@@ -394,7 +396,7 @@ impl Pool {
             return Err(OpenError::Fatal(Error::Status(parts.status)));
         }
         Ok(Tunnel {
-            stream: H2Stream::new(send_stream, recv, Some(Box::new(slot))),
+            stream: H2Stream::new(send_stream, recv, Some(slot)),
             response_headers: parts.headers,
             peer_identity,
         })

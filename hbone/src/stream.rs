@@ -14,18 +14,23 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::pool::Slot;
+
 /// An open HBONE tunnel, on either the client or the server side.
 pub struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
     /// Received bytes not yet handed to the reader.
-    pending: Bytes,
+    /// The rest of a received chunk that a read could not take in full; never empty. Boxed, so
+    /// a stream that is read chunk by chunk (the tunnel copy) carries one pointer for it.
+    pending: Option<Box<Bytes>>,
     /// The peer has ended its side of the stream.
     recv_done: bool,
     /// We have ended our side of the stream.
     send_done: bool,
-    /// Released when the stream is dropped (pool accounting on the client side).
-    _guard: Option<Box<dyn Send + Sync>>,
+    /// The pool slot of a client-side tunnel, released when the stream is dropped. Held inline
+    /// (not boxed) so a tunnel costs no allocation of its own.
+    _slot: Option<Slot>,
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -39,25 +44,21 @@ impl std::fmt::Debug for H2Stream {
 }
 
 impl H2Stream {
-    pub(crate) fn new(
-        send: SendStream<Bytes>,
-        recv: RecvStream,
-        guard: Option<Box<dyn Send + Sync>>,
-    ) -> Self {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, slot: Option<Slot>) -> Self {
         Self {
             send,
             recv,
-            pending: Bytes::new(),
+            pending: None,
             recv_done: false,
             send_done: false,
-            _guard: guard,
+            _slot: slot,
         }
     }
 
     /// Receives the next chunk of bytes from the peer without copying; `None` at end of stream.
     pub fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if !self.pending.is_empty() {
-            return Poll::Ready(Some(Ok(std::mem::take(&mut self.pending))));
+        if let Some(pending) = self.pending.take() {
+            return Poll::Ready(Some(Ok(*pending)));
         }
         if self.recv_done {
             return Poll::Ready(None);
@@ -133,16 +134,26 @@ impl AsyncRead for H2Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pending.is_empty() {
-            match ready!(this.poll_recv_bytes(cx)) {
-                Some(Ok(data)) => this.pending = data,
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(())),
+        if let Some(pending) = &mut this.pending {
+            let n = buf.remaining().min(pending.len());
+            buf.put_slice(&pending[..n]);
+            pending.advance(n);
+            if pending.is_empty() {
+                this.pending = None;
             }
+            return Poll::Ready(Ok(()));
         }
-        let n = buf.remaining().min(this.pending.len());
-        buf.put_slice(&this.pending[..n]);
-        this.pending.advance(n);
+        let mut data = match ready!(this.poll_recv_bytes(cx)) {
+            Some(Ok(data)) => data,
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            None => return Poll::Ready(Ok(())),
+        };
+        let n = buf.remaining().min(data.len());
+        buf.put_slice(&data[..n]);
+        if n < data.len() {
+            data.advance(n);
+            this.pending = Some(Box::new(data));
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -201,4 +212,61 @@ pub(crate) fn h2_to_io(err: h2::Error) -> io::Error {
         None => io::ErrorKind::Other,
     };
     io::Error::new(kind, err)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Both ends of one tunnel over an in-memory HTTP/2 connection (no TLS), and the client's
+    /// request handle (kept so the connection stays open).
+    pub(crate) async fn tunnel_pair() -> (H2Stream, H2Stream, h2::client::SendRequest<Bytes>) {
+        let (c, s) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            H2Stream::new(send, req.into_body(), None)
+        });
+        let (client, conn) = h2::client::handshake(c).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("127.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(req, false).unwrap();
+        let recv = response.await.unwrap().into_body();
+        (
+            H2Stream::new(send, recv, None),
+            server.await.unwrap(),
+            client,
+        )
+    }
+
+    #[tokio::test]
+    async fn reads_smaller_than_a_chunk_take_it_in_pieces() {
+        let (mut near, mut far, _client) = tunnel_pair().await;
+        let msg: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        far.write_all(&msg).await.unwrap();
+        far.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let mut piece = [0u8; 7];
+        loop {
+            let n = near.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, msg);
+        assert!(near.pending.is_none(), "nothing is held once all is read");
+    }
 }

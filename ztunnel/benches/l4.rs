@@ -257,9 +257,44 @@ impl Bench {
     }
 }
 
+/// Process CPU time (user + system, all threads).
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time spent per byte over some bulk transfers.
+#[derive(Default)]
+struct CpuPerByte {
+    cpu: Duration,
+    bytes: u64,
+}
+
+impl CpuPerByte {
+    fn add(&mut self, since: Duration, bytes: u64) {
+        self.cpu += cpu_time().saturating_sub(since);
+        self.bytes += bytes;
+    }
+
+    fn ms_per_gb(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e3 / (self.bytes.max(1) as f64 / 1e9)
+    }
+}
+
 /// Sends bulk data until `bytes` or `time` is reached; returns bytes per second as the sink
-/// counted them.
-async fn bulk<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64, time: Duration) -> f64 {
+/// counted them, and the bytes sent.
+async fn bulk<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    bytes: u64,
+    time: Duration,
+) -> (f64, u64) {
     let buf = vec![0x5au8; 256 * 1024];
     let start = Instant::now();
     let mut sent = 0u64;
@@ -272,7 +307,7 @@ async fn bulk<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64, time: Dur
     s.read_exact(&mut total).await.unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(u64::from_be_bytes(total), sent, "sink saw every byte");
-    sent as f64 / elapsed
+    (sent as f64 / elapsed, sent)
 }
 
 /// Ping-pong of `size`-byte messages; returns the latency histogram in nanoseconds.
@@ -418,8 +453,29 @@ async fn run(p: Params) {
     }
     // Direct first and kept open, then the mesh on top: neither set can reuse memory freed by
     // the other, so each delta is its own growth.
+    // `L4_BULK_ONLY`: only the throughput rows (a quick comparison of two builds).
+    let n = if std::env::var_os("L4_BULK_ONLY").is_some() {
+        0
+    } else {
+        n
+    };
     let (direct_conns, direct_idle) = idle_connections(&b, false, n, p.idle_time).await;
     let (mesh_conns, mesh_idle) = idle_connections(&b, true, n, p.idle_time).await;
+    if std::env::var_os("L4_IDLE_ONLY").is_some() {
+        // Diagnostic: only the idle-connection rows, the connections still open (for a heap
+        // profiler, whose peak is then this moment).
+        row(
+            &format!("memory per idle connection (N={n})"),
+            "bytes",
+            direct_idle,
+            mesh_idle,
+        );
+        println!(
+            "  added by the proxies {:>44.0}  bytes",
+            mesh_idle - direct_idle
+        );
+        return;
+    }
     let (direct_n, mesh_n) = (direct_conns.len(), mesh_conns.len());
     drop(mesh_conns);
     drop(direct_conns);
@@ -439,12 +495,32 @@ async fn run(p: Params) {
     // Alternate the two paths a few times and keep the median of each: a shared 2-core machine
     // is noisy, and alternating spreads the noise over both.
     let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    // Diagnostic: the process CPU time (user + sys, all threads) per GB moved, which a busy
+    // shared machine disturbs far less than the wall-clock throughput.
+    let (mut cpu_d, mut cpu_m) = (CpuPerByte::default(), CpuPerByte::default());
     for _ in 0..ROUNDS {
-        direct.push(bulk(b.direct(b'S').await, p.bulk_bytes, p.bulk_time).await);
-        mesh.push(bulk(b.mesh(b'S').await, p.bulk_bytes, p.bulk_time).await);
+        let s = b.direct(b'S').await;
+        let t = cpu_time();
+        let (rate, sent) = bulk(s, p.bulk_bytes, p.bulk_time).await;
+        cpu_d.add(t, sent);
+        direct.push(rate);
+        let s = b.mesh(b'S').await;
+        let t = cpu_time();
+        let (rate, sent) = bulk(s, p.bulk_bytes, p.bulk_time).await;
+        cpu_m.add(t, sent);
+        mesh.push(rate);
     }
     let (tput_d, tput_m) = (median(&mut direct) / 1e6, median(&mut mesh) / 1e6);
     row("throughput, 1 connection (median)", "MB/s", tput_d, tput_m);
+    row(
+        "  CPU time per GB moved",
+        "ms/GB",
+        cpu_d.ms_per_gb(),
+        cpu_m.ms_per_gb(),
+    );
+    if std::env::var_os("L4_BULK_ONLY").is_some() {
+        return;
+    }
 
     let d = request_response(b.direct(b'E').await, 64, p.rr_count, p.rr_time).await;
     let m = request_response(b.mesh(b'E').await, 64, p.rr_count, p.rr_time).await;

@@ -3,17 +3,16 @@
 //! Upstream ztunnel's `ConnectionManager` + `PolicyWatcher` (`src/proxy/connection_manager.rs`):
 //! every inbound connection a node accepts — HBONE (15008) and plaintext (15006) — is
 //! [registered](ConnectionTracker::register) with the [`rbac::Connection`] it was authorized
-//! with, the uid of the destination workload and a [`CancellationToken`]. The returned
-//! [`ConnectionGuard`] deregisters it when dropped, so the tracker holds exactly the live
-//! connections.
+//! with and the uid of the destination workload. The returned [`ConnectionGuard`] deregisters
+//! it when dropped, so the tracker holds exactly the live connections.
 //!
 //! [`ConnectionTracker::watch`] spawns the policy watcher: a task subscribed to
 //! [`StateHandle::subscribe`] that, on every new mesh state, re-evaluates every tracked
 //! connection ([`ConnectionTracker::reevaluate`]) and cancels those that the new state no
-//! longer allows. The data path copies bytes under `tokio::select!` with the guard's token, so
-//! a revoked connection is closed as soon as the state is published (HBONE: the tunnel stream
-//! is dropped, which resets it; plaintext: both sockets are dropped). Allowed connections are
-//! left untouched.
+//! longer allows. The data path copies bytes under `tokio::select!` with
+//! [`ConnectionGuard::cancelled`], so a revoked connection is closed as soon as the state is
+//! published (HBONE: the tunnel stream is dropped, which resets it; plaintext: both sockets are
+//! dropped). Allowed connections are left untouched.
 //!
 //! A connection that is authorized against one snapshot and registered while a newer one is
 //! being published must not slip through: [`ConnectionTracker::register_checked`] registers
@@ -25,9 +24,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 
 use crate::rbac::{self, Connection, Decision};
 use crate::state::{MeshState, StateHandle, Workload};
@@ -85,16 +85,35 @@ pub fn recheck(state: &MeshState, uid: &str, conn: &Connection) -> Result<Decisi
 struct Entry {
     uid: Arc<str>,
     conn: Connection,
-    token: CancellationToken,
-    /// Set once, before the token is cancelled, by whoever revokes the connection.
-    revoked: OnceLock<Revocation>,
+    /// Set once, before the waiter is woken, by whoever revokes the connection.
+    revoked: OnceLock<Box<Revocation>>,
+    /// The task waiting for a revocation ([`ConnectionGuard::poll_revoked`]). A waker slot
+    /// rather than a [`CancellationToken`]: it costs no allocation of its own, and waiting on
+    /// it adds nothing to the waiting future.
+    waiter: Mutex<Option<Waker>>,
+    /// Made on demand by [`ConnectionGuard::token`] (cancelled on revocation).
+    token: OnceLock<CancellationToken>,
 }
 
 impl Entry {
     fn revoke(&self, why: Revocation) {
-        if self.revoked.set(why).is_ok() {
-            self.token.cancel();
+        if self.revoked.set(Box::new(why)).is_ok() {
+            let waiter = self
+                .waiter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(waker) = waiter {
+                waker.wake();
+            }
+            if let Some(token) = self.token.get() {
+                token.cancel();
+            }
         }
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.revoked.get().is_some()
     }
 }
 
@@ -120,18 +139,48 @@ pub struct ConnectionGuard {
 
 impl ConnectionGuard {
     /// Completes when the connection has been revoked (see [`ConnectionGuard::revocation`]).
-    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.entry.token.cancelled()
+    /// One task at a time may wait (the connection's own).
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(|cx| self.poll_revoked(cx))
     }
 
-    /// The token cancelled on revocation.
+    /// `Ready` once the connection has been revoked; otherwise the task is woken when it is.
+    /// One task at a time may wait (the last one to poll is woken).
+    pub fn poll_revoked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.entry.is_revoked() {
+            return Poll::Ready(());
+        }
+        {
+            let mut waiter = self
+                .entry
+                .waiter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waiter = Some(cx.waker().clone());
+            }
+        }
+        // A revocation between the check above and the registration found no waker to wake.
+        if self.entry.is_revoked() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// A token cancelled on revocation (made on first use).
     pub fn token(&self) -> &CancellationToken {
-        &self.entry.token
+        let token = self.entry.token.get_or_init(CancellationToken::new);
+        // A revocation while the token was being made may not have seen it.
+        if self.entry.is_revoked() {
+            token.cancel();
+        }
+        token
     }
 
     /// Why the connection was revoked, once it has been.
     pub fn revocation(&self) -> Option<&Revocation> {
-        self.entry.revoked.get()
+        self.entry.revoked.get().map(|r| &**r)
     }
 
     /// The connection as authorized.
@@ -167,14 +216,16 @@ impl ConnectionTracker {
         Self::default()
     }
 
-    /// Tracks a connection to workload `uid` until the guard is dropped.
-    pub fn register(&self, uid: &str, conn: Connection) -> ConnectionGuard {
+    /// Tracks a connection to workload `uid` until the guard is dropped. Pass the uid as an
+    /// `Arc<str>` the caller already holds to share it rather than copy it per connection.
+    pub fn register(&self, uid: impl Into<Arc<str>>, conn: Connection) -> ConnectionGuard {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
             uid: uid.into(),
             conn,
-            token: CancellationToken::new(),
             revoked: OnceLock::new(),
+            waiter: Mutex::new(None),
+            token: OnceLock::new(),
         });
         self.inner
             .conns
@@ -195,13 +246,13 @@ impl ConnectionTracker {
         &self,
         state: &StateHandle,
         checked: &Arc<MeshState>,
-        uid: &str,
+        uid: impl Into<Arc<str>>,
         conn: Connection,
     ) -> Result<ConnectionGuard, Revocation> {
         let guard = self.register(uid, conn);
         let now = state.current();
         if !Arc::ptr_eq(&now, checked) {
-            recheck(&now, uid, guard.connection())?;
+            recheck(&now, &guard.entry.uid, guard.connection())?;
         }
         Ok(guard)
     }
@@ -237,7 +288,7 @@ impl ConnectionTracker {
             revoked: Vec::new(),
         };
         for entry in entries {
-            if entry.token.is_cancelled() {
+            if entry.is_revoked() {
                 continue;
             }
             if let Err(why) = recheck(state, &entry.uid, &entry.conn) {

@@ -40,6 +40,19 @@ impl ConnectionTasks {
         });
     }
 
+    /// Like [`ConnectionTasks::spawn`], but the connection's future is made by `connection`
+    /// inside the task. Use it for long-lived connections: a future handed to a task is kept
+    /// twice in the task's state (as the captured value and as the value being polled), while
+    /// here only the (small) closure is captured.
+    pub fn spawn_with<M, F>(&self, connection: M)
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker
+            .spawn(until_forced(self.force.clone(), connection));
+    }
+
     /// How many connections are open.
     pub fn len(&self) -> usize {
         self.tracker.len()
@@ -64,6 +77,19 @@ impl ConnectionTasks {
             self.force.cancel();
             self.tracker.wait().await;
         }
+    }
+}
+
+/// The task of [`ConnectionTasks::spawn_with`]: the connection made by `connection`, until it
+/// finishes or `force` is cancelled.
+pub(crate) async fn until_forced<M, F>(force: CancellationToken, connection: M)
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::select! {
+        () = connection() => {}
+        () = force.cancelled() => {}
     }
 }
 

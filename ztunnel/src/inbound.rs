@@ -26,10 +26,12 @@
 mod plaintext;
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use hbone::copy::ByteCounters;
+use hbone::copy::{CopyError, Transferred};
 use http::StatusCode;
 use tokio::net::TcpStream;
 
@@ -217,13 +219,13 @@ impl InboundContext {
     async fn admit(
         &self,
         checked: &Arc<MeshState>,
-        uid: &str,
+        uid: &Arc<str>,
         authorized: &Authorized,
     ) -> Result<(ConnectionGuard, TcpStream), InboundError> {
         let guard = self.tracker.register_checked(
             &self.state,
             checked,
-            uid,
+            uid.clone(),
             authorized.connection.clone(),
         )?;
         let target = authorized.target;
@@ -253,11 +255,47 @@ fn source_workload<'a>(
 
 /// Metrics and access log of one inbound connection: opened on creation, then exactly one of
 /// [`Report::fail`] or [`Report::complete`].
+///
+/// Kept for the whole life of a connection, so it holds only shared values and addresses: the
+/// labels are the metrics' interned copy, and the access log record is built when it is
+/// written.
 struct Report {
     metrics: Arc<Metrics>,
-    labels: ConnectionLabels,
-    log: AccessLog,
+    labels: Arc<ConnectionLabels>,
+    /// The source workload (`src.workload`), when known.
+    source: Option<Arc<Workload>>,
+    /// The destination workload (`dst.workload`), when known.
+    destination: Option<Arc<Workload>>,
+    src_addr: SocketAddr,
+    dst_addr: SocketAddr,
+    /// The `CONNECT` authority, for HBONE.
+    hbone_addr: Option<Authority>,
     start: Instant,
+}
+
+/// A `CONNECT` authority as logged (`dst.hbone_addr`). Usually it reads as the destination
+/// address itself and then nothing is stored (an empty text, which allocates nothing);
+/// otherwise its text.
+struct Authority(Box<str>);
+
+impl Authority {
+    fn new(authority: &http::uri::Authority, dst: SocketAddr) -> Self {
+        let text = authority.as_str();
+        if text == dst.to_string() {
+            Authority(Box::default())
+        } else {
+            Authority(text.into())
+        }
+    }
+
+    /// The authority's text, given the connection's destination address.
+    fn text(&self, dst: SocketAddr) -> String {
+        if self.0.is_empty() {
+            dst.to_string()
+        } else {
+            self.0.to_string()
+        }
+    }
 }
 
 impl Report {
@@ -285,56 +323,73 @@ impl Report {
             security,
             ResponseFlags::None,
         );
+        let labels = metrics.intern(labels);
         metrics.opened(&labels);
-        let mut log = AccessLog::from_labels(&labels, src_addr, dst_addr);
-        if let Some(w) = src {
-            log.src_workload = Some(w.name.clone());
-        }
-        if let Some(w) = dst {
-            log.dst_workload = Some(w.name.clone());
-        }
         Self {
             metrics: metrics.clone(),
             labels,
-            log,
+            source: src.cloned(),
+            destination: dst.cloned(),
+            src_addr,
+            dst_addr,
+            hbone_addr: None,
             start: Instant::now(),
         }
     }
 
+    /// The access log record, without the outcome.
+    fn log(&self) -> AccessLog {
+        let mut log = AccessLog::from_labels(&self.labels, self.src_addr, self.dst_addr);
+        if let Some(w) = &self.source {
+            log.src_workload = Some(w.name.clone());
+        }
+        if let Some(w) = &self.destination {
+            log.dst_workload = Some(w.name.clone());
+        }
+        log.dst_hbone_addr = self.hbone_addr.as_ref().map(|a| a.text(self.dst_addr));
+        log.duration = self.start.elapsed();
+        log
+    }
+
     /// The connection was refused before any byte was carried.
-    fn fail(mut self, error: &InboundError) {
-        let labels = self
-            .labels
+    fn fail(self, error: &InboundError) {
+        let labels = (*self.labels)
             .clone()
             .with_response_flags(ResponseFlags::from(error.response_flag()));
         self.metrics.failed(&labels);
         self.metrics.closed(&labels);
-        self.log.duration = self.start.elapsed();
-        self.log.error = Some(error.to_string());
-        self.log.emit();
+        let mut log = self.log();
+        log.error = Some(error.to_string());
+        log.emit();
     }
 
     /// The connection ended after carrying `to_dst` bytes from the source to the destination
     /// and `to_src` back; `revoked` when the policy watcher closed it.
     fn complete(
-        mut self,
+        self,
         to_dst: u64,
         to_src: u64,
         error: Option<String>,
         revoked: Option<&Revocation>,
     ) {
+        let denied;
         let labels = match revoked {
-            Some(_) => self.labels.clone().with_response_flags(ResponseFlags::Deny),
-            None => self.labels.clone(),
+            Some(_) => {
+                denied = (*self.labels)
+                    .clone()
+                    .with_response_flags(ResponseFlags::Deny);
+                &denied
+            }
+            None => &*self.labels,
         };
         // Istio's directions: `sent` is destination → source, `received` source → destination.
-        self.metrics.bytes(&labels, to_src, to_dst);
-        self.metrics.closed(&labels);
-        self.log.bytes_sent = to_dst;
-        self.log.bytes_recv = to_src;
-        self.log.duration = self.start.elapsed();
-        self.log.error = revoked.map(ToString::to_string).or(error);
-        self.log.emit();
+        self.metrics.bytes(labels, to_src, to_dst);
+        self.metrics.closed(labels);
+        let mut log = self.log();
+        log.bytes_sent = to_dst;
+        log.bytes_recv = to_src;
+        log.error = revoked.map(ToString::to_string).or(error);
+        log.emit();
     }
 }
 
@@ -390,8 +445,14 @@ impl InboundHandler {
     }
 }
 
-impl hbone::Handler for InboundHandler {
-    async fn handle(&self, req: hbone::InboundRequest, responder: hbone::Responder) {
+impl InboundHandler {
+    /// Everything before the copy: policy, the connection to the application and the answer
+    /// to the `CONNECT`. `None` when the tunnel was refused (answered and reported).
+    async fn open(
+        &self,
+        req: hbone::InboundRequest,
+        responder: hbone::Responder,
+    ) -> Option<Admitted> {
         let state = self.ctx.state.current();
         let dst_addr = req.target().unwrap_or(req.local_addr);
         let mut report = Report::open(
@@ -403,40 +464,127 @@ impl hbone::Handler for InboundHandler {
             dst_addr,
             SecurityPolicy::MutualTls,
         );
-        report.log.dst_hbone_addr = Some(req.authority.to_string());
-        let (_authorized, guard, mut app) = match self.serve(&state, &req).await {
+        report.hbone_addr = Some(Authority::new(&req.authority, dst_addr));
+        let (_authorized, guard, app) = match self.serve(&state, &req).await {
             Ok(ok) => ok,
             Err(e) => {
                 report.fail(&e);
                 responder.reject(e.status());
-                return;
+                return None;
             }
         };
-        let mut tunnel = match responder.accept(http::HeaderMap::new()) {
+        let tunnel = match responder.accept(http::HeaderMap::new()) {
             Ok(t) => t,
             Err(e) => {
                 report.complete(0, 0, Some(e.to_string()), None);
+                return None;
+            }
+        };
+        Some(Admitted {
+            report,
+            guard,
+            app,
+            tunnel,
+        })
+    }
+}
+
+/// An accepted tunnel: what it keeps while its bytes are copied (the request, its headers
+/// and the policy decision are gone by then).
+struct Admitted {
+    report: Report,
+    guard: ConnectionGuard,
+    app: TcpStream,
+    tunnel: hbone::H2Stream,
+}
+
+impl Admitted {
+    /// Copies until both sides are done or the policy watcher revokes the connection, then
+    /// reports it.
+    fn run(self) -> impl Future<Output = ()> + Send {
+        let Admitted {
+            report,
+            guard,
+            mut app,
+            mut tunnel,
+        } = self;
+        async move {
+            // a = application, b = tunnel: a→b is the response, b→a the request.
+            let mut copy = hbone::copy::copy_tunnel(&mut app, &mut tunnel, None);
+            let (transferred, error) = copy_until_revoked(&mut copy, &guard).await;
+            drop(copy);
+            // On revocation, dropping the stream unfinished resets it (RST_STREAM) and closes
+            // the application socket.
+            drop(tunnel);
+            drop(app);
+            report.complete(
+                transferred.b_to_a,
+                transferred.a_to_b,
+                error,
+                guard.revocation(),
+            );
+        }
+    }
+}
+
+/// A copy that knows what it has moved so far ([`hbone::copy::CopyTunnel`],
+/// [`hbone::copy::CopyBidirectional`]).
+trait ByteCopy: Future<Output = Result<Transferred, CopyError>> + Unpin {
+    fn transferred(&self) -> Transferred;
+}
+
+impl<A> ByteCopy for hbone::copy::CopyTunnel<'_, A>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    fn transferred(&self) -> Transferred {
+        hbone::copy::CopyTunnel::transferred(self)
+    }
+}
+
+impl<A, B> ByteCopy for hbone::copy::CopyBidirectional<'_, A, B>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    fn transferred(&self) -> Transferred {
+        hbone::copy::CopyBidirectional::transferred(self)
+    }
+}
+
+/// Runs `copy` until both sides are done or the policy watcher revokes the connection; returns
+/// what was moved and the copy's error, if any (none on revocation: the guard says why).
+fn copy_until_revoked<'a, C: ByteCopy + Send>(
+    copy: &'a mut C,
+    guard: &'a ConnectionGuard,
+) -> impl Future<Output = (Transferred, Option<String>)> + Send + 'a {
+    std::future::poll_fn(move |cx| {
+        if guard.poll_revoked(cx).is_ready() {
+            return Poll::Ready((copy.transferred(), None));
+        }
+        Pin::new(&mut *copy).poll(cx).map(|result| match result {
+            Ok(transferred) => (transferred, None),
+            Err(e) => (e.transferred, Some(e.source.to_string())),
+        })
+    })
+}
+
+impl hbone::Handler for InboundHandler {
+    fn handle(
+        &self,
+        req: hbone::InboundRequest,
+        responder: hbone::Responder,
+    ) -> impl Future<Output = ()> + Send {
+        // The setup runs boxed and is freed before the copy starts, so a long-lived tunnel
+        // keeps only what `Admitted` holds.
+        let open = Box::pin(self.open(req, responder));
+        async move {
+            // `let else` (not `if let`): the `Option` is not kept beside the copy's state.
+            let Some(admitted) = open.await else {
                 return;
-            }
-        };
-        // a = application, b = tunnel: a→b is the response, b→a the request.
-        let counters = Arc::new(ByteCounters::default());
-        let error = tokio::select! {
-            result = hbone::copy::copy_tunnel(&mut app, &mut tunnel, Some(counters.clone())) => {
-                result.err().map(|e| e.source.to_string())
-            }
-            () = guard.cancelled() => None,
-        };
-        // On revocation, dropping the stream unfinished resets it (RST_STREAM) and closes the
-        // application socket.
-        drop(tunnel);
-        drop(app);
-        report.complete(
-            counters.b_to_a.load(std::sync::atomic::Ordering::Relaxed),
-            counters.a_to_b.load(std::sync::atomic::Ordering::Relaxed),
-            error,
-            guard.revocation(),
-        );
+            };
+            admitted.run().await;
+        }
     }
 }
 

@@ -16,15 +16,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hbone::copy::ByteCounters;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{InboundContext, InboundError, Report, authorize_connection};
+use super::{InboundContext, InboundError, Report, authorize_connection, copy_until_revoked};
+use crate::connections::ConnectionGuard;
 use crate::drain::ConnectionTasks;
 use crate::telemetry::SecurityPolicy;
 
@@ -92,6 +92,8 @@ impl PlaintextListener {
     pub async fn run(self, shutdown: CancellationToken) {
         let own = self.listener.local_addr().ok();
         let tasks = ConnectionTasks::new();
+        // One copy of the context for all connections, not one each.
+        let ctx = Arc::new(self.ctx);
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -104,32 +106,52 @@ impl PlaintextListener {
                     }
                 },
             };
-            let (ctx, uid, mode) = (self.ctx.clone(), self.uid.clone(), self.mode);
-            tasks.spawn(async move { connection(ctx, &uid, mode, own, stream, peer).await });
+            // Boxed here, so the task captures one pointer rather than the arguments.
+            let open = Box::pin(open(
+                ctx.clone(),
+                self.uid.clone(),
+                self.mode,
+                own,
+                stream,
+                peer,
+            ));
+            tasks.spawn_with(move || connection(open));
         }
         drop(self.listener);
         tasks.drain(self.drain_deadline).await;
     }
 }
 
-/// Serves one plaintext connection.
-async fn connection(
-    ctx: InboundContext,
-    uid: &str,
-    mode: DestinationMode,
-    own: Option<SocketAddr>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-) {
-    let _ = client.set_nodelay(true);
-    let Some(dst) = mode.destination(&client) else {
+/// Serves one plaintext connection: `open` (boxed, and freed before the copy), then the copy
+/// with only what it needs.
+async fn connection<F>(open: Pin<Box<F>>)
+where
+    F: Future<Output = Option<Admitted>> + Send,
+{
+    // `let else` (not `if let`): the `Option` is not kept beside the copy's state.
+    let Some(admitted) = open.await else {
         return;
     };
+    admitted.run().await;
+}
+
+/// Policy and the connection to the application; `None` when refused (reported, and the client
+/// socket closed).
+async fn open(
+    ctx: Arc<InboundContext>,
+    uid: Arc<str>,
+    mode: DestinationMode,
+    own: Option<SocketAddr>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> Option<Admitted> {
+    let _ = client.set_nodelay(true);
+    let dst = mode.destination(&client)?;
     let state = ctx.state.current();
     let report = Report::open(
         &ctx.metrics,
         &state,
-        uid,
+        &uid,
         None,
         peer,
         dst,
@@ -139,31 +161,55 @@ async fn connection(
         if Some(dst) == own {
             return Err(InboundError::SelfCall(dst));
         }
-        let authorized = authorize_connection(&state, uid, dst, None, peer.ip())?;
-        ctx.admit(&state, uid, &authorized).await
+        let authorized = authorize_connection(&state, &uid, dst, None, peer.ip())?;
+        ctx.admit(&state, &uid, &authorized).await
     };
-    let (guard, mut app) = match admitted.await {
-        Ok(ok) => ok,
+    match admitted.await {
+        Ok((guard, app)) => Some(Admitted {
+            report,
+            guard,
+            client,
+            app,
+        }),
         Err(e) => {
             // Dropping the client socket closes it; the application never sees the connection.
             report.fail(&e);
-            return;
+            None
         }
-    };
-    // a = client, b = application: a→b is the request, b→a the response.
-    let counters = Arc::new(ByteCounters::default());
-    let error = tokio::select! {
-        result = hbone::copy::copy_bidirectional(&mut client, &mut app, Some(counters.clone())) => {
-            result.err().map(|e| e.source.to_string())
+    }
+}
+
+/// An admitted connection: what it keeps while its bytes are copied.
+struct Admitted {
+    report: Report,
+    guard: ConnectionGuard,
+    client: TcpStream,
+    app: TcpStream,
+}
+
+impl Admitted {
+    /// Copies until both sides are done or the policy watcher revokes the connection, then
+    /// reports it.
+    fn run(self) -> impl Future<Output = ()> + Send {
+        let Admitted {
+            report,
+            guard,
+            mut client,
+            mut app,
+        } = self;
+        async move {
+            // a = client, b = application: a→b is the request, b→a the response.
+            let mut copy = hbone::copy::copy_bidirectional(&mut client, &mut app, None);
+            let (transferred, error) = copy_until_revoked(&mut copy, &guard).await;
+            drop(copy);
+            drop(app);
+            drop(client);
+            report.complete(
+                transferred.a_to_b,
+                transferred.b_to_a,
+                error,
+                guard.revocation(),
+            );
         }
-        () = guard.cancelled() => None,
-    };
-    drop(app);
-    drop(client);
-    report.complete(
-        counters.a_to_b.load(Ordering::Relaxed),
-        counters.b_to_a.load(Ordering::Relaxed),
-        error,
-        guard.revocation(),
-    );
+    }
 }

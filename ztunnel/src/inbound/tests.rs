@@ -578,3 +578,13 @@ async fn policy_change_closes_denied_live_connections_within_one_second() {
         "{text}"
     );
 }
+
+/// Memory per idle connection: what an open tunnel's task keeps for its whole life. Tokio
+/// allocates each task as a 128-byte-aligned cell, 104 bytes of its own plus the future, so a
+/// future of at most 408 bytes takes a 512-byte cell. The policy check, the connection to the
+/// application and the request headers are gone by then (the open phase is boxed and freed).
+#[test]
+fn inbound_tunnel_task_fits_a_512_byte_task_cell() {
+    let size = hbone::server::tunnel_task_size::<InboundHandler>();
+    assert!(size <= 408, "inbound tunnel task state: {size} bytes");
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_DRAIN_DEADLINE, Entry, OutboundInputs, proxy};
+use super::{DEFAULT_DRAIN_DEADLINE, Entry, OutboundInputs, Proxied, proxy, serve};
 use crate::drain::ConnectionTasks;
 use crate::socket::DestinationMode;
 
@@ -77,6 +77,8 @@ impl OutboundListener {
     pub async fn run(self, shutdown: CancellationToken) {
         let own = self.listener.local_addr().ok();
         let tasks = ConnectionTasks::new();
+        // One copy of the inputs for all connections, not one each.
+        let inputs = Arc::new(self.inputs);
         loop {
             let (stream, client) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -89,38 +91,46 @@ impl OutboundListener {
                     }
                 },
             };
-            let (inputs, uid, mode) = (self.inputs.clone(), self.source_uid.clone(), self.mode);
-            tasks.spawn(async move { connection(inputs, &uid, mode, own, stream, client).await });
+            // Boxed here, so the task captures one pointer rather than the arguments.
+            let open = Box::pin(connection(
+                inputs.clone(),
+                self.source_uid.clone(),
+                self.mode,
+                own,
+                stream,
+                client,
+            ));
+            tasks.spawn_with(move || serve(open));
         }
         drop(self.listener);
         tasks.drain(self.drain_deadline).await;
     }
 }
 
-/// Serves one captured connection.
+/// Opens one captured connection (routing and upstream); [`serve`] then copies.
 async fn connection(
-    inputs: OutboundInputs,
-    uid: &str,
+    inputs: Arc<OutboundInputs>,
+    uid: Arc<str>,
     mode: DestinationMode,
     own: Option<SocketAddr>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     client: SocketAddr,
-) {
+) -> Option<Proxied> {
     let start = Instant::now();
     let _ = stream.set_nodelay(true);
     let Some(target) = mode.destination(&stream) else {
         // No local address: the client is already gone.
         tracing::debug!(%client, "captured connection closed before it was served");
-        return;
+        return None;
     };
     proxy(
         &inputs,
-        uid,
-        &mut stream,
+        &uid,
+        stream,
         client,
         target,
         start,
         Entry::Captured { own },
     )
-    .await;
+    .await
 }

@@ -23,10 +23,12 @@ pub use capture::OutboundListener;
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::drain::ConnectionTasks;
@@ -124,8 +126,9 @@ impl OutboundFailure {
 /// An opened upstream, ready for the copy.
 #[derive(Debug)]
 pub enum Upstream {
-    /// An HBONE tunnel.
-    Tunnel(Box<hbone::Tunnel>),
+    /// The byte stream of an HBONE tunnel (the tunnel's response headers and peer identity
+    /// are not kept: a connection holds only what its copy needs).
+    Tunnel(hbone::H2Stream),
     /// A plain TCP connection.
     Tcp(TcpStream),
 }
@@ -202,7 +205,7 @@ pub async fn open(
                     destination: req.destination,
                     source,
                 })?;
-            Upstream::Tunnel(Box::new(tunnel))
+            Upstream::Tunnel(tunnel.stream)
         }
         Protocol::Tcp | Protocol::Passthrough => {
             let stream = hbone::socket::connect(
@@ -258,13 +261,20 @@ fn tunnel_request(
 /// Copies between the client and the upstream until both are done.
 pub async fn copy(
     client: &mut TcpStream,
-    upstream: Upstream,
+    mut upstream: Upstream,
 ) -> Result<hbone::copy::Transferred, hbone::copy::CopyError> {
+    copy_upstream(client, &mut upstream).await
+}
+
+/// [`copy`] on a borrowed upstream: the caller's state holds it, and the copy's future is just
+/// the copy (no second copy of the upstream, no state machine around it).
+fn copy_upstream<'a>(
+    client: &'a mut TcpStream,
+    upstream: &'a mut Upstream,
+) -> impl Future<Output = Result<hbone::copy::Transferred, hbone::copy::CopyError>> + Send + 'a {
     match upstream {
-        Upstream::Tunnel(mut tunnel) => {
-            hbone::copy::copy_tunnel(client, &mut tunnel.stream, None).await
-        }
-        Upstream::Tcp(mut tcp) => hbone::copy::copy_bidirectional(client, &mut tcp, None).await,
+        Upstream::Tunnel(stream) => Either::Left(hbone::copy::copy_tunnel(client, stream, None)),
+        Upstream::Tcp(tcp) => Either::Right(hbone::copy::copy_bidirectional(client, tcp, None)),
     }
 }
 
@@ -314,6 +324,8 @@ impl Socks5Listener {
     /// finish before they are closed.
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = ConnectionTasks::new();
+        // One copy of the inputs for all connections, not one each.
+        let inputs = Arc::new(self.inputs);
         loop {
             let (stream, client) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -326,31 +338,38 @@ impl Socks5Listener {
                     }
                 },
             };
-            let (inputs, uid) = (self.inputs.clone(), self.source_uid.clone());
-            tasks.spawn(async move { socks5_connection(inputs, &uid, stream, client).await });
+            // Boxed here, so the task captures one pointer rather than the arguments.
+            let open = Box::pin(socks5_open(
+                inputs.clone(),
+                self.source_uid.clone(),
+                stream,
+                client,
+            ));
+            tasks.spawn_with(move || serve(open));
         }
         drop(self.listener);
         tasks.drain(self.drain_deadline).await;
     }
 }
 
-async fn socks5_connection(
-    inputs: OutboundInputs,
-    uid: &str,
+/// The SOCKS5 handshake, routing and upstream of one connection: everything before the copy.
+async fn socks5_open(
+    inputs: Arc<OutboundInputs>,
+    uid: Arc<str>,
     mut stream: TcpStream,
     client: SocketAddr,
-) {
+) -> Option<Proxied> {
     let _ = stream.set_nodelay(true);
     let start = Instant::now();
     let destination = match socks5::handshake(&mut stream, SOCKS5_HANDSHAKE_DEADLINE).await {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(%client, error = %e, "socks5 handshake failed");
-            return;
+            return None;
         }
     };
     let bound = stream.local_addr().unwrap_or(client);
-    let target = match resolve(&inputs, uid, &destination) {
+    let target = match resolve(&inputs, &uid, &destination) {
         Ok(t) => t,
         Err(e) => {
             let _ = socks5::reply(&mut stream, socks5::Reply::HostUnreachable, bound).await;
@@ -359,20 +378,34 @@ async fn socks5_connection(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
                 destination_port(&destination),
             );
-            Report::unrouted(&inputs, uid, client, dst, start).fail(&e);
-            return;
+            Report::unrouted(&inputs, &uid, client, dst, start).fail(&e);
+            return None;
         }
     };
     proxy(
         &inputs,
-        uid,
-        &mut stream,
+        &uid,
+        stream,
         client,
         target,
         start,
         Entry::Socks5 { bound },
     )
-    .await;
+    .await
+}
+
+/// Runs a connection in two phases. `open` (handshake, routing, upstream) is boxed and freed
+/// once it is done, so what a connection keeps for its (possibly long) life is only what the
+/// copy needs: the two streams and the report.
+async fn serve<F>(open: Pin<Box<F>>)
+where
+    F: Future<Output = Option<Proxied>> + Send,
+{
+    // `let else` (not `if let`): the `Option` is not kept beside the copy's state.
+    let Some(proxied) = open.await else {
+        return;
+    };
+    proxied.run().await;
 }
 
 /// How a connection entered the proxy, which decides how its client learns the outcome of
@@ -415,17 +448,17 @@ impl Entry {
     }
 }
 
-/// Routes one connection of workload `uid` from `client` to `target`, opens the upstream,
-/// copies until both sides are done, and reports it (metrics and access log).
+/// Routes one connection of workload `uid` from `client` to `target` and opens the upstream;
+/// `None` when it could not be opened (the client has been told, the failure reported).
 async fn proxy(
     inputs: &OutboundInputs,
     uid: &str,
-    stream: &mut TcpStream,
+    mut stream: TcpStream,
     client: SocketAddr,
     target: SocketAddr,
     start: Instant,
     entry: Entry,
-) {
+) -> Option<Proxied> {
     let routed = match entry {
         Entry::Captured { own } if own == Some(target) => {
             Err(OutboundFailure::Route(OutboundError::SelfCall {
@@ -437,31 +470,56 @@ async fn proxy(
     let (source, req) = match routed {
         Ok(r) => r,
         Err(e) => {
-            entry.refuse(stream, &e).await;
+            entry.refuse(&mut stream, &e).await;
             Report::unrouted(inputs, uid, client, target, start).fail(&e);
-            return;
+            return None;
         }
     };
     let report = Report::routed(inputs, &source, &req, client, start);
     let upstream = match open(inputs, &source, client, &req).await {
         Ok(u) => u,
         Err(e) => {
-            entry.refuse(stream, &e).await;
+            entry.refuse(&mut stream, &e).await;
             report.fail(&e);
-            return;
+            return None;
         }
     };
     let report = report.opened();
-    if let Err(e) = entry.accept(stream).await {
+    if let Err(e) = entry.accept(&mut stream).await {
         report.complete(0, 0, Some(e.to_string()));
-        return;
+        return None;
     }
-    // a = client, b = upstream: a→b is the request, b→a the response.
-    let (transferred, error) = match copy(stream, upstream).await {
-        Ok(t) => (t, None),
-        Err(e) => (e.transferred, Some(e.source.to_string())),
-    };
-    report.complete(transferred.a_to_b, transferred.b_to_a, error);
+    Some(Proxied {
+        client: stream,
+        upstream,
+        report,
+    })
+}
+
+/// A connection whose upstream is open: what it keeps while its bytes are copied.
+struct Proxied {
+    client: TcpStream,
+    upstream: Upstream,
+    report: Report,
+}
+
+impl Proxied {
+    /// Copies until both sides are done, then reports the connection.
+    fn run(self) -> impl Future<Output = ()> + Send {
+        let Proxied {
+            mut client,
+            mut upstream,
+            report,
+        } = self;
+        async move {
+            // a = client, b = upstream: a→b is the request, b→a the response.
+            let (transferred, error) = match copy_upstream(&mut client, &mut upstream).await {
+                Ok(t) => (t, None),
+                Err(e) => (e.transferred, Some(e.source.to_string())),
+            };
+            report.complete(transferred.a_to_b, transferred.b_to_a, error);
+        }
+    }
 }
 
 /// The SOCKS5 reply to a connection that could not be opened.
@@ -486,10 +544,22 @@ fn destination_port(destination: &socks5::Destination) -> u16 {
 
 /// Metrics (`reporter="source"`) and access log of one outbound connection: either
 /// [`Report::fail`], or [`Report::opened`] then [`Report::complete`].
+///
+/// Kept for the whole life of a connection, so it holds only shared values and addresses: the
+/// labels are the metrics' interned copy, and the access log record is built when it is
+/// written.
 struct Report {
     metrics: Arc<Metrics>,
-    labels: ConnectionLabels,
-    log: AccessLog,
+    labels: Arc<ConnectionLabels>,
+    /// The source workload (`src.workload`), when known.
+    source: Option<Arc<Workload>>,
+    /// The destination workload (`dst.workload`), when known.
+    destination: Option<Arc<Workload>>,
+    client: SocketAddr,
+    /// The address dialled (for HBONE the tunnel endpoint).
+    dst: SocketAddr,
+    /// The `CONNECT` authority, for HBONE.
+    hbone_addr: Option<SocketAddr>,
     start: Instant,
 }
 
@@ -514,12 +584,14 @@ impl Report {
             SecurityPolicy::Unknown,
             ResponseFlags::None,
         );
-        let mut log = AccessLog::from_labels(&labels, client, dst);
-        log.src_workload = source.map(|w| w.name.clone());
         Self {
             metrics: inputs.metrics.clone(),
-            labels,
-            log,
+            labels: Arc::new(labels),
+            source: source.cloned(),
+            destination: None,
+            client,
+            dst,
+            hbone_addr: None,
             start,
         }
     }
@@ -529,7 +601,7 @@ impl Report {
     /// endpoint), `dst.hbone_addr` the `CONNECT` authority.
     fn routed(
         inputs: &OutboundInputs,
-        source: &Workload,
+        source: &Arc<Workload>,
         req: &OutboundRequest,
         client: SocketAddr,
         start: Instant,
@@ -556,30 +628,43 @@ impl Report {
             security,
             ResponseFlags::None,
         );
-        let mut log = AccessLog::from_labels(&labels, client, req.destination);
-        log.direction = Direction::Outbound;
-        log.src_workload = Some(source.name.clone());
-        if let Some(w) = &req.destination_workload {
-            log.dst_workload = Some(w.name.clone());
-        }
-        if req.protocol == Protocol::Hbone {
-            log.dst_hbone_addr = Some(req.hbone_authority.unwrap_or(req.destination).to_string());
-        }
         Self {
+            labels: inputs.metrics.intern(labels),
             metrics: inputs.metrics.clone(),
-            labels,
-            log,
+            source: Some(source.clone()),
+            destination: req.destination_workload.clone(),
+            client,
+            dst: req.destination,
+            hbone_addr: (req.protocol == Protocol::Hbone)
+                .then(|| req.hbone_authority.unwrap_or(req.destination)),
             start,
         }
     }
 
+    /// The access log record, without the outcome.
+    fn log(&self) -> AccessLog {
+        let mut log = AccessLog::from_labels(&self.labels, self.client, self.dst);
+        log.direction = Direction::Outbound;
+        if let Some(w) = &self.source {
+            log.src_workload = Some(w.name.clone());
+        }
+        if let Some(w) = &self.destination {
+            log.dst_workload = Some(w.name.clone());
+        }
+        log.dst_hbone_addr = self.hbone_addr.map(|a| a.to_string());
+        log.duration = self.start.elapsed();
+        log
+    }
+
     /// No upstream could be opened: counted failed with the failure's response flag.
-    fn fail(mut self, error: &OutboundFailure) {
-        let labels = self.labels.with_response_flags(error.response_flag());
+    fn fail(self, error: &OutboundFailure) {
+        let labels = (*self.labels)
+            .clone()
+            .with_response_flags(error.response_flag());
         self.metrics.failed(&labels);
-        self.log.duration = self.start.elapsed();
-        self.log.error = Some(error.to_string());
-        self.log.emit();
+        let mut log = self.log();
+        log.error = Some(error.to_string());
+        log.emit();
     }
 
     /// The upstream is connected: counted opened.
@@ -590,15 +675,15 @@ impl Report {
 
     /// The connection ended after carrying `to_dst` bytes from the client to the upstream and
     /// `to_src` back.
-    fn complete(mut self, to_dst: u64, to_src: u64, error: Option<String>) {
+    fn complete(self, to_dst: u64, to_src: u64, error: Option<String>) {
         // Istio's directions: `sent` is destination → source, `received` source → destination.
         self.metrics.bytes(&self.labels, to_src, to_dst);
         self.metrics.closed(&self.labels);
-        self.log.bytes_sent = to_dst;
-        self.log.bytes_recv = to_src;
-        self.log.duration = self.start.elapsed();
-        self.log.error = error;
-        self.log.emit();
+        let mut log = self.log();
+        log.bytes_sent = to_dst;
+        log.bytes_recv = to_src;
+        log.error = error;
+        log.emit();
     }
 }
 
@@ -709,6 +794,33 @@ workloads:
             ctx,
         )
         .unwrap()
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn output_size<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Memory per idle connection: what an open connection's task keeps for its whole life.
+    /// Tokio allocates each task as a 128-byte-aligned cell, 104 bytes of its own plus the
+    /// future, so a future of at most 536 bytes takes a 640-byte cell. The SOCKS5 and captured
+    /// connections share `serve` (the open phase is boxed and freed before the copy).
+    #[test]
+    fn outbound_connection_task_fits_a_640_byte_task_cell() {
+        let socks5 = output_size(
+            |inputs: Arc<OutboundInputs>, uid: Arc<str>, stream: TcpStream, client: SocketAddr| {
+                // As `Socks5Listener::run` and `ConnectionTasks::spawn_with` spawn it.
+                let open = Box::pin(socks5_open(inputs, uid, stream, client));
+                tokio_util::task::TaskTracker::new().track_future(crate::drain::until_forced(
+                    CancellationToken::new(),
+                    move || serve(open),
+                ))
+            },
+        );
+        assert!(
+            socks5 <= 536,
+            "socks5 connection task state: {socks5} bytes"
+        );
     }
 
     /// Current-thread runtime: every task (listeners, HBONE client and server) runs on this

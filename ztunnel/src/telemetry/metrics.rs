@@ -80,8 +80,9 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     /// Renders the recorder's contents.
     handle: PrometheusHandle,
-    /// Counter handles by label set.
-    cache: Mutex<HashMap<ConnectionLabels, Handles>>,
+    /// Counter handles by label set. The keys are shared with the connections that have those
+    /// labels ([`Metrics::intern`]), so a live connection does not keep a copy of its own.
+    cache: Mutex<HashMap<Arc<ConnectionLabels>, Handles>>,
     /// The DNS proxies' metrics (`istio_dns_*`), rendered with the rest.
     dns: Arc<crate::dns::DnsMetrics>,
 }
@@ -158,12 +159,24 @@ impl Metrics {
         &self.dns
     }
 
+    /// The shared copy of `labels`: connections with equal labels hold one allocation between
+    /// them (the one their counters are cached under) instead of a copy each.
+    pub fn intern(&self, labels: ConnectionLabels) -> Arc<ConnectionLabels> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((shared, _)) = cache.get_key_value(&labels) {
+            return shared.clone();
+        }
+        let shared = Arc::new(labels);
+        cache.insert(shared.clone(), Handles::default());
+        shared
+    }
+
     /// The counter `kind` for `labels`, registered on first use.
     fn counter(&self, kind: Kind, labels: &ConnectionLabels) -> Counter {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let handles = match cache.get_mut(labels) {
             Some(handles) => handles,
-            None => cache.entry(labels.clone()).or_default(),
+            None => cache.entry(Arc::new(labels.clone())).or_default(),
         };
         handles[kind as usize]
             .get_or_insert_with(|| {
