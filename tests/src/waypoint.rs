@@ -10,12 +10,15 @@
 //! (`x-backend`), record every request they get, and behave by path: `/status/<code>`,
 //! `/delay/<ms>`, `/flaky/<n>` (the first n requests of that path get 503),
 //! `/fail-on/<backend>` (500 from that backend only), and gRPC echo
-//! (each request message comes back as it arrives, then `grpc-status: 0`).
+//! (each request message comes back as it arrives, then `grpc-status: 0`). The services
+//! `reviews` and `ratings` are bound to the waypoint, and so is the workload `ratings-v1`
+//! (workload-addressed traffic to it crosses the waypoint as TCP).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +68,12 @@ pub struct Seen {
 pub struct Backends {
     seen: Arc<Mutex<HashMap<String, Vec<Seen>>>>,
     flaky: Arc<Mutex<HashMap<(String, String), u32>>>,
+    /// Connections accepted by all backends.
+    accepted: Arc<AtomicU64>,
+    /// Requests received by all backends.
+    requests: Arc<AtomicU64>,
+    /// Benchmark mode ([`MeshOptions::echo_backends`]): record nothing, echo the body.
+    echo: bool,
 }
 
 impl Backends {
@@ -84,6 +93,17 @@ impl Backends {
             .iter()
             .filter(|s| s.path.starts_with(prefix))
             .count()
+    }
+
+    /// TCP connections accepted so far by all backends together (each one is a connection
+    /// from the destination ztunnel, i.e. one HBONE CONNECT stream reaching the application).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far by all backends together (counted in every mode).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Forgets everything received.
@@ -145,6 +165,13 @@ impl Net {
 
 /// The mesh state of a [`Net`].
 pub fn mesh_yaml(net: Net) -> String {
+    mesh_yaml_with(net, true)
+}
+
+/// The mesh state of a [`Net`]; with `bind_waypoint` false the services `reviews` and
+/// `ratings` have no waypoint (clients' ztunnels tunnel straight to their endpoints; the
+/// workload `ratings-v1` keeps its own waypoint binding).
+pub fn mesh_yaml_with(net: Net, bind_waypoint: bool) -> String {
     let mut out = String::from("workloads:\n");
     out += &format!(
         "- uid: sleep\n  name: sleep\n  namespace: default\n  serviceAccount: sleep\n  workloadIps: [\"{}\"]\n  protocol: HBONE\n  node: node-a\n  canonicalName: sleep\n  canonicalRevision: v1\n  workloadName: sleep\n",
@@ -159,6 +186,10 @@ pub fn mesh_yaml(net: Net) -> String {
             "- uid: {name}\n  name: {name}\n  namespace: default\n  serviceAccount: {service}\n  workloadIps: [\"{}\"]\n  protocol: HBONE\n  node: node-b\n  canonicalName: {service}\n  canonicalRevision: {version}\n  workloadName: {name}\n  services:\n    default/{service}.default.svc.cluster.local:\n      {APP_PORT}: {APP_PORT}\n",
             net.workload(*host)
         );
+        if *name == "ratings-v1" {
+            // Workload-addressed traffic to ratings-v1 goes through the waypoint too.
+            out += &format!("  waypoint:\n    destination: \"/{}\"\n", net.vip(9));
+        }
     }
     out += "services:\n";
     out += &format!(
@@ -167,12 +198,46 @@ pub fn mesh_yaml(net: Net) -> String {
     );
     for (service, vip) in [("reviews", 10u8), ("ratings", 20)] {
         out += &format!(
-            "- name: {service}\n  namespace: default\n  hostname: {service}.default.svc.cluster.local\n  vips: [\"/{}\"]\n  ports:\n    {APP_PORT}: {APP_PORT}\n  waypoint:\n    destination: \"/{}\"\n    hboneMtlsPort: 15008\n",
+            "- name: {service}\n  namespace: default\n  hostname: {service}.default.svc.cluster.local\n  vips: [\"/{}\"]\n  ports:\n    {APP_PORT}: {APP_PORT}\n",
             net.vip(vip),
-            net.vip(9)
         );
+        if bind_waypoint {
+            out += &format!(
+                "  waypoint:\n    destination: \"/{}\"\n    hboneMtlsPort: 15008\n",
+                net.vip(9)
+            );
+        }
     }
     out
+}
+
+/// How [`WaypointMesh::start_with`] sets the mesh up. The default is what
+/// [`WaypointMesh::start`] does.
+#[derive(Debug)]
+pub struct MeshOptions {
+    /// The runtime the waypoint runs on (all its tasks: listeners, connections, pools);
+    /// `None` = the caller's runtime.
+    pub waypoint_runtime: Option<tokio::runtime::Handle>,
+    /// Whether the services `reviews` and `ratings` are bound to the waypoint. Unbound, the
+    /// waypoint still runs but is off the path: client ztunnel → destination ztunnel.
+    pub bind_waypoint: bool,
+    /// The waypoint's access log; `None` = JSON lines in memory ([`WaypointMesh::access_log`]).
+    /// With `Some`, [`WaypointMesh::access_log`] stays empty.
+    pub access_log: Option<AccessLog>,
+    /// Benchmark backends: they record nothing (only the counts in [`Backends`]) and answer
+    /// every request with `200` and the request body, whatever the path.
+    pub echo_backends: bool,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            waypoint_runtime: None,
+            bind_waypoint: true,
+            access_log: None,
+            echo_backends: false,
+        }
+    }
 }
 
 /// A running waypoint mesh.
@@ -189,6 +254,10 @@ pub struct WaypointMesh {
     pub socks5: SocketAddr,
     /// The waypoint's L7 configuration directory.
     pub config_dir: PathBuf,
+    /// The local CA's directory (every proxy's certificates come from it).
+    pub ca_dir: PathBuf,
+    /// The backends' node proxy (its metrics show what arrived from the waypoint).
+    pub node_b: Node,
     _proxies: Vec<WorkloadProxy>,
     _dir: tempfile::TempDir,
 }
@@ -199,9 +268,18 @@ impl WaypointMesh {
     /// # Panics
     /// When anything cannot start: this is test code.
     pub async fn start(net: Net) -> Self {
+        Self::start_with(net, MeshOptions::default()).await
+    }
+
+    /// [`WaypointMesh::start`] with `options`.
+    ///
+    /// # Panics
+    /// When anything cannot start: this is test code.
+    pub async fn start_with(net: Net, options: MeshOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_path = dir.path().join("mesh.yaml");
-        std::fs::write(&state_path, mesh_yaml(net)).expect("write the mesh state");
+        std::fs::write(&state_path, mesh_yaml_with(net, options.bind_waypoint))
+            .expect("write the mesh state");
         let config_dir = dir.path().join("l7");
         std::fs::create_dir_all(&config_dir).expect("config dir");
         let ca_dir = dir.path().join("ca");
@@ -210,7 +288,10 @@ impl WaypointMesh {
                 .and_then(LocalConfig::into_state)
                 .expect("mesh state"),
         );
-        let backends = Backends::default();
+        let backends = Backends {
+            echo: options.echo_backends,
+            ..Backends::default()
+        };
         for (name, _, _, host) in BACKENDS {
             let addr = SocketAddr::new(IpAddr::V4(net.workload(*host)), APP_PORT);
             spawn_backend(addr, name, backends.clone()).await;
@@ -256,8 +337,10 @@ impl WaypointMesh {
                     .expect("backend proxy"),
             );
         }
-        let (access_log, memory) = AccessLog::memory();
-        let access_log = access_log.with_format(AccessLogFormat::Json);
+        let (memory_log, memory) = AccessLog::memory();
+        let access_log = options
+            .access_log
+            .unwrap_or_else(|| memory_log.with_format(AccessLogFormat::Json));
         let wp = IpAddr::V4(net.waypoint());
         let config = RunConfig {
             state_path,
@@ -275,9 +358,17 @@ impl WaypointMesh {
             readiness_addr: SocketAddr::new(wp, 0),
             drain_deadline: Duration::from_secs(1),
         };
-        let waypoint = waypoint::run::start(config, None, access_log)
-            .await
-            .expect("waypoint");
+        let waypoint = match options.waypoint_runtime {
+            None => waypoint::run::start(config, None, access_log)
+                .await
+                .expect("waypoint"),
+            // Started from a task of that runtime, so everything it spawns lives there.
+            Some(rt) => rt
+                .spawn(waypoint::run::start(config, None, access_log))
+                .await
+                .expect("waypoint start task")
+                .expect("waypoint"),
+        };
         Self {
             net,
             waypoint,
@@ -285,6 +376,8 @@ impl WaypointMesh {
             backends,
             socks5,
             config_dir,
+            ca_dir,
+            node_b,
             _proxies: proxies,
             _dir: dir,
         }
@@ -418,6 +511,10 @@ async fn spawn_backend(addr: SocketAddr, name: &'static str, backends: Backends)
     let listener = TcpListener::bind(addr).await.expect("bind backend");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            backends.accepted.fetch_add(1, Ordering::Relaxed);
+            if backends.echo {
+                let _ = stream.set_nodelay(true);
+            }
             let backends = backends.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -439,6 +536,16 @@ async fn backend(
     backends: Backends,
     req: Request<Incoming>,
 ) -> Response<BackendBody> {
+    backends.requests.fetch_add(1, Ordering::Relaxed);
+    if backends.echo {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    }
     let (parts, body) = req.into_parts();
     let path = parts
         .uri

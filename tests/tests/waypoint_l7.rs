@@ -134,6 +134,45 @@ spec:
     let log = mesh.access_log();
     assert_eq!(log.len(), 1020);
     let first = &log[0];
+    let mut keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        "authority",
+        "bytes_received",
+        "bytes_sent",
+        "connection_termination_details",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "duration",
+        "method",
+        "path",
+        "protocol",
+        "request_id",
+        "requested_server_name",
+        "response_code",
+        "response_code_details",
+        "response_flags",
+        "route_name",
+        "start_time",
+        "upstream_cluster",
+        "upstream_host",
+        "upstream_local_address",
+        "upstream_service_time",
+        "upstream_transport_failure_reason",
+        "user_agent",
+        "x_forwarded_for",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    assert_eq!(
+        first["downstream_local_address"],
+        mesh.net.reviews().to_string()
+    );
     assert_eq!(first["method"], "GET");
     assert_eq!(first["path"], "/reviews/1");
     assert_eq!(first["protocol"], "HTTP/1.1");
@@ -692,8 +731,39 @@ spec:
     filters:
     - type: RequestRedirect
       requestRedirect: {hostname: new.example, statusCode: 302}
+  - matches:
+    - path: {type: PathPrefix, value: /old-api}
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /new-api}
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: reviews, port: 9080}
+    backendRefs:
+    - {name: ratings, port: 9080}
+  - matches:
+    - path: {type: PathPrefix, value: /delay}
+    timeouts: {request: 100ms}
+    backendRefs:
+    - {name: ratings, port: 9080}
   - backendRefs:
-    - {name: ratings, port: 9080, weight: 1}
+    - {name: ratings, port: 9080, weight: 80}
+    - {name: reviews, port: 9080, weight: 20}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: reviews-grpc, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - matches:
+    - method: {service: echo.Echo, method: Unary}
+    backendRefs:
+    - {name: ratings, port: 9080}
+  - backendRefs:
+    - {name: reviews, port: 9080}
 "#,
     );
     let mut client = mesh.http1(mesh.net.ratings()).await;
@@ -714,6 +784,59 @@ spec:
         headers.get("location").unwrap(),
         "http://new.example:9080/moved/a"
     );
+
+    // URLRewrite (ReplacePrefixMatch) plus a mirror to another service.
+    let (status, headers, _) = send(&mut client, get(host, "/old-api/x", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("x-seen-path").unwrap(), "/new-api/x");
+    assert!(backend_of(&headers).starts_with("ratings-"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mirrored = || {
+        ["reviews-v1", "reviews-v2", "reviews-v3"]
+            .iter()
+            .map(|b| mesh.backends.count(b, "/new-api/x"))
+            .sum::<usize>()
+    };
+    while mirrored() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(mirrored(), 1, "the mirror got the rewritten request once");
+
+    // timeouts.request → 504.
+    let (status, _, _) = send(&mut client, get(host, "/delay/2000", &[])).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+
+    // Weighted backendRefs across two services: 80/20 over 500 (sd ≈ 8.9; ±6 sd).
+    let mut to_ratings = 0;
+    for _ in 0..500 {
+        let (status, headers, _) = send(&mut client, get(host, "/split", &[])).await;
+        assert_eq!(status, StatusCode::OK);
+        if backend_of(&headers).starts_with("ratings-") {
+            to_ratings += 1;
+        }
+    }
+    assert!(
+        (346..=454).contains(&to_ratings),
+        "ratings got {to_ratings} of 500"
+    );
+
+    // GRPCRoute on reviews: echo.Echo/Unary goes to ratings, anything else stays on reviews.
+    let mut grpc = mesh.http2::<Full<Bytes>>(mesh.net.reviews()).await;
+    for (method, expected) in [("Unary", "ratings-"), ("Other", "reviews-")] {
+        let request = http::Request::post(format!("http://{REVIEWS}/echo.Echo/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(ambient_e2e::waypoint::grpc_frame(b"x")))
+            .unwrap();
+        let response = grpc.send_request(request).await.unwrap();
+        assert!(
+            backend_of(response.headers()).starts_with(expected),
+            "{method}: {:?}",
+            response.headers()
+        );
+        let body = response.into_body().collect().await.unwrap();
+        assert_eq!(body.trailers().unwrap().get("grpc-status").unwrap(), "0");
+    }
 
     // config_dump, from the admin server, names every stage.
     let dump = mesh.config_dump().await;
@@ -740,10 +863,14 @@ spec:
         .iter()
         .filter(|n| n.starts_with("inbound-pod|9080|"))
         .collect();
+    for host in [21, 22, 11, 12, 13] {
+        let name = format!("inbound-pod|9080|{}", mesh.net.workload(host));
+        assert!(pods.contains(&&name), "{name} missing from {names:?}");
+    }
     assert_eq!(
         pods.len(),
-        2,
-        "one inbound-pod stage per ratings endpoint: {names:?}"
+        5,
+        "one inbound-pod stage per endpoint used: {names:?}"
     );
     let listener = dump["stages"]
         .as_array()
@@ -754,5 +881,145 @@ spec:
                 && s["name"] == "inbound-vip|9080|http|ratings.default.svc.cluster.local"
         })
         .unwrap();
-    assert_eq!(listener["routes"]["http"].as_array().unwrap().len(), 3);
+    assert_eq!(listener["routes"]["http"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_pod_addressed_and_refused_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mesh = WaypointMesh::start(Net(37)).await;
+
+    // Bytes that are not HTTP take the inbound-vip|9080|tcp|… chain to a backend: its HTTP
+    // server is what answers them (400), and the waypoint logs no request.
+    let mut stream = mesh.connect(mesh.net.reviews()).await;
+    stream.write_all(b"SSH-2.0-probe\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the backend answers through the TCP chain")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(mesh.access_log().is_empty());
+
+    // Workload-addressed traffic to a pod bound to the waypoint goes through it (L4): the
+    // backend's ztunnel sees the waypoint's identity as the source.
+    let pod = std::net::SocketAddr::new(mesh.net.workload(21).into(), 9080);
+    let mut client = mesh.http1(pod).await;
+    let (status, headers, _) = send(&mut client, get("10.0.0.1", "/direct", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(backend_of(&headers), "ratings-v1");
+    assert_eq!(mesh.backends.count("ratings-v1", "/direct"), 1);
+    let node_metrics = mesh.node_b.metrics().render();
+    assert!(
+        series(
+            &node_metrics,
+            "istio_tcp_connections_opened_total",
+            &[
+                "source_principal=\"spiffe://cluster.local/ns/default/sa/waypoint\"",
+                "destination_workload=\"ratings-v1\"",
+            ]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{node_metrics}"
+    );
+
+    // A tunnel for a destination this waypoint does not serve is refused with 400.
+    let ca = hbone::LocalCa::load_or_generate(&mesh.ca_dir, "cluster.local").unwrap();
+    let sleep = hbone::Identity::new("cluster.local", "default", "sleep").unwrap();
+    let certs = std::sync::Arc::new(hbone::CertStore::new(
+        ca.issue(&sleep, Duration::from_secs(600)).unwrap(),
+    ));
+    let pool = hbone::Pool::new(hbone::Config::default(), ca.roots().to_vec()).unwrap();
+    let waypoint_id = hbone::Identity::new("cluster.local", "default", "waypoint").unwrap();
+    for target in [
+        std::net::SocketAddr::new(mesh.net.vip(99).into(), 80),
+        std::net::SocketAddr::new(mesh.net.workload(11).into(), 9080),
+    ] {
+        let result = pool
+            .connect(
+                &certs,
+                vec![waypoint_id.clone()],
+                mesh.waypoint.hbone,
+                &hbone::TunnelRequest::new(target),
+            )
+            .await;
+        match result {
+            Err(hbone::Error::Status(status)) => assert_eq!(status, StatusCode::BAD_REQUEST),
+            other => panic!("tunnel to {target}: expected 400, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_hot_reload_keeps_good_objects_and_reports_bad_ones() {
+    let mesh = WaypointMesh::start(Net(38)).await;
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+    // No configuration: the default route spreads over every reviews endpoint.
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/before", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A file appears in the watched directory with one valid VirtualService and one
+    // malformed DestinationRule; the waypoint picks it up on its own.
+    std::fs::write(
+        mesh.config_dir.join("routing.yaml"),
+        format!(
+            r#"{SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: broken, namespace: default}}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {{simple: SIDEWAYS}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews, subset: v3}}}}]
+    headers:
+      response:
+        set: {{x-config: applied}}
+"#
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, headers, _) = send(&mut client, get(REVIEWS, "/after", &[])).await;
+        assert_eq!(status, StatusCode::OK);
+        if headers.contains_key("x-config") {
+            assert_eq!(backend_of(&headers), "reviews-v3");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new VirtualService never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        let (_, headers, _) = send(&mut client, get(REVIEWS, "/after", &[])).await;
+        assert_eq!(backend_of(&headers), "reviews-v3");
+    }
+    let dump = mesh.config_dump().await;
+    let errors: Vec<String> = dump["configErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let error = &errors[0];
+    assert!(error.contains("routing.yaml"), "{error}");
+    assert!(error.contains("broken"), "{error}");
+    assert!(error.contains("loadBalancer"), "{error}");
 }

@@ -26,7 +26,10 @@ use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster
 use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
 use crate::stages::main_internal::{Bindings, SelfRef};
-use crate::telemetry::{AccessLog, RequestMetrics};
+use crate::telemetry::{AccessLog, DestinationLabels, RequestMetrics};
+
+/// Cached destination label sets before the cache starts over.
+const MAX_LABEL_SETS: usize = 65_536;
 
 /// How often the L7 configuration directory is checked for changes.
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -121,6 +124,8 @@ pub struct Core {
     l7: ArcSwap<L7State>,
     config: Mutex<(ConfigSet, Vec<ConfigError>)>,
     clusters: Mutex<HashMap<String, ClusterEntry>>,
+    /// Destination labels by (service key, endpoint uid), rebuilt after state changes.
+    destination_labels: std::sync::RwLock<HashMap<(String, String), Arc<DestinationLabels>>>,
     /// The `connect_originate` stage.
     pub originate: Arc<ConnectOriginate>,
     /// Request metrics.
@@ -159,6 +164,7 @@ impl Core {
             l7: ArcSwap::from_pointee(L7State::default()),
             config: Mutex::new((ConfigSet::default(), Vec::new())),
             clusters: Mutex::new(HashMap::new()),
+            destination_labels: std::sync::RwLock::new(HashMap::new()),
             originate,
             metrics,
             access_log,
@@ -212,6 +218,10 @@ impl Core {
             tracing::warn!(%warning, "L7 configuration");
         }
         self.bindings.store(Arc::new(bindings));
+        self.destination_labels
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let l7 = Arc::new(L7State {
             config,
             errors,
@@ -314,6 +324,38 @@ impl Core {
             (Some(only), None) => Some(Arc::clone(only)),
             _ => None,
         }
+    }
+
+    /// The `destination_*` labels of requests to `service` served by `endpoint`, shared by
+    /// every request with the same pair until the state changes.
+    pub fn destination_labels(
+        &self,
+        service: Option<&Service>,
+        endpoint: Option<&Workload>,
+    ) -> Arc<DestinationLabels> {
+        let key = (
+            service.map(|s| s.key().to_string()).unwrap_or_default(),
+            endpoint.map(|w| w.uid.clone()).unwrap_or_default(),
+        );
+        if let Some(labels) = self
+            .destination_labels
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(labels);
+        }
+        let labels = Arc::new(DestinationLabels::new(service, endpoint));
+        let mut cache = self
+            .destination_labels
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A bound on distinct pairs: (services × endpoints) of one waypoint; cleared on change.
+        if cache.len() >= MAX_LABEL_SETS {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&labels));
+        labels
     }
 
     /// The workload that owns `addr`.

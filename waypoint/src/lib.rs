@@ -17,13 +17,26 @@
 //!   ServiceEntry, HTTPRoute, GRPCRoute), loaded from a directory of Kubernetes YAML with
 //!   per-object errors. Input of the chain, not a stage.
 //! - [`route`]: the compiled, pure route model. Its [`RouteTable`](route::RouteTable) is what
-//!   the **inbound VIP listener** `inbound-vip|<port>|http|<host>` consults per request
-//!   ([`select_route`](route::select_route): the logical stage, VirtualService/HTTPRoute
-//!   routing to a service, subset and port); its
-//!   [`DestinationPolicies`](route::DestinationPolicies) configure the **inbound VIP cluster**
-//!   `inbound-vip|<port>|http/<subset>|<host>` (the concrete stage: load balancer, connection
-//!   pool, outlier detection, TLS). The endpoint stage (inbound pod listener,
-//!   `connect_originate`) and the listeners themselves come next.
+//!   the inbound VIP listener consults per request ([`select_route`](route::select_route): the
+//!   logical stage); its [`DestinationPolicies`](route::DestinationPolicies) configure the
+//!   inbound VIP clusters (the concrete stage).
+//! - [`stages`]: the chain itself, one module per stage with Istio's names:
+//!   `connect_terminate` (the HBONE handler), `main_internal` (dispatch, pure),
+//!   `inbound_vip` (the HTTP/gRPC server and the per-request phases, TCP fallback),
+//!   `inbound_pod` (one endpoint's tunnel metadata), `connect_originate` (HBONE to the
+//!   destination ztunnel, upstream HTTP connection pooling).
+//! - [`cluster`]: the inbound VIP cluster at run time: endpoints, load balancing, circuit
+//!   breaking, outlier detection.
+//! - [`filters`]: pure per-request operations (header edits, rewrite, redirect, fault, CORS,
+//!   retry decisions, timeouts, hop-by-hop headers, request ids).
+//! - [`body`]: the replayable request body (retries, mirrors) and the observed response body
+//!   (the log phase starts when it ends).
+//! - [`telemetry`]: Istio request metrics (`reporter="waypoint"`) and the Envoy-style access log.
+//! - [`app`]: the shared core (state, compiled configuration, clusters) and the bound HBONE
+//!   listener; [`run`]: the process (certificates, state and configuration watches, admin,
+//!   metrics and readiness servers); [`admin`]: `config_dump` and the admin endpoints.
+//! - [`quickstart`]: the README's first command: a local mesh with a waypoint in front of a
+//!   demo service.
 
 pub mod admin;
 pub mod app;
@@ -31,6 +44,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod filters;
+pub mod quickstart;
 pub mod route;
 pub mod run;
 pub mod stages;

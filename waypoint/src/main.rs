@@ -6,22 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use waypoint::run::{CaSource, RunConfig};
 use waypoint::telemetry::{AccessLog, AccessLogFormat};
 
 /// waypoint: the ambient mesh L7 proxy.
 ///
-/// Serves HBONE on 15008 as its service account's identity for the services and workloads
-/// bound to it in the mesh state, routes their requests by the VirtualServices,
+/// Without a subcommand it is the proxy: it serves HBONE on 15008 as its service account's
+/// identity for the services and workloads bound to it in the mesh state (--state /
+/// LOCAL_XDS_PATH, required), routes their requests by the VirtualServices,
 /// DestinationRules and HTTPRoutes of its configuration directory, and tunnels each request
-/// to the destination pod's ztunnel.
+/// to the destination pod's ztunnel. `waypoint quickstart` runs a whole local mesh with a
+/// waypoint and shows its routing.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The mesh state: a file in Istio ztunnel's local config schema (hot-reloaded).
+    /// Required to run the proxy.
     #[arg(long, env = "LOCAL_XDS_PATH")]
-    state: PathBuf,
+    state: Option<PathBuf>,
     /// A directory of Kubernetes YAML (VirtualService, DestinationRule, ServiceEntry,
     /// HTTPRoute, GRPCRoute), hot-reloaded.
     #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
@@ -74,12 +79,42 @@ struct Cli {
     drain_seconds: u64,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a local mesh on loopback addresses from the embedded examples (no root, no
+    /// Kubernetes): one ztunnel per node of examples/localhost.yaml with demo applications, a
+    /// waypoint on 127.0.0.9 in front of `reviews` v1/v2/v3 with the VirtualService of
+    /// examples/waypoint/reviews-routing.yaml (`end-user: jason` → v2, the rest 80/20 v1/v3),
+    /// and demo clients whose results are printed: the L4 requests of `ztunnel quickstart`,
+    /// then requests to `reviews` counted per version, with the waypoint's access log and
+    /// metrics. Then keeps running for your own traffic until Ctrl-C.
+    Quickstart {
+        /// Exit after the report instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Where the mesh state, the L7 configuration and the local CA's root are kept (the
+        /// configuration is rewritten at every start, the CA root reused).
+        #[arg(
+            long,
+            env = "WAYPOINT_STATE_DIR",
+            default_value = "target/waypoint-state"
+        )]
+        state_dir: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    // The quickstart shows the ztunnels' access log (target `access`), not every info line.
+    let default_filter = match command {
+        None => "info",
+        Some(Command::Quickstart { .. }) => "warn,access=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
@@ -94,6 +129,28 @@ fn main() -> anyhow::Result<()> {
         .init();
     let log_level: Arc<dyn ztunnel::admin::LogLevel> =
         Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?;
+    match command {
+        None => runtime.block_on(run(cli, log_level)),
+        Some(Command::Quickstart { once, state_dir }) => {
+            let opts = waypoint::quickstart::Options::new(state_dir, log_level);
+            runtime.block_on(quickstart(opts, once))
+        }
+    }
+}
+
+/// The proxy, configured by the flags and environment.
+async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::Result<()> {
+    let Some(state_path) = cli.state else {
+        anyhow::bail!(
+            "no mesh state: set LOCAL_XDS_PATH or pass --state <file> (a local config in Istio \
+             ztunnel's schema, e.g. examples/localhost.yaml); `waypoint quickstart` runs a \
+             complete local mesh instead"
+        );
+    };
     let format: AccessLogFormat = cli
         .access_log_encoding
         .parse()
@@ -111,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let config = RunConfig {
-        state_path: cli.state,
+        state_path,
         config_dir: cli.config_dir,
         service_account: cli.service_account.unwrap_or_else(|| cli.name.clone()),
         namespace: cli.namespace,
@@ -129,23 +186,44 @@ fn main() -> anyhow::Result<()> {
         readiness_addr: cli.readiness_addr,
         drain_deadline: Duration::from_secs(cli.drain_seconds),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the tokio runtime")?;
-    runtime.block_on(async move {
-        let running = waypoint::run::start(config, Some(log_level), access_log)
-            .await
-            .context("starting the waypoint")?;
-        let quit = running.quit.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            _ = quit.cancelled() => tracing::info!("shutdown requested"),
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
-        }
-        running.shutdown().await;
-        Ok(())
-    })
+    let running = waypoint::run::start(config, Some(log_level), access_log)
+        .await
+        .context("starting the waypoint")?;
+    let quit = running.quit.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = quit.cancelled() => tracing::info!("shutdown requested"),
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+/// `waypoint quickstart`: the local mesh with a waypoint, its report, then (unless `once`)
+/// your own traffic until Ctrl-C.
+async fn quickstart(opts: waypoint::quickstart::Options, once: bool) -> anyhow::Result<()> {
+    let q = waypoint::quickstart::start(&opts)
+        .await
+        .context("quickstart failed to start")?;
+    println!();
+    print!("{}", q.summary());
+    if once {
+        q.shutdown().await;
+        return Ok(());
+    }
+    println!("(Ctrl-C or POST /quitquitquit to stop)");
+    // From now on the waypoint's access log goes to stdout too, for your own requests.
+    q.access_log.echo_to_stdout(true);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+        _ = q.mesh.quit.cancelled() => {}
+        _ = q.waypoint.quit.cancelled() => {}
+    }
+    q.shutdown().await;
+    Ok(())
 }

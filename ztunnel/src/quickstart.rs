@@ -344,8 +344,12 @@ async fn http_via_socks5(proxy: SocketAddr, host: &str, port: u16) -> Trial {
         if reply[1] != 0 {
             return Ok::<_, std::io::Error>((reply[1], None));
         }
-        s.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes())
-            .await?;
+        // The answer is read to EOF, so the client asks for the connection to be closed (an
+        // HTTP proxy on the way, such as a waypoint, would otherwise keep it open).
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut response = String::new();
         s.read_to_string(&mut response).await?;
         let body = response

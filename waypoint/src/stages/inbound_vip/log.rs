@@ -16,13 +16,14 @@ use super::{Downstream, VipTarget};
 use crate::app::Core;
 use crate::body::BodyOutcome;
 use crate::telemetry::{
-    AccessLogEntry, DestinationLabels, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
+    AccessLogEntry, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
 };
 
 /// What one request did.
 pub(super) struct RequestLog {
     pub(super) start: Instant,
-    pub(super) downstream: Arc<Downstream>,
+    /// The `source_*` labels, shared by every request of the tunnel.
+    source_labels: Arc<WorkloadLabels>,
     /// The request fields of the access log, as the request arrived.
     entry: AccessLogEntry,
     pub(super) grpc: bool,
@@ -47,6 +48,7 @@ impl RequestLog {
     /// Starts the record of a request as it arrived.
     pub(super) fn start(
         downstream: &Arc<Downstream>,
+        source_labels: &Arc<WorkloadLabels>,
         vip: &VipTarget,
         parts: &Parts,
         request_id: HeaderValue,
@@ -69,7 +71,7 @@ impl RequestLog {
         entry.downstream_remote_address = Some(downstream.client_addr());
         Self {
             start: Instant::now(),
-            downstream: Arc::clone(downstream),
+            source_labels: Arc::clone(source_labels),
             entry,
             grpc,
             route_name: None,
@@ -116,17 +118,16 @@ impl RequestLog {
         }
         let duration = self.start.elapsed();
         let grpc_status = body.grpc_status.or(self.grpc_status);
-        let source = WorkloadLabels::source(
-            self.downstream.source.as_deref(),
-            Some(&self.downstream.peer_identity),
-        );
-        let destination = DestinationLabels::new(
+        let destination = core.destination_labels(
             self.destination_service.as_deref(),
             self.destination_workload.as_deref(),
         );
-        let mut labels =
-            RequestLabels::new(Arc::new(source), Arc::new(destination), self.response_code)
-                .with_response_flags(self.flags);
+        let mut labels = RequestLabels::new(
+            Arc::clone(&self.source_labels),
+            destination,
+            self.response_code,
+        )
+        .with_response_flags(self.flags);
         if self.grpc {
             labels = labels.with_grpc_status(grpc_status);
         }

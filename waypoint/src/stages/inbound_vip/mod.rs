@@ -30,6 +30,7 @@ use std::time::Duration;
 use hbone::H2Stream;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWrite as _;
 
 use self::detect::{Detected, Prefixed};
 use super::inbound_pod::TunnelMetadata;
@@ -87,7 +88,56 @@ async fn serve_http(
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(EndOnDrop(io)), service)
+        .await
+    {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// The tunnel under a downstream HTTP connection. When the connection is done, the tunnel is
+/// ended with END_STREAM rather than reset, so the client's ztunnel sees a clean close.
+struct EndOnDrop(Prefixed<H2Stream>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        // Ending an HTTP/2 stream queues a frame and never waits, so a no-op waker suffices.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let _ = std::pin::Pin::new(&mut self.0).poll_shutdown(&mut cx);
+    }
+}
+
+impl tokio::io::AsyncRead for EndOnDrop {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for EndOnDrop {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }

@@ -20,7 +20,7 @@ use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
 use crate::stages::PodTarget;
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamProtocol};
 use crate::stages::inbound_pod::TunnelMetadata;
-use crate::telemetry::ResponseFlag;
+use crate::telemetry::{ResponseFlag, WorkloadLabels};
 
 /// A response on its way to the client, before observation.
 pub(super) type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -30,14 +30,20 @@ pub(super) struct Listener {
     core: Arc<Core>,
     downstream: Arc<Downstream>,
     vip: VipTarget,
+    source_labels: Arc<WorkloadLabels>,
 }
 
 impl Listener {
     pub(super) fn new(core: Arc<Core>, downstream: Arc<Downstream>, vip: VipTarget) -> Self {
+        let source_labels = Arc::new(WorkloadLabels::source(
+            downstream.source.as_deref(),
+            Some(&downstream.peer_identity),
+        ));
         Self {
             core,
             downstream,
             vip,
+            source_labels,
         }
     }
 
@@ -45,7 +51,13 @@ impl Listener {
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Observed> {
         let (mut parts, body) = request.into_parts();
         let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
-        let mut log = RequestLog::start(&self.downstream, &self.vip, &parts, request_id);
+        let mut log = RequestLog::start(
+            &self.downstream,
+            &self.source_labels,
+            &self.vip,
+            &parts,
+            request_id,
+        );
         let replay = Replay::new(body);
         let response = self.phases(&mut parts, &replay, &mut log).await;
         log.response_code = response.status().as_u16();
@@ -175,12 +187,31 @@ impl Listener {
         };
         log.upstream_cluster = Some(cluster.name().to_owned());
         log.destination_service = Some(service);
-        let Ok(permit) = cluster.admit(upstream_protocol(parts)).await else {
-            return log.local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(ResponseFlag::UpstreamOverflow),
-                "upstream_reset_before_response_started{overflow}",
-            );
+        // The route timeout runs from here: a request waiting in the pending queue is bounded
+        // by it too.
+        let (overall, per_try) = filters::effective_timeouts(route.timeout, route.retry.as_ref());
+        let deadline = overall.map(|t| tokio::time::Instant::now() + t);
+        let admit = cluster.admit(upstream_protocol(parts));
+        let admitted = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, admit).await.ok(),
+            None => Some(admit.await),
+        };
+        let permit = match admitted {
+            Some(Ok(permit)) => permit,
+            Some(Err(_)) => {
+                return log.local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ResponseFlag::UpstreamOverflow),
+                    "upstream_reset_before_response_started{overflow}",
+                );
+            }
+            None => {
+                return log.local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Some(ResponseFlag::UpstreamRequestTimeout),
+                    "upstream_response_timeout",
+                );
+            }
         };
         log.hold(permit);
 
@@ -193,7 +224,7 @@ impl Listener {
         // 4. Send.
         let upstream_start = Instant::now();
         let mut response = match self
-            .send_with_retries(&cluster, route, parts, replay, log)
+            .send_with_retries(&cluster, route, (deadline, per_try), parts, replay, log)
             .await
         {
             Ok(response) => response,
@@ -218,20 +249,20 @@ impl Listener {
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
     }
 
-    /// Sends to the cluster, retrying per the route's policy, within its timeout.
+    /// Sends to the cluster, retrying per the route's policy, until the route's deadline.
     async fn send_with_retries(
         &self,
         cluster: &Arc<Cluster>,
         route: &Route,
+        (deadline, per_try): (Option<tokio::time::Instant>, Option<Duration>),
         parts: &Parts,
         replay: &Replay,
         log: &mut RequestLog,
     ) -> Result<Response<Incoming>, Response<ResponseBody>> {
-        let (overall, per_try) = filters::effective_timeouts(route.timeout, route.retry.as_ref());
         let attempts = self.attempts(cluster, route.retry.as_ref(), per_try, parts, replay, log);
-        match overall {
+        match deadline {
             None => attempts.await,
-            Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempts).await {
                 Ok(result) => result,
                 Err(_) => Err(log.local_reply(
                     StatusCode::GATEWAY_TIMEOUT,
