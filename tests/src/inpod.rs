@@ -229,13 +229,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 /// The sum of a counter of the Prometheus text `metrics` over the series whose labels contain
 /// every one of `labels` (each `name="value"`).
 pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
-    let prefix = format!("{name}{{");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    crate::series(metrics, name, labels).unwrap_or(0.0) as u64
 }
 
 #[cfg(test)]

@@ -114,3 +114,17 @@ pub fn node(state: &StateHandle, name: &str, dir: &std::path::Path) -> Node {
     )
     .expect("node")
 }
+
+/// The sum of series `name` of the Prometheus text `metrics` over the lines whose labels
+/// contain every one of `labels` (each `k="v"`); `None` when no line matches.
+pub fn series(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}

@@ -36,6 +36,7 @@ use ztunnel::identity::IdentityManager;
 use ztunnel::outbound::request::OutboundContext;
 use ztunnel::state::{LocalConfig, StateHandle};
 
+pub use crate::series;
 use crate::{Target, socks5_connect};
 
 /// The backends: name (`reviews-v1`), service, version, host byte of its address.
@@ -495,16 +496,6 @@ pub async fn send(
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
     (parts.status, parts.headers, body)
-}
-
-/// Value of counter/series `name` with all `labels` (`k="v"` strings) in Prometheus text.
-pub fn series(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .reduce(|a, b| a + b)
 }
 
 async fn spawn_backend(addr: SocketAddr, name: &'static str, backends: Backends) {
