@@ -101,7 +101,7 @@ pub fn config_dump(
             json!({
                 "identity": identity.to_string(),
                 "serial": cert.serial_hex(),
-                "expiry": ztunnel::admin::config_dump::rfc3339(unix_seconds(cert.not_after())),
+                "expiry": ztunnel::admin::config_dump::rfc3339(ztunnel::admin::config_dump::unix_seconds(cert.not_after())),
             })
         })
         .collect();
@@ -114,11 +114,6 @@ pub fn config_dump(
         "certificates": certificates,
         "rootCount": roots.len(),
     })
-}
-
-fn unix_seconds(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// What the admin server reads and acts on.

@@ -173,14 +173,5 @@ pub fn grpc_status_code(name: &str) -> Option<u32> {
 
 /// The gRPC status Envoy gives an HTTP status (`Grpc::Utility::httpToGrpcStatus`): 400 →
 /// INTERNAL, 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 404 → UNIMPLEMENTED, 429/502/503/504
-/// → UNAVAILABLE, anything else → UNKNOWN.
-pub fn http_to_grpc_status(status: u16) -> u32 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => GRPC_UNKNOWN,
-    }
-}
+/// → UNAVAILABLE, anything else → UNKNOWN. The one mapping, shared with the metrics' labels.
+pub use crate::telemetry::labels::grpc_status_from_http as http_to_grpc_status;

@@ -219,13 +219,13 @@ impl ConnectOriginate {
     ) -> Result<UpstreamIo, OriginateError> {
         let addr = meta.target.address;
         let connect = async {
-            match &meta.transport {
+            match meta.transport() {
                 Transport::Hbone { request, expected } => {
                     let cert = self.certificate().await?;
                     let dial = SocketAddr::new(addr.ip(), hbone::HBONE_PORT);
                     let tunnel = self
                         .pool
-                        .connect(&cert, expected.clone(), dial, request)
+                        .connect(&cert, expected, dial, &request)
                         .await
                         .map_err(|e| OriginateError::Connect {
                             addr,

@@ -3,6 +3,12 @@
 //! into the metadata `connect_originate` needs: the `CONNECT` target `podIP:targetPort`, the
 //! identity the destination must prove, and the `forwarded` and `baggage` headers that carry
 //! the original client to the destination ztunnel.
+//!
+//! The headers and the identity are only needed when a new tunnel is opened (pooled upstream
+//! connections reuse theirs), so [`TunnelMetadata`] keeps what they are made from and builds
+//! them in [`TunnelMetadata::transport`].
+
+use std::sync::Arc;
 
 use hbone::{Identity, TunnelRequest, headers};
 use ztunnel::state::workload::TunnelProtocol;
@@ -28,41 +34,49 @@ pub enum Transport {
 pub struct TunnelMetadata {
     /// The endpoint.
     pub target: PodTarget,
-    /// How to reach it.
-    pub transport: Transport,
+    /// The tunnel the traffic came in on (original client, baggage).
+    downstream: Arc<Downstream>,
+    /// The service hostname the client addressed, carried in `forwarded`.
+    host: Option<String>,
 }
 
 impl TunnelMetadata {
     /// The metadata for sending `downstream`'s traffic to `target`. `host` is the service
     /// hostname the client addressed, carried in `forwarded` when set.
-    pub fn new(target: PodTarget, downstream: &Downstream, host: Option<&str>) -> Self {
-        let transport = match target.workload.protocol {
+    pub fn new(target: PodTarget, downstream: &Arc<Downstream>, host: Option<&str>) -> Self {
+        Self {
+            target,
+            downstream: Arc::clone(downstream),
+            host: host.map(str::to_owned),
+        }
+    }
+
+    /// How to reach the endpoint, with the headers of a new tunnel.
+    pub fn transport(&self) -> Transport {
+        match self.target.workload.protocol {
             TunnelProtocol::Hbone => {
-                let mut request = TunnelRequest::new(target.address);
+                let client = self.downstream.client_addr();
+                let mut request = TunnelRequest::new(self.target.address);
                 // Headers that do not encode (odd baggage, odd hostnames) are left out rather
                 // than failing the request: they are informational.
-                if let Ok(value) = headers::forwarded(downstream.client_addr(), host)
-                    .or_else(|_| headers::forwarded(downstream.client_addr(), None))
+                if let Ok(value) = headers::forwarded(client, self.host.as_deref())
+                    .or_else(|_| headers::forwarded(client, None))
                 {
                     request = request.header(headers::FORWARDED, value);
                 }
-                if !downstream.baggage.is_empty()
-                    && let Ok(value) = headers::baggage(
-                        downstream
-                            .baggage
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), v.as_str())),
-                    )
+                let baggage = &self.downstream.baggage;
+                if !baggage.is_empty()
+                    && let Ok(value) =
+                        headers::baggage(baggage.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 {
                     request = request.header(headers::BAGGAGE, value);
                 }
                 Transport::Hbone {
                     request,
-                    expected: vec![target.workload.identity()],
+                    expected: vec![self.target.workload.identity()],
                 }
             }
             TunnelProtocol::Tcp => Transport::Tcp,
-        };
-        Self { target, transport }
+        }
     }
 }

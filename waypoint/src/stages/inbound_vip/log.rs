@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode};
 use ztunnel::state::service::Service;
 use ztunnel::state::workload::Workload;
 
-use super::request::{ResponseBody, authority_of, local_body};
+use super::request::{ResponseBody, local_body};
 use super::{Downstream, VipTarget};
 use crate::app::Core;
 use crate::body::BodyOutcome;
@@ -24,8 +24,9 @@ pub(super) struct RequestLog {
     pub(super) start: Instant,
     /// The `source_*` labels, shared by every request of the tunnel.
     source_labels: Arc<WorkloadLabels>,
-    /// The request fields of the access log, as the request arrived.
-    entry: AccessLogEntry,
+    /// The request fields of the access log, as the request arrived (only when the access log
+    /// is on: building them is per-request work).
+    entry: Option<AccessLogEntry>,
     pub(super) grpc: bool,
     pub(super) route_name: Option<String>,
     pub(super) response_code: u16,
@@ -39,14 +40,15 @@ pub(super) struct RequestLog {
     pub(super) destination_service: Option<Arc<Service>>,
     pub(super) destination_workload: Option<Arc<Workload>>,
     pub(super) set_cookie: Option<HeaderValue>,
-    pub(super) attempts: u32,
     /// Things that must live as long as the request (circuit-breaker permits).
     guards: Vec<Box<dyn Any + Send + Sync>>,
 }
 
 impl RequestLog {
-    /// Starts the record of a request as it arrived.
+    /// Starts the record of a request as it arrived; `access_log` says whether the access log
+    /// will want its fields.
     pub(super) fn start(
+        access_log: bool,
         downstream: &Arc<Downstream>,
         source_labels: &Arc<WorkloadLabels>,
         vip: &VipTarget,
@@ -58,17 +60,19 @@ impl RequestLog {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let start_time = SystemTime::now();
-        let mut entry = AccessLogEntry::new(start_time);
-        entry.set_request(&parts.method, &parts.uri, parts.version, &parts.headers);
-        if entry.request_id.is_none() {
-            entry.request_id = request_id.to_str().ok().map(str::to_owned);
-        }
-        if entry.authority.is_none() {
-            entry.authority = Some(authority_of(parts));
-        }
-        entry.downstream_local_address = Some(downstream.original_dst);
-        entry.downstream_remote_address = Some(downstream.client_addr());
+        let entry = access_log.then(|| {
+            let mut entry = AccessLogEntry::new(SystemTime::now());
+            entry.set_request(&parts.method, &parts.uri, parts.version, &parts.headers);
+            if entry.request_id.is_none() {
+                entry.request_id = request_id.to_str().ok().map(str::to_owned);
+            }
+            if entry.authority.is_none() {
+                entry.authority = Some(String::new());
+            }
+            entry.downstream_local_address = Some(downstream.original_dst);
+            entry.downstream_remote_address = Some(downstream.client_addr());
+            entry
+        });
         Self {
             start: Instant::now(),
             source_labels: Arc::clone(source_labels),
@@ -86,7 +90,6 @@ impl RequestLog {
             destination_service: Some(Arc::clone(&vip.service)),
             destination_workload: None,
             set_cookie: None,
-            attempts: 1,
             guards: Vec::new(),
         }
     }
@@ -133,8 +136,7 @@ impl RequestLog {
         }
         core.metrics
             .record(&labels, duration, request_bytes, body.bytes);
-        if core.access_log.is_enabled() {
-            let mut entry = self.entry;
+        if let Some(mut entry) = self.entry {
             entry.route_name = self.route_name;
             entry.response_code = self.response_code;
             entry.response_flags = self.flags;

@@ -25,7 +25,7 @@ mod tcp;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hbone::H2Stream;
 use hyper::service::service_fn;
@@ -34,8 +34,9 @@ use tokio::io::AsyncWrite as _;
 
 use self::detect::{Detected, Prefixed};
 use super::inbound_pod::TunnelMetadata;
-use super::{Downstream, VipTarget};
+use super::{Downstream, PodTarget, VipTarget};
 use crate::app::Core;
+use crate::cluster::{Cluster, PickContext, Picked};
 
 /// Streams multiplexed on one downstream HTTP/2 connection (Istio's `connect_terminate`
 /// value).
@@ -44,6 +45,25 @@ const MAX_CONCURRENT_STREAMS: u32 = 100;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request header block accepted.
 const MAX_HEADER_BYTES: u32 = 64 * 1024;
+
+/// One endpoint of `cluster` for a request of `downstream`, with its tunnel metadata: the
+/// endpoint step shared by HTTP attempts, mirrors and TCP. `None` when no endpoint is
+/// available, or the state no longer knows the one chosen.
+fn pick_endpoint(
+    core: &Core,
+    cluster: &Cluster,
+    ctx: &PickContext<'_>,
+    downstream: &Arc<Downstream>,
+    host: &str,
+) -> Option<(Picked, TunnelMetadata)> {
+    let picked = cluster.pick(ctx, Instant::now()).ok()?;
+    let workload = core.workload_at(picked.address)?;
+    let target = PodTarget {
+        workload,
+        address: picked.address,
+    };
+    Some((picked, TunnelMetadata::new(target, downstream, Some(host))))
+}
 
 /// Serves one tunnel addressed to `vip`.
 pub async fn serve(core: Arc<Core>, stream: H2Stream, downstream: Arc<Downstream>, vip: VipTarget) {

@@ -11,15 +11,14 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 use super::log::RequestLog;
+use super::pick_endpoint;
 use super::{Downstream, VipTarget};
 use crate::app::Core;
 use crate::body::{Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext};
 use crate::filters::{self, AttemptOutcome};
 use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
-use crate::stages::PodTarget;
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamProtocol};
-use crate::stages::inbound_pod::TunnelMetadata;
 use crate::telemetry::{ResponseFlag, WorkloadLabels};
 
 /// A response on its way to the client, before observation.
@@ -52,6 +51,7 @@ impl Listener {
         let (mut parts, body) = request.into_parts();
         let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
         let mut log = RequestLog::start(
+            self.core.access_log.is_enabled(),
             &self.downstream,
             &self.source_labels,
             &self.vip,
@@ -90,16 +90,10 @@ impl Listener {
                 "route_not_found",
             );
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let authority = authority_of(parts);
         let view = RequestView {
             method: parts.method.as_str(),
-            path: &path,
-            authority: &authority,
+            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority: filters::request_authority(parts).unwrap_or_default(),
             headers: &parts.headers,
             port,
         };
@@ -299,7 +293,10 @@ impl Listener {
                 query,
                 exclude,
             };
-            let Ok(picked) = cluster.pick(&ctx, Instant::now()) else {
+            let host = self.vip.service.hostname.as_str();
+            let Some((picked, meta)) =
+                pick_endpoint(&self.core, cluster, &ctx, &self.downstream, host)
+            else {
                 return Err(log.local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(ResponseFlag::NoHealthyUpstream),
@@ -311,19 +308,7 @@ impl Listener {
             if let Some(cookie) = picked.set_cookie.clone() {
                 log.set_cookie = Some(cookie);
             }
-            let Some(workload) = self.core.workload_at(address) else {
-                return Err(log.local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(ResponseFlag::NoHealthyUpstream),
-                    "no_healthy_upstream",
-                ));
-            };
-            log.destination_workload = Some(Arc::clone(&workload));
-            let meta = TunnelMetadata::new(
-                PodTarget { workload, address },
-                &self.downstream,
-                Some(self.vip.service.hostname.as_str()),
-            );
+            log.destination_workload = Some(Arc::clone(&meta.target.workload));
             let request = build_request(parts, replay.reader().boxed());
             let send = self.core.originate.send(&meta, protocol, settings, request);
             let result = match per_try {
@@ -345,7 +330,6 @@ impl Listener {
                 attempt <= p.attempts && filters::should_retry(p, attempt, &outcome)
             }) && replay.replayable();
             if retry && let Some(_budget) = cluster.try_retry() {
-                log.attempts = attempt + 1;
                 tried.push(address);
                 if let Some(p) = policy {
                     tokio::time::sleep(filters::retry_backoff(p, attempt, fastrand::f64())).await;
@@ -404,22 +388,13 @@ impl Listener {
             query: parts.uri.query(),
             exclude: &[],
         };
-        let Ok(picked) = cluster.pick(&ctx, Instant::now()) else {
+        let Some((picked, meta)) =
+            pick_endpoint(&self.core, &cluster, &ctx, &self.downstream, &backend.host)
+        else {
             return;
         };
-        let Some(workload) = self.core.workload_at(picked.address) else {
-            return;
-        };
-        let meta = TunnelMetadata::new(
-            PodTarget {
-                workload,
-                address: picked.address,
-            },
-            &self.downstream,
-            Some(backend.host.as_str()),
-        );
         let mut request = build_request(parts, replay.reader().boxed());
-        let shadow_authority = shadow_host(&authority_of(parts));
+        let shadow_authority = shadow_host(filters::request_authority(parts).unwrap_or_default());
         if let Ok(value) = HeaderValue::from_str(&shadow_authority) {
             request.headers_mut().insert(http::header::HOST, value);
         }
@@ -463,22 +438,6 @@ fn cluster_outcome(outcome: &AttemptOutcome) -> Outcome {
         AttemptOutcome::Reset | AttemptOutcome::RefusedStream => Outcome::Reset,
         AttemptOutcome::Timeout => Outcome::Timeout,
     }
-}
-
-/// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
-pub(super) fn authority_of(parts: &Parts) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
 }
 
 /// `host-shadow[:port]`.
@@ -528,19 +487,8 @@ fn full(bytes: Bytes) -> ResponseBody {
 /// A local reply's body: Envoy answers local errors with their details as text.
 pub(super) fn local_body(status: StatusCode, details: &str, grpc: bool) -> Response<ResponseBody> {
     if grpc {
-        let code = grpc_status_for_http(status.as_u16());
-        let mut response = Response::new(empty());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        response
-            .headers_mut()
-            .insert("grpc-status", HeaderValue::from(code));
-        if let Ok(message) = HeaderValue::from_str(details) {
-            response.headers_mut().insert("grpc-message", message);
-        }
-        return response;
+        let code = filters::http_to_grpc_status(status.as_u16());
+        return filters::grpc_trailers_only(code, details).map(full);
     }
     let mut response = Response::new(full(Bytes::from(details.to_owned())));
     *response.status_mut() = status;
@@ -549,19 +497,6 @@ pub(super) fn local_body(status: StatusCode, details: &str, grpc: bool) -> Respo
         HeaderValue::from_static("text/plain"),
     );
     response
-}
-
-/// The gRPC status a local HTTP error becomes for a gRPC client (the mapping of gRPC's
-/// "HTTP to gRPC status code" table).
-fn grpc_status_for_http(status: u16) -> u32 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
 }
 
 #[cfg(test)]
@@ -582,9 +517,9 @@ mod tests {
 
     #[test]
     fn grpc_codes_of_local_replies() {
-        assert_eq!(grpc_status_for_http(503), 14);
-        assert_eq!(grpc_status_for_http(404), 12);
-        assert_eq!(grpc_status_for_http(504), 14);
-        assert_eq!(grpc_status_for_http(500), 2);
+        assert_eq!(filters::http_to_grpc_status(503), 14);
+        assert_eq!(filters::http_to_grpc_status(404), 12);
+        assert_eq!(filters::http_to_grpc_status(504), 14);
+        assert_eq!(filters::http_to_grpc_status(500), 2);
     }
 }

@@ -13,7 +13,6 @@ use super::{Downstream, VipTarget};
 use crate::app::Core;
 use crate::cluster::PickContext;
 use crate::route::{TcpView, pick_weighted, select_tcp_route};
-use crate::stages::PodTarget;
 use crate::stages::connect_originate::DEFAULT_CONNECT_TIMEOUT;
 use crate::stages::inbound_pod::TunnelMetadata;
 
@@ -66,25 +65,17 @@ pub(super) async fn serve(
         query: None,
         exclude: &[],
     };
-    let Ok(picked) = cluster.pick(&ctx, Instant::now()) else {
+    let host = vip.service.hostname.as_str();
+    let Some((_picked, meta)) = super::pick_endpoint(&core, &cluster, &ctx, &downstream, host)
+    else {
         tracing::info!(
             cluster = cluster.name(),
             "no healthy upstream: connection closed"
         );
         return;
     };
-    let Some(workload) = core.workload_at(picked.address) else {
-        return;
-    };
-    let meta = TunnelMetadata::new(
-        PodTarget {
-            workload,
-            address: picked.address,
-        },
-        &downstream,
-        Some(vip.service.hostname.as_str()),
-    );
-    copy_to(&core, &mut io, &meta, cluster.name()).await;
+    let connect_timeout = cluster.connection_limits().connect_timeout;
+    copy_to(&core, &mut io, &meta, cluster.name(), connect_timeout).await;
 }
 
 /// Proxies a workload-addressed tunnel to its pod.
@@ -95,15 +86,20 @@ pub(super) async fn serve_direct(
     meta: TunnelMetadata,
 ) {
     let name = meta.target.listener_name();
-    copy_to(&core, &mut stream, &meta, &name).await;
+    copy_to(&core, &mut stream, &meta, &name, DEFAULT_CONNECT_TIMEOUT).await;
 }
 
-async fn copy_to<IO>(core: &Core, io: &mut IO, meta: &TunnelMetadata, cluster: &str)
-where
+async fn copy_to<IO>(
+    core: &Core,
+    io: &mut IO,
+    meta: &TunnelMetadata,
+    cluster: &str,
+    connect_timeout: std::time::Duration,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut upstream = match core.originate.open(meta, DEFAULT_CONNECT_TIMEOUT).await {
+    let mut upstream = match core.originate.open(meta, connect_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::info!(%cluster, upstream = %meta.target.address, error = %e, "TCP upstream connect failed");
