@@ -190,7 +190,14 @@ impl AsyncWrite for H2Stream {
         let this = self.get_mut();
         if !this.send_done {
             this.send_done = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+            if let Err(e) = this.send.send_data(Bytes::new(), true) {
+                // A peer that has ended its side may close the stream without waiting for our
+                // END_STREAM (both directions are then done); ending ours is moot, not an error.
+                // Before the peer has finished, a closed stream is a real failure.
+                if !this.recv_done {
+                    return Poll::Ready(Err(h2_to_io(e)));
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -268,5 +275,18 @@ pub(crate) mod tests {
         }
         assert_eq!(got, msg);
         assert!(near.pending.is_none(), "nothing is held once all is read");
+    }
+
+    #[tokio::test]
+    async fn half_close_after_the_peer_finished_and_went_away_is_clean() {
+        let (mut near, mut far, _client) = tunnel_pair().await;
+        far.write_all(b"response").await.unwrap();
+        far.shutdown().await.unwrap();
+        drop(far);
+        let mut got = Vec::new();
+        near.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        near.shutdown().await.unwrap();
     }
 }

@@ -257,6 +257,8 @@ pub struct WaypointMesh {
     pub config_dir: PathBuf,
     /// The local CA's directory (every proxy's certificates come from it).
     pub ca_dir: PathBuf,
+    /// The client's node proxy (its metrics show the client's connections).
+    pub node_a: Node,
     /// The backends' node proxy (its metrics show what arrived from the waypoint).
     pub node_b: Node,
     _proxies: Vec<WorkloadProxy>,
@@ -378,6 +380,7 @@ impl WaypointMesh {
             socks5,
             config_dir,
             ca_dir,
+            node_a,
             node_b,
             _proxies: proxies,
             _dir: dir,

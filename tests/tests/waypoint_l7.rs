@@ -10,6 +10,7 @@ use ambient_e2e::waypoint::{Net, WaypointMesh, get, send, series};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
@@ -1022,4 +1023,110 @@ spec:
     assert!(error.contains("routing.yaml"), "{error}");
     assert!(error.contains("broken"), "{error}");
     assert!(error.contains("loadBalancer"), "{error}");
+}
+
+/// A `MakeWriter` collecting log output into a shared buffer.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Sends one HTTP/1.1 request on a raw stream and reads until the end of its response headers
+/// and `content-length` bytes of body.
+async fn exchange(stream: &mut tokio::net::TcpStream, extra: &str) -> String {
+    let request = format!("GET /reviews/1 HTTP/1.1\r\nhost: {REVIEWS}\r\n{extra}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before the response was complete");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Tunnels through the waypoint end cleanly at every hop, whichever side closes first: the
+/// client's ztunnel reports each connection as complete (`response_flags="-"`), not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_through_the_waypoint_close_cleanly_whoever_closes_first() {
+    // The ztunnels' access log goes to `tracing`; this binary's only subscriber collects it.
+    let logs = LogBuf::default();
+    tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_env_filter("warn,access=info")
+        .init();
+    let mesh = WaypointMesh::start(Net(47)).await;
+
+    // The client closes first, after a response.
+    let mut first = mesh.connect(mesh.net.reviews()).await;
+    assert!(exchange(&mut first, "").await.starts_with("HTTP/1.1 200"));
+    drop(first);
+
+    // The waypoint closes first (`connection: close`); the client sees EOF, then closes.
+    let mut second = mesh.connect(mesh.net.reviews()).await;
+    assert!(
+        exchange(&mut second, "connection: close\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut rest))
+        .await
+        .expect("the waypoint closes the connection")
+        .unwrap();
+    drop(second);
+
+    // Both connections appear in the client ztunnel's access log, as complete.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ours = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("direction=outbound") && l.contains("127.47.1."))
+            .map(str::to_owned)
+            .collect()
+    };
+    let lines = loop {
+        let lines = ours(&String::from_utf8_lossy(&logs.0.lock().unwrap()));
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    for line in &lines {
+        assert!(line.contains("connection complete"), "{line}");
+        assert!(!line.contains("error="), "{line}");
+    }
 }
