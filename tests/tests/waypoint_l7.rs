@@ -1130,3 +1130,129 @@ async fn tunnels_through_the_waypoint_close_cleanly_whoever_closes_first() {
         assert!(!line.contains("error="), "{line}");
     }
 }
+
+/// The match fields and the CORS policy not covered above, through the whole chain:
+/// `queryParams`, `withoutHeaders`, `ignoreUriCase`, and `corsPolicy` preflight and actual
+/// responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_params_without_headers_ignore_case_and_cors() {
+    let mesh = WaypointMesh::start(Net(48)).await;
+    mesh.apply(&format!(
+        r#"{SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: by-query
+    match:
+    - queryParams:
+        version: {{exact: three}}
+    route:
+    - destination: {{host: reviews, subset: v3}}
+  - name: anonymous
+    match:
+    - uri: {{prefix: /anon}}
+      withoutHeaders:
+        end-user: {{}}
+    route:
+    - destination: {{host: reviews, subset: v2}}
+  - name: case-blind
+    match:
+    - uri: {{exact: /Upper/Path}}
+      ignoreUriCase: true
+    route:
+    - destination: {{host: reviews, subset: v2}}
+  - name: rest
+    corsPolicy:
+      allowOrigins:
+      - exact: https://shop.example.com
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom]
+      exposeHeaders: [x-backend]
+      maxAge: 600s
+      allowCredentials: true
+    route:
+    - destination: {{host: reviews, subset: v1}}
+"#
+    ));
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+    let backend = |headers: &http::HeaderMap| backend_of(headers);
+
+    // queryParams: only the exact value selects v3.
+    let (status, headers, _) = send(&mut client, get(REVIEWS, "/q?version=three&x=1", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(backend(&headers), "reviews-v3");
+    let (_, headers, _) = send(&mut client, get(REVIEWS, "/q?version=threes", &[])).await;
+    assert_eq!(backend(&headers), "reviews-v1");
+
+    // withoutHeaders: matches only while the header is absent.
+    let (_, headers, _) = send(&mut client, get(REVIEWS, "/anon", &[])).await;
+    assert_eq!(backend(&headers), "reviews-v2");
+    let (_, headers, _) = send(&mut client, get(REVIEWS, "/anon", &[("end-user", "x")])).await;
+    assert_eq!(backend(&headers), "reviews-v1");
+
+    // ignoreUriCase: any case matches, and the path is forwarded unchanged.
+    let (_, headers, _) = send(&mut client, get(REVIEWS, "/uPPER/pATH", &[])).await;
+    assert_eq!(backend(&headers), "reviews-v2");
+    assert!(
+        mesh.backends
+            .seen("reviews-v2")
+            .iter()
+            .any(|s| s.path == "/uPPER/pATH")
+    );
+
+    // CORS preflight from an allowed origin: answered by the waypoint, never forwarded.
+    let before = mesh.backends.count("reviews-v1", "/cors");
+    let preflight = http::Request::builder()
+        .method(http::Method::OPTIONS)
+        .uri("/cors")
+        .header("host", REVIEWS)
+        .header("origin", "https://shop.example.com")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, body) = send(&mut client, preflight).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(h("access-control-allow-origin"), "https://shop.example.com");
+    assert_eq!(h("access-control-allow-methods"), "GET,POST");
+    assert_eq!(h("access-control-allow-headers"), "x-custom");
+    assert_eq!(h("access-control-max-age"), "600");
+    assert_eq!(h("access-control-allow-credentials"), "true");
+    assert_eq!(mesh.backends.count("reviews-v1", "/cors"), before);
+
+    // The actual request from that origin is forwarded and its response decorated.
+    let (status, headers, _) = send(
+        &mut client,
+        get(REVIEWS, "/cors", &[("origin", "https://shop.example.com")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers.get("access-control-allow-origin").unwrap(),
+        "https://shop.example.com"
+    );
+    assert_eq!(
+        headers.get("access-control-expose-headers").unwrap(),
+        "x-backend"
+    );
+    assert_eq!(mesh.backends.count("reviews-v1", "/cors"), before + 1);
+
+    // Another origin: forwarded (Envoy's default for unmatched preflights), no CORS headers.
+    let (_, headers, _) = send(
+        &mut client,
+        get(REVIEWS, "/cors", &[("origin", "https://evil.example.com")]),
+    )
+    .await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+    assert_eq!(mesh.backends.count("reviews-v1", "/cors"), before + 2);
+}
