@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, env = "LOCAL_XDS_PATH")]
     state: Option<PathBuf>,
     /// A directory of Kubernetes YAML (VirtualService, DestinationRule, ServiceEntry,
-    /// HTTPRoute, GRPCRoute), hot-reloaded.
+    /// HTTPRoute, GRPCRoute, RequestAuthentication), hot-reloaded.
     #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
     /// The waypoint's namespace.

@@ -31,10 +31,13 @@ async fn run(
     authenticate(providers, parts, now()).await
 }
 
-/// One row of the validation table: the token's claims (or a raw token) and the outcome.
+/// Makes a case's token from the configured key and another key with the same `kid`.
+type MakeToken = Box<dyn Fn(&TestKey, &TestKey) -> String>;
+
+/// One row of the validation table: how its token is made and the outcome.
 struct Case {
     name: &'static str,
-    token: Box<dyn Fn(&TestKey, &TestKey) -> String>,
+    token: MakeToken,
     expect: Result<(), JwtStatus>,
 }
 

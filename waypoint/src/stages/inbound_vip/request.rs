@@ -265,9 +265,13 @@ impl Listener {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let uri = parts.uri.clone();
         match authn::authenticate(&providers, parts, now).await {
             Ok(Some(authenticated)) => {
                 tracing::debug!(principal = %authenticated.principal, "request authenticated");
+                if parts.uri != uri {
+                    log.set_path(&parts.uri);
+                }
                 parts.extensions.insert(authenticated);
                 Ok(())
             }
