@@ -228,6 +228,8 @@ pub struct MeshOptions {
     /// Benchmark backends: they record nothing (only the counts in [`Backends`]) and answer
     /// every request with `200` and the request body, whatever the path.
     pub echo_backends: bool,
+    /// How the waypoint fetches RequestAuthentication key sets.
+    pub jwks: waypoint::authn::JwksSettings,
 }
 
 impl Default for MeshOptions {
@@ -237,6 +239,7 @@ impl Default for MeshOptions {
             bind_waypoint: true,
             access_log: None,
             echo_backends: false,
+            jwks: waypoint::authn::JwksSettings::default(),
         }
     }
 }
@@ -360,6 +363,8 @@ impl WaypointMesh {
             metrics_addr: SocketAddr::new(wp, 0),
             readiness_addr: SocketAddr::new(wp, 0),
             drain_deadline: Duration::from_secs(1),
+            root_namespace: waypoint::authn::policy::DEFAULT_ROOT_NAMESPACE.into(),
+            jwks: options.jwks.clone(),
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

@@ -1,7 +1,8 @@
 //! The waypoint's admin (15000, localhost only), metrics (15020) and readiness (15021) servers,
 //! on the HTTP plumbing ztunnel's admin servers use. `config_dump` lists every stage of the
 //! chain with its Istio-style name, the compiled routes and destination policies, the clusters
-//! with their endpoints and counters, and the configuration problems found.
+//! with their endpoints and counters, the RequestAuthentications and the fetch status of their
+//! `jwksUri` key sets, and the configuration problems found.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +28,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const INDEX: &str = "\
 waypoint admin endpoints:
-  GET  /config_dump   the chain's stages, routes, clusters, certificates and problems (JSON)
+  GET  /config_dump   the chain's stages, routes, clusters, JWT rules and key sets,
+                      certificates and problems (JSON)
   POST /logging       show the log level; ?level=<spec> sets it
   POST /quitquitquit  shut down gracefully
 ";
@@ -109,6 +111,8 @@ pub fn config_dump(
         "stages": stages,
         "services": l7.services.iter().map(|s| json!({"hostname": s.hostname, "namespace": s.namespace, "ports": s.ports.iter().map(|p| p.port).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "destinationPolicies": l7.compiled.destinations,
+        "requestAuthentications": l7.authn.policies(),
+        "jwks": core.jwks().statuses(),
         "configErrors": l7.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "warnings": l7.compiled.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "certificates": certificates,

@@ -20,6 +20,7 @@ use ztunnel::state::service::Service;
 use ztunnel::state::workload::{HealthStatus, Workload};
 use ztunnel::state::{MeshState, StateHandle};
 
+use crate::authn::{AuthnContext, AuthnTable, JwksRegistry, JwksSettings};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
 use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
@@ -75,6 +76,11 @@ pub struct WaypointOptions {
     pub drain_deadline: Duration,
     /// How long a tunnel may wait for its first bytes before it is treated as TCP.
     pub protocol_detection_timeout: Duration,
+    /// The mesh's root namespace (policies there with a `GatewayClass` target apply to every
+    /// waypoint).
+    pub root_namespace: String,
+    /// How `jwksUri` key sets are fetched and kept.
+    pub jwks: JwksSettings,
 }
 
 impl WaypointOptions {
@@ -91,6 +97,8 @@ impl WaypointOptions {
             domain_suffix: "cluster.local".to_owned(),
             drain_deadline: Duration::from_secs(5),
             protocol_detection_timeout: Duration::from_secs(1),
+            root_namespace: crate::authn::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            jwks: JwksSettings::default(),
         }
     }
 }
@@ -106,6 +114,8 @@ pub struct L7State {
     pub compiled: Compiled,
     /// The services bound to this waypoint when it was compiled.
     pub services: Vec<ServiceTarget>,
+    /// The RequestAuthentication rules of each service.
+    pub authn: AuthnTable,
 }
 
 /// What identifies a cluster and lets it be rebuilt when the state or configuration changes.
@@ -124,6 +134,8 @@ pub struct Core {
     l7: ArcSwap<L7State>,
     config: Mutex<(ConfigSet, Vec<ConfigError>)>,
     clusters: Mutex<HashMap<String, ClusterEntry>>,
+    /// The `jwksUri` key sets in use.
+    jwks: JwksRegistry,
     /// Destination labels by (service key, endpoint uid), rebuilt after state changes.
     destination_labels: std::sync::RwLock<HashMap<(String, String), Arc<DestinationLabels>>>,
     /// The `connect_originate` stage.
@@ -157,9 +169,11 @@ impl Core {
             identities,
             options.identity.clone(),
         ));
+        let jwks = JwksRegistry::new(options.jwks.clone());
         let core = Arc::new(Self {
             state,
             options,
+            jwks,
             bindings: ArcSwap::from_pointee(Bindings::default()),
             l7: ArcSwap::from_pointee(L7State::default()),
             config: Mutex::new((ConfigSet::default(), Vec::new())),
@@ -186,6 +200,11 @@ impl Core {
     /// What names this waypoint in the state.
     pub fn bindings(&self) -> Arc<Bindings> {
         self.bindings.load_full()
+    }
+
+    /// The `jwksUri` key sets in use, with their fetch status.
+    pub fn jwks(&self) -> &JwksRegistry {
+        &self.jwks
     }
 
     /// The L7 configuration in force.
@@ -217,6 +236,16 @@ impl Core {
         for warning in &compiled.warnings {
             tracing::warn!(%warning, "L7 configuration");
         }
+        let authn = AuthnTable::compile(
+            &config,
+            &AuthnContext {
+                waypoint_namespace: &self.options.self_ref.namespace,
+                waypoint_name: &self.options.self_ref.service_name,
+                root_namespace: &self.options.root_namespace,
+                services: &services,
+            },
+            &self.jwks,
+        );
         self.bindings.store(Arc::new(bindings));
         self.destination_labels
             .write()
@@ -227,6 +256,7 @@ impl Core {
             errors,
             compiled,
             services,
+            authn,
         });
         self.l7.store(Arc::clone(&l7));
         let mut clusters = lock(&self.clusters);

@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, env = "LOCAL_XDS_PATH")]
     state: Option<PathBuf>,
     /// A directory of Kubernetes YAML (VirtualService, DestinationRule, ServiceEntry,
-    /// HTTPRoute, GRPCRoute), hot-reloaded.
+    /// HTTPRoute, GRPCRoute, RequestAuthentication), hot-reloaded.
     #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
     /// The waypoint's namespace.
@@ -77,6 +77,26 @@ struct Cli {
     /// Seconds connections get to finish on shutdown.
     #[arg(long, env = "TERMINATION_DRAIN_DURATION_SECONDS", default_value_t = 5)]
     drain_seconds: u64,
+    /// The mesh's root namespace: RequestAuthentications there targeting the GatewayClass
+    /// `istio-waypoint` apply to every waypoint.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = waypoint::authn::policy::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+    /// How often a RequestAuthentication's jwksUri is fetched again (Go duration).
+    #[arg(long, env = "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL", default_value = "20m", value_parser = go_duration)]
+    jwks_refresh_interval: Duration,
+    /// How long past a due refresh the previous jwksUri keys stay usable while fetches fail;
+    /// after that, tokens of the issuer are denied until a fetch succeeds (Go duration).
+    #[arg(long, env = "JWKS_GRACE_PERIOD", default_value = "40m", value_parser = go_duration)]
+    jwks_grace: Duration,
+    /// PEM bundle of the roots HTTPS jwksUri servers are verified with (default: the
+    /// system bundle).
+    #[arg(long, env = "SSL_CERT_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+}
+
+/// Parses a Go-style duration (`20m`, `1h30m`, `90s`).
+fn go_duration(s: &str) -> Result<Duration, String> {
+    waypoint::config::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +205,13 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
         metrics_addr: cli.metrics_addr,
         readiness_addr: cli.readiness_addr,
         drain_deadline: Duration::from_secs(cli.drain_seconds),
+        root_namespace: cli.root_namespace,
+        jwks: waypoint::authn::JwksSettings {
+            refresh_interval: cli.jwks_refresh_interval,
+            grace: cli.jwks_grace,
+            ca_file: cli.jwks_ca_file,
+            ..waypoint::authn::JwksSettings::default()
+        },
     };
     let running = waypoint::run::start(config, Some(log_level), access_log)
         .await

@@ -20,6 +20,7 @@ use crate::app::{
     CONFIG_POLL_INTERVAL, Core, ListenAddrs, Waypoint, WaypointOptions, load_config_dir,
     watch_config_dir, watch_state,
 };
+use crate::authn::JwksSettings;
 use crate::telemetry::{AccessLog, RequestMetrics};
 
 /// How often the state file is checked for changes.
@@ -68,6 +69,10 @@ pub struct RunConfig {
     pub readiness_addr: SocketAddr,
     /// How long connections get to finish on shutdown.
     pub drain_deadline: Duration,
+    /// The mesh's root namespace (Istio's `meshConfig.rootNamespace`).
+    pub root_namespace: String,
+    /// How RequestAuthentication `jwksUri` key sets are fetched and kept.
+    pub jwks: JwksSettings,
 }
 
 /// Errors starting the waypoint.
@@ -164,6 +169,8 @@ pub async fn start(
     options.self_ref.instance_ips = config.instance_ips.clone();
     options.domain_suffix = config.domain_suffix.clone();
     options.drain_deadline = config.drain_deadline;
+    options.root_namespace = config.root_namespace.clone();
+    options.jwks = config.jwks.clone();
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());

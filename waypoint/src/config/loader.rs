@@ -136,6 +136,9 @@ impl ConfigSet {
                 Kind::ServiceEntry => decode(document, source, &mut self.service_entries),
                 Kind::HttpRoute => decode(document, source, &mut self.http_routes),
                 Kind::GrpcRoute => decode(document, source, &mut self.grpc_routes),
+                Kind::RequestAuthentication => {
+                    decode(document, source, &mut self.request_authentications)
+                }
             };
             match added {
                 Ok(()) => {

@@ -9,11 +9,14 @@
 //!
 //! Supported objects: `networking.istio.io` (`v1`, `v1beta1`, `v1alpha3`) `VirtualService`,
 //! `DestinationRule`, `ServiceEntry`; `gateway.networking.k8s.io` (`v1`, `v1beta1`) `HTTPRoute`
-//! and (`v1`, `v1alpha2`) `GRPCRoute`. Other kinds in the directory are skipped. Unknown fields
+//! and (`v1`, `v1alpha2`) `GRPCRoute`; `security.istio.io` (`v1`, `v1beta1`)
+//! `RequestAuthentication`, which [`authn`](crate::authn) compiles into the JWT checks of the
+//! inbound VIP listeners. Other kinds in the directory are skipped. Unknown fields
 //! are accepted; a malformed known field, or a combination the CRD's rules forbid, makes the
 //! object invalid: it is left out and reported as a [`ConfigError`] naming the file, the line,
 //! the object and the field, while every other object is kept.
 
+pub mod authn;
 pub mod common;
 pub mod duration;
 mod error;
@@ -48,6 +51,8 @@ pub enum Kind {
     /// `gateway.networking.k8s.io` `GRPCRoute`.
     #[serde(rename = "GRPCRoute")]
     GrpcRoute,
+    /// `security.istio.io` `RequestAuthentication`.
+    RequestAuthentication,
 }
 
 impl Kind {
@@ -59,6 +64,7 @@ impl Kind {
             Self::ServiceEntry => "ServiceEntry",
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
+            Self::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -78,6 +84,9 @@ impl Kind {
             }
             ("gateway.networking.k8s.io", "HTTPRoute") => (Self::HttpRoute, &["v1", "v1beta1"]),
             ("gateway.networking.k8s.io", "GRPCRoute") => (Self::GrpcRoute, &["v1", "v1alpha2"]),
+            ("security.istio.io", "RequestAuthentication") => {
+                (Self::RequestAuthentication, &["v1", "v1beta1"])
+            }
             _ => return None,
         };
         Some(if versions.contains(&version) {
@@ -159,6 +168,9 @@ impl Spec for gateway::HttpRouteSpec {
 impl Spec for gateway::GrpcRouteSpec {
     const KIND: Kind = Kind::GrpcRoute;
 }
+impl Spec for authn::RequestAuthenticationSpec {
+    const KIND: Kind = Kind::RequestAuthentication;
+}
 
 /// A loaded object: metadata, origin and typed spec.
 #[derive(Debug, Clone)]
@@ -215,6 +227,8 @@ pub struct ConfigSet {
     pub http_routes: Vec<Object<gateway::HttpRouteSpec>>,
     /// `GRPCRoute`s.
     pub grpc_routes: Vec<Object<gateway::GrpcRouteSpec>>,
+    /// `RequestAuthentication`s.
+    pub request_authentications: Vec<Object<authn::RequestAuthenticationSpec>>,
     /// Where each loaded object came from, to report duplicates.
     seen: BTreeMap<ObjectRef, PathBuf>,
 }

@@ -632,3 +632,138 @@ fn http_route_rules_follow_the_crd() {
         );
     }
 }
+
+fn request_authentication(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+const OCT_JWKS: &str = r#"'{"keys":[{"kty":"oct","kid":"k","k":"c2VjcmV0"}]}'"#;
+
+#[test]
+fn loads_request_authentications() {
+    use super::authn::{JwksSource, Presence, TargetKind};
+    let content = request_authentication(
+        "jwt",
+        &format!(
+            "  targetRefs:\n  - {{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}\n  - {{kind: Service, name: reviews}}\n  jwtRules:\n  - issuer: https://issuer.example\n    audiences: [api]\n    jwks: {OCT_JWKS}\n    fromHeaders: [{{name: X-Jwt, prefix: 'Token '}}]\n    fromParams: [token]\n    fromCookies: [session]\n    outputPayloadToHeader: x-jwt-payload\n    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]\n    forwardOriginalToken: true\n    timeout: 2s\n    presence: REQUIRED\n  - issuer: other\n    jwks_uri: https://issuer.example/keys\n  - issuer: https://discovered.example\n"
+        ),
+    ) + "---\n"
+        + &request_authentication("beta", "  selector: {matchLabels: {app: a}}\n")
+            .replace("security.istio.io/v1", "security.istio.io/v1beta1");
+    let (set, errors) = parse(&content);
+    assert_eq!(errors, vec![]);
+    assert_eq!(set.request_authentications.len(), 2);
+    let spec = &set.request_authentications[0].spec;
+    assert_eq!(spec.target_refs.len(), 2);
+    assert_eq!(spec.target_refs[0].kind, TargetKind::Gateway);
+    assert_eq!(spec.target_refs[1].kind, TargetKind::Service);
+    let rule = &spec.jwt_rules[0];
+    assert_eq!(rule.audiences, ["api"]);
+    assert!(matches!(&rule.jwks, JwksSource::Inline(keys) if keys.len() == 1));
+    assert_eq!(rule.from_headers[0].name, "x-jwt");
+    assert_eq!(rule.from_headers[0].prefix, "Token ");
+    assert_eq!(rule.output_claim_to_headers[0].claim, "sub");
+    assert_eq!(rule.timeout.map(|t| t.0), Some(Duration::from_secs(2)));
+    assert_eq!(rule.presence, Presence::Required);
+    assert!(rule.forward_original_token);
+    assert!(
+        matches!(&spec.jwt_rules[1].jwks, JwksSource::Uri(u) if u == "https://issuer.example/keys")
+    );
+    assert!(matches!(spec.jwt_rules[2].jwks, JwksSource::Discovery));
+    assert!(set.request_authentications[1].spec.selector.is_some());
+}
+
+#[test]
+fn malformed_request_authentications_are_reported() {
+    let cases = [
+        (
+            "  jwtRules:\n  - issuer: a\n    jwks: '{\"keys\": []}'\n",
+            "spec.jwtRules[0].jwks",
+            "Jwks doesn't have any valid public key",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    jwks: 'not json'\n",
+            "spec.jwtRules[0].jwks",
+            "Jwks is an invalid JSON",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    jwksUri: ftp://keys.example/jwks\n",
+            "spec.jwtRules[0].jwksUri",
+            "url must have scheme http:// or https://",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    jwksUri: https://k.example/a\n    jwks_uri: https://k.example/b\n",
+            "spec.jwtRules[0]",
+            "only one of jwks or jwksUri can be set",
+        ),
+        (
+            "  jwtRules:\n  - audiences: [api]\n",
+            "spec.jwtRules[0]",
+            "issuer must be set",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    audiences: ['']\n",
+            "spec.jwtRules[0].audiences[0]",
+            "must not be empty",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    outputClaimToHeaders: [{header: 'x:sub', claim: sub}]\n",
+            "spec.jwtRules[0].outputClaimToHeaders[0]",
+            "header \"x:sub\" must match",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    fromHeaders: [{prefix: 'Bearer '}]\n",
+            "spec.jwtRules[0].fromHeaders[0]",
+            "name must be set",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    timeout: 0s\n",
+            "spec.jwtRules[0].timeout",
+            "duration \"0s\" must be at least 1ms",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    presence: SOMETIMES\n",
+            "spec.jwtRules[0].presence",
+            "unknown variant",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Service, name: a}]\n",
+            "spec",
+            "only one of targetRefs or selector can be set",
+        ),
+        (
+            "  targetRefs: [{kind: Pod, name: a}]\n",
+            "spec.targetRefs[0]",
+            "targetRef must be to",
+        ),
+        (
+            "  targetRef: {kind: Service, name: a, namespace: other}\n",
+            "spec.targetRef",
+            "cross namespace referencing is not currently supported",
+        ),
+    ];
+    for (spec, field, message) in cases {
+        let content = request_authentication("good", "  jwtRules: [{issuer: a}]\n")
+            + "---\n"
+            + &request_authentication("bad", spec);
+        let (set, errors) = parse(&content);
+        assert_eq!(
+            set.request_authentications.len(),
+            1,
+            "{spec}: the good one is kept"
+        );
+        assert_eq!(errors.len(), 1, "{spec}: {errors:?}");
+        assert_eq!(errors[0].field.as_deref(), Some(field), "{spec}");
+        assert_eq!(
+            errors[0].object.as_ref().map(|o| (o.kind, o.name.as_str())),
+            Some((Kind::RequestAuthentication, "bad"))
+        );
+        let ConfigErrorKind::Invalid(got) = &errors[0].kind else {
+            panic!("{spec}: {:?}", errors[0].kind);
+        };
+        assert!(got.starts_with(message), "{spec}: {got:?}");
+        assert!(errors[0].line.is_some(), "{spec}");
+    }
+}

@@ -3,7 +3,7 @@
 //! The listener runs every request through fixed phases:
 //!
 //! ```text
-//! route → filters → select backend → send ⟲ (retry) → respond → log
+//! authenticate → route → filters → select backend → send ⟲ (retry) → respond → log
 //! ```
 //!
 //! [`route`](crate::route) picks the route. This module holds the pure operations of the

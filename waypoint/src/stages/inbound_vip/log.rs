@@ -94,6 +94,15 @@ impl RequestLog {
         }
     }
 
+    /// Records the request's path anew: after the authenticate phase removed a token from the
+    /// query, the access log shows the request as it went on (as Envoy's does, whose
+    /// `jwt_authn` rewrites `:path`), never the token.
+    pub(super) fn set_path(&mut self, uri: &http::Uri) {
+        if let Some(entry) = &mut self.entry {
+            entry.path = uri.path_and_query().map(|pq| pq.as_str().to_owned());
+        }
+    }
+
     /// Keeps `guard` alive until the request is logged.
     pub(super) fn hold(&mut self, guard: impl Any + Send + Sync) {
         self.guards.push(Box::new(guard));

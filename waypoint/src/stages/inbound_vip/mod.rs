@@ -5,18 +5,23 @@
 //!
 //! Every HTTP request runs the same phases, in this order:
 //!
-//! 1. **route** — the service port's [`CompiledRoutes`](crate::route::CompiledRoutes): first
+//! 1. **authenticate** — the service's RequestAuthentication rules
+//!    ([`authn`](crate::authn), Envoy's `jwt_authn`): a bad token → 401 (403 for a disallowed
+//!    audience) with `www-authenticate`, nothing sent upstream; a valid one → token removed
+//!    (unless forwarded), output headers set, the [`Authenticated`](crate::authn::Authenticated)
+//!    principal attached to the request for the later phases; no token → on, unauthenticated.
+//! 2. **route** — the service port's [`CompiledRoutes`](crate::route::CompiledRoutes): first
 //!    match wins ([`select_route`]); no match → 404 `NR`. A CORS preflight is answered here.
 //!    The route's action resolves to a weighted backend, a redirect or a direct response.
-//! 2. **filters** — fault injection (delay `DI`, abort `FI`), request header operations (route,
+//! 3. **filters** — fault injection (delay `DI`, abort `FI`), request header operations (route,
 //!    then backend), rewrite, hop-by-hop headers, `x-request-id`.
-//! 3. **select backend** — the inbound VIP cluster `inbound-vip|<port>|http[/<subset>]|<host>`:
+//! 4. **select backend** — the inbound VIP cluster `inbound-vip|<port>|http[/<subset>]|<host>`:
 //!    circuit breaking (503 `UO`), load balancing over healthy, non-ejected endpoints (503 `UH`).
-//! 4. **send** — through the inbound pod listener (tunnel metadata) and `connect_originate`,
+//! 5. **send** — through the inbound pod listener (tunnel metadata) and `connect_originate`,
 //!    with the route's per-try timeout and retries (`URX` when they run out) inside the
 //!    route's timeout (504 `UT`); mirrors are sent fire-and-forget.
-//! 5. **respond** — response header operations, CORS headers, a consistent-hash cookie.
-//! 6. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
+//! 6. **respond** — response header operations, CORS headers, a consistent-hash cookie.
+//! 7. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
 
 pub mod detect;
 mod log;

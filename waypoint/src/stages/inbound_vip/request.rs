@@ -1,7 +1,7 @@
 //! The per-request phases of the inbound VIP listener (see the parent module for the order).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use super::log::RequestLog;
 use super::pick_endpoint;
 use super::{Downstream, VipTarget};
-use crate::app::Core;
+use crate::app::{Core, L7State};
+use crate::authn::{self, Denial};
 use crate::body::{Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext};
 use crate::filters::{self, AttemptOutcome};
@@ -79,8 +80,13 @@ impl Listener {
         replay: &Replay,
         log: &mut RequestLog,
     ) -> Response<ResponseBody> {
-        // 1. Route.
         let l7 = self.core.l7();
+        // 1. Authenticate.
+        if let Err(denied) = self.authenticate(&l7, parts, log).await {
+            return denied;
+        }
+
+        // 2. Route.
         let host = self.vip.service.hostname.as_str();
         let port = self.vip.port;
         let Some(routes) = l7.compiled.routes.get(host, port) else {
@@ -141,7 +147,7 @@ impl Listener {
             }
         };
 
-        // 2. Filters.
+        // 3. Filters.
         if let Some(fault) = &route_filters.fault {
             let decision =
                 filters::decide_fault(fault, fastrand::f64() * 100.0, fastrand::f64() * 100.0);
@@ -165,7 +171,7 @@ impl Listener {
         }
         filters::strip_hop_by_hop(&mut parts.headers);
 
-        // 3. Select backend: the inbound VIP cluster.
+        // 4. Select backend: the inbound VIP cluster.
         let backend_port = backend.backend.port.unwrap_or(port);
         let Some((cluster, service)) = self.core.cluster(
             &backend.backend.host,
@@ -215,7 +221,7 @@ impl Listener {
             }
         }
 
-        // 4. Send.
+        // 5. Send.
         let upstream_start = Instant::now();
         let mut response = match self
             .send_with_retries(&cluster, route, (deadline, per_try), parts, replay, log)
@@ -226,7 +232,7 @@ impl Listener {
         };
         log.upstream_service_time = Some(upstream_start.elapsed());
 
-        // 5. Respond.
+        // 6. Respond.
         filters::apply_header_ops(&backend.response_headers, response.headers_mut());
         filters::apply_header_ops(&route_filters.response_headers, response.headers_mut());
         if let Some(cors) = &route_filters.cors {
@@ -241,6 +247,58 @@ impl Listener {
         filters::strip_hop_by_hop(response.headers_mut());
         log.details = "via_upstream";
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+    }
+
+    /// The authenticate phase: the service's RequestAuthentication rules. A verified principal
+    /// is attached to the request's extensions ([`authn::Authenticated`]) for the later
+    /// phases; a denial is the reply.
+    async fn authenticate(
+        &self,
+        l7: &L7State,
+        parts: &mut Parts,
+        log: &mut RequestLog,
+    ) -> Result<(), Response<ResponseBody>> {
+        let providers = l7.authn.providers(&self.vip.service.hostname);
+        if providers.is_empty() {
+            return Ok(());
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let uri = parts.uri.clone();
+        match authn::authenticate(&providers, parts, now).await {
+            Ok(Some(authenticated)) => {
+                tracing::debug!(principal = %authenticated.principal, "request authenticated");
+                if parts.uri != uri {
+                    log.set_path(&parts.uri);
+                }
+                parts.extensions.insert(authenticated);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(status) => {
+                let scheme = parts
+                    .headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("http");
+                let authority = filters::request_authority(parts).unwrap_or_default();
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let denial = Denial::new(status, scheme, authority, path);
+                tracing::debug!(
+                    reason = denial.body,
+                    "request denied by RequestAuthentication"
+                );
+                log.details = denial.details;
+                let mut response = local_body(denial.status, denial.body, log.grpc);
+                if let Some(value) = denial.www_authenticate {
+                    response
+                        .headers_mut()
+                        .insert(http::header::WWW_AUTHENTICATE, value);
+                }
+                Err(response)
+            }
+        }
     }
 
     /// Sends to the cluster, retrying per the route's policy, until the route's deadline.
