@@ -1,7 +1,8 @@
 //! The waypoint's admin (15000, localhost only), metrics (15020) and readiness (15021) servers,
 //! on the HTTP plumbing ztunnel's admin servers use. `config_dump` lists every stage of the
-//! chain with its Istio-style name, the compiled routes and destination policies, the clusters
-//! with their endpoints and counters, and the configuration problems found.
+//! chain with its Istio-style name, the compiled routes and destination policies, the
+//! AuthorizationPolicies with the services each applies to, the clusters with their endpoints
+//! and counters, and the configuration problems found.
 
 use std::io;
 use std::net::SocketAddr;
@@ -109,8 +110,9 @@ pub fn config_dump(
         "stages": stages,
         "services": l7.services.iter().map(|s| json!({"hostname": s.hostname, "namespace": s.namespace, "ports": s.ports.iter().map(|p| p.port).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "destinationPolicies": l7.compiled.destinations,
+        "authorizationPolicies": l7.authz.entries(),
         "configErrors": l7.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "warnings": l7.compiled.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "warnings": l7.compiled.warnings.iter().map(ToString::to_string).chain(l7.authz.warnings()).collect::<Vec<_>>(),
         "certificates": certificates,
         "rootCount": roots.len(),
     })

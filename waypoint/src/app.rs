@@ -20,6 +20,7 @@ use ztunnel::state::service::Service;
 use ztunnel::state::workload::{HealthStatus, Workload};
 use ztunnel::state::{MeshState, StateHandle};
 
+use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
 use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
@@ -106,6 +107,8 @@ pub struct L7State {
     pub compiled: Compiled,
     /// The services bound to this waypoint when it was compiled.
     pub services: Vec<ServiceTarget>,
+    /// The AuthorizationPolicies that apply to each of them.
+    pub authz: AuthzTable,
 }
 
 /// What identifies a cluster and lets it be rebuilt when the state or configuration changes.
@@ -188,6 +191,16 @@ impl Core {
         self.bindings.load_full()
     }
 
+    /// What authorization needs to know about this waypoint.
+    fn authz_options(&self) -> AuthzOptions {
+        let me = &self.options.self_ref;
+        let mut options = AuthzOptions::new(&me.namespace, &me.service_name);
+        options
+            .domain_suffix
+            .clone_from(&self.options.domain_suffix);
+        options
+    }
+
     /// The L7 configuration in force.
     pub fn l7(&self) -> Arc<L7State> {
         self.l7.load_full()
@@ -217,6 +230,10 @@ impl Core {
         for warning in &compiled.warnings {
             tracing::warn!(%warning, "L7 configuration");
         }
+        let authz = crate::authz::compile(&config, &services, &self.authz_options());
+        for warning in authz.warnings() {
+            tracing::warn!(%warning, "L7 authorization");
+        }
         self.bindings.store(Arc::new(bindings));
         self.destination_labels
             .write()
@@ -227,6 +244,7 @@ impl Core {
             errors,
             compiled,
             services,
+            authz,
         });
         self.l7.store(Arc::clone(&l7));
         let mut clusters = lock(&self.clusters);

@@ -14,8 +14,11 @@
 //! inbound pod listener → connect_originate`:
 //!
 //! - [`config`]: the L7 configuration as users write it (VirtualService, DestinationRule,
-//!   ServiceEntry, HTTPRoute, GRPCRoute), loaded from a directory of Kubernetes YAML with
+//!   ServiceEntry, HTTPRoute, GRPCRoute, AuthorizationPolicy), loaded from a directory of Kubernetes YAML with
 //!   per-object errors. Input of the chain, not a stage.
+//! - [`authz`]: L7 authorization (AuthorizationPolicy), pure: which policies apply to each
+//!   served service, their evaluation per request, and the path normalisation that precedes
+//!   authorization and routing in the inbound VIP listener.
 //! - [`route`]: the compiled, pure route model. Its [`RouteTable`](route::RouteTable) is what
 //!   the inbound VIP listener consults per request ([`select_route`](route::select_route): the
 //!   logical stage); its [`DestinationPolicies`](route::DestinationPolicies) configure the
@@ -40,6 +43,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod body;
 pub mod cluster;
 pub mod config;

@@ -7,13 +7,21 @@
 //! DestinationRules become the policies of each `inbound-vip|<port>|http/<subset>|<host>`
 //! cluster (the concrete stage); ServiceEntries declare hosts the waypoint may serve.
 //!
+//! [`authz`](crate::authz) compiles AuthorizationPolicies into the policies each inbound VIP
+//! listener enforces.
+//!
 //! Supported objects: `networking.istio.io` (`v1`, `v1beta1`, `v1alpha3`) `VirtualService`,
 //! `DestinationRule`, `ServiceEntry`; `gateway.networking.k8s.io` (`v1`, `v1beta1`) `HTTPRoute`
-//! and (`v1`, `v1alpha2`) `GRPCRoute`. Other kinds in the directory are skipped. Unknown fields
-//! are accepted; a malformed known field, or a combination the CRD's rules forbid, makes the
-//! object invalid: it is left out and reported as a [`ConfigError`] naming the file, the line,
-//! the object and the field, while every other object is kept.
+//! and (`v1`, `v1alpha2`) `GRPCRoute`; `security.istio.io` (`v1`, `v1beta1`)
+//! `AuthorizationPolicy`. Other kinds in the directory are skipped. Unknown fields are accepted
+//! (except inside AuthorizationPolicy rules, see [`authz`]); a malformed known field, or a
+//! combination the CRD's rules forbid, makes the object invalid: it is left out and reported as
+//! a [`ConfigError`] naming the file, the line, the object and the field, while every other
+//! object is kept. An invalid AuthorizationPolicy is also kept aside as a
+//! [`RejectedPolicy`](authz::RejectedPolicy), so that the requests it would have covered are
+//! denied rather than let through.
 
+pub mod authz;
 pub mod common;
 pub mod duration;
 mod error;
@@ -48,6 +56,8 @@ pub enum Kind {
     /// `gateway.networking.k8s.io` `GRPCRoute`.
     #[serde(rename = "GRPCRoute")]
     GrpcRoute,
+    /// `security.istio.io` `AuthorizationPolicy`.
+    AuthorizationPolicy,
 }
 
 impl Kind {
@@ -59,6 +69,7 @@ impl Kind {
             Self::ServiceEntry => "ServiceEntry",
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
+            Self::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -78,6 +89,9 @@ impl Kind {
             }
             ("gateway.networking.k8s.io", "HTTPRoute") => (Self::HttpRoute, &["v1", "v1beta1"]),
             ("gateway.networking.k8s.io", "GRPCRoute") => (Self::GrpcRoute, &["v1", "v1alpha2"]),
+            ("security.istio.io", "AuthorizationPolicy") => {
+                (Self::AuthorizationPolicy, &["v1", "v1beta1"])
+            }
             _ => return None,
         };
         Some(if versions.contains(&version) {
@@ -159,6 +173,9 @@ impl Spec for gateway::HttpRouteSpec {
 impl Spec for gateway::GrpcRouteSpec {
     const KIND: Kind = Kind::GrpcRoute;
 }
+impl Spec for authz::AuthorizationPolicySpec {
+    const KIND: Kind = Kind::AuthorizationPolicy;
+}
 
 /// A loaded object: metadata, origin and typed spec.
 #[derive(Debug, Clone)]
@@ -215,6 +232,10 @@ pub struct ConfigSet {
     pub http_routes: Vec<Object<gateway::HttpRouteSpec>>,
     /// `GRPCRoute`s.
     pub grpc_routes: Vec<Object<gateway::GrpcRouteSpec>>,
+    /// Valid `AuthorizationPolicy`s.
+    pub authorization_policies: Vec<Object<authz::AuthorizationPolicySpec>>,
+    /// `AuthorizationPolicy`s that could not be loaded (also reported as errors).
+    pub rejected_authorization_policies: Vec<authz::RejectedPolicy>,
     /// Where each loaded object came from, to report duplicates.
     seen: BTreeMap<ObjectRef, PathBuf>,
 }
