@@ -79,7 +79,7 @@ pub struct Policy {
     pub namespace: String,
     /// Name.
     pub name: String,
-    /// Action.
+    /// Action (as written; an invalid policy denies whatever its action).
     pub action: Action,
     /// The provider of a CUSTOM policy. No external authorizer is available to this waypoint
     /// yet, so a CUSTOM policy denies the requests it matches.
@@ -108,7 +108,7 @@ impl Policy {
         Self {
             namespace: rejected.object.namespace.clone(),
             name: rejected.object.name.clone(),
-            action: Action::Deny,
+            action: rejected.action.unwrap_or(Action::Deny),
             provider: None,
             rules: Vec::new(),
             invalid: Some(rejected.reason.clone()),

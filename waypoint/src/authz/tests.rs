@@ -1212,6 +1212,11 @@ fn an_invalid_policy_denies_even_when_another_allows() {
         "rbac_access_denied_matched_policy[ns[default]-policy[broken]-invalid]"
     );
     assert_eq!(t.entries().len(), 2);
+    assert_eq!(
+        t.entries()[1].policy.action,
+        Action::Deny,
+        "the action as written"
+    );
     assert!(
         t.entries()[1]
             .policy

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::authz::{Attachment, AuthorizationPolicySpec, RejectedPolicy};
+use super::authz::{Action, Attachment, AuthorizationPolicySpec, RejectedPolicy};
 use super::error::{ConfigError, ConfigErrorKind};
 use super::{ConfigSet, DEFAULT_NAMESPACE, Kind, Object, ObjectMeta, ObjectRef, Source};
 
@@ -181,6 +181,7 @@ impl ConfigSet {
                 line: error.line,
             },
             attachment: Attachment::read(document),
+            action: Action::read(document),
             reason,
         });
     }

@@ -503,6 +503,10 @@ fn normalize(parts: &mut Parts) -> Result<(), &'static str> {
         tracing::debug!(error = %e, "request refused");
         return Err("invalid_method");
     }
+    if parts.method == http::Method::CONNECT {
+        // An authority-form target has no path to normalise.
+        return Ok(());
+    }
     match crate::authz::normalize_uri(&parts.uri) {
         Ok(None) => Ok(()),
         Ok(Some(uri)) => {
@@ -619,6 +623,54 @@ mod tests {
         );
         assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn forwarded_client_is_the_last_x_forwarded_for_entry() {
+        let headers = |values: &[&str]| {
+            let mut map = http::HeaderMap::new();
+            for v in values {
+                map.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            map
+        };
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(forwarded_client(&headers(&[])), None);
+        assert_eq!(
+            forwarded_client(&headers(&["203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&headers(&["198.51.100.1, 203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&headers(&["198.51.100.1", "2001:db8::1 "])),
+            ip("2001:db8::1")
+        );
+        assert_eq!(forwarded_client(&headers(&["198.51.100.1, unknown"])), None);
+    }
+
+    #[test]
+    fn normalisation_refuses_lower_case_methods_and_bad_paths() {
+        let parts = |method: &str, uri: &str| {
+            let request = Request::builder()
+                .method(http::Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(uri)
+                .body(())
+                .unwrap();
+            request.into_parts().0
+        };
+        let mut p = parts("GET", "/a/../b?q=/../x");
+        assert_eq!(normalize(&mut p), Ok(()));
+        assert_eq!(p.uri, "/b?q=/../x");
+        let mut p = parts("get", "/b");
+        assert_eq!(normalize(&mut p), Err("invalid_method"));
+        let mut p = parts("GET", "/a%zz");
+        assert_eq!(normalize(&mut p), Err("path_normalization_failed"));
+        let mut p = parts("CONNECT", "reviews:443");
+        assert_eq!(normalize(&mut p), Ok(()));
+        assert_eq!(p.uri, "reviews:443");
     }
 
     #[test]
