@@ -451,3 +451,75 @@ async fn an_unreachable_jwks_server_fails_closed() {
     }
     assert_eq!(status, StatusCode::OK);
 }
+
+/// RequestAuthentication feeding AuthorizationPolicy, as Istio's "require a JWT" recipe:
+/// `requestPrincipals` and a `request.auth.claims` condition decide on the verified token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_on_the_verified_principal_and_claims() {
+    let mesh = WaypointMesh::start(Net(49)).await;
+    let key = Key::new("k1");
+    mesh.apply(&format!(
+        r#"{authn}apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: default}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: reviews}}]
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["{ISSUER}/alice", "{ISSUER}/bob"]
+    when:
+    - key: request.auth.claims[groups]
+      values: [admins]
+"#,
+        authn = policy(
+            "jwt",
+            WAYPOINT,
+            &format!("{{issuer: {ISSUER}, jwks: '{}'}}", jwks(&[&key]))
+        ),
+    ));
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+    let token = |sub: &str, groups: &[&str]| {
+        let mut c = claims(ISSUER, sub, 300);
+        c["groups"] = json!(groups);
+        key.sign(&c)
+    };
+    let request = |token: Option<String>| {
+        let auth = token.map(|t| bearer(&t));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        get(REVIEWS, "/reviews/1", &headers)
+    };
+
+    // Alice in admins: authenticated and allowed.
+    let (status, _, _) = send(&mut client, request(Some(token("alice", &["admins"])))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen(&mesh, "reviews").len(), 1);
+
+    // No token: authentication passes it on, authorization denies it.
+    let (status, _, body) = send(&mut client, request(None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, "RBAC: access denied");
+    // A valid token for a principal not listed, and a listed one without the claim.
+    let (status, _, _) = send(&mut client, request(Some(token("carol", &["admins"])))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = send(&mut client, request(Some(token("bob", &["users"])))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A forged token for alice: 401 from authentication, before authorization.
+    let forged = Key::new("k1").sign(&{
+        let mut c = claims(ISSUER, "alice", 300);
+        c["groups"] = json!(["admins"]);
+        c
+    });
+    let (status, _, _) = send(&mut client, request(Some(forged))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(
+        seen(&mesh, "reviews").len(),
+        1,
+        "no denied request reached a backend"
+    );
+}

@@ -1,8 +1,9 @@
 //! The waypoint's admin (15000, localhost only), metrics (15020) and readiness (15021) servers,
 //! on the HTTP plumbing ztunnel's admin servers use. `config_dump` lists every stage of the
-//! chain with its Istio-style name, the compiled routes and destination policies, the clusters
-//! with their endpoints and counters, the RequestAuthentications and the fetch status of their
-//! `jwksUri` key sets, and the configuration problems found.
+//! chain with its Istio-style name, the compiled routes and destination policies, the
+//! AuthorizationPolicies with the services each applies to, the RequestAuthentications and the
+//! fetch status of their `jwksUri` key sets, the clusters with their endpoints and counters, and
+//! the configuration problems found.
 
 use std::io;
 use std::net::SocketAddr;
@@ -113,8 +114,9 @@ pub fn config_dump(
         "destinationPolicies": l7.compiled.destinations,
         "requestAuthentications": l7.authn.policies(),
         "jwks": core.jwks().statuses(),
+        "authorizationPolicies": l7.authz.entries(),
         "configErrors": l7.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "warnings": l7.compiled.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "warnings": l7.compiled.warnings.iter().map(ToString::to_string).chain(l7.authz.warnings()).collect::<Vec<_>>(),
         "certificates": certificates,
         "rootCount": roots.len(),
     })

@@ -21,6 +21,7 @@ use ztunnel::state::workload::{HealthStatus, Workload};
 use ztunnel::state::{MeshState, StateHandle};
 
 use crate::authn::{AuthnContext, AuthnTable, JwksRegistry, JwksSettings};
+use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
 use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
@@ -116,6 +117,8 @@ pub struct L7State {
     pub services: Vec<ServiceTarget>,
     /// The RequestAuthentication rules of each service.
     pub authn: AuthnTable,
+    /// The AuthorizationPolicies that apply to each of them.
+    pub authz: AuthzTable,
 }
 
 /// What identifies a cluster and lets it be rebuilt when the state or configuration changes.
@@ -207,6 +210,19 @@ impl Core {
         &self.jwks
     }
 
+    /// What authorization needs to know about this waypoint.
+    fn authz_options(&self) -> AuthzOptions {
+        let me = &self.options.self_ref;
+        let mut options = AuthzOptions::new(&me.namespace, &me.service_name);
+        options
+            .domain_suffix
+            .clone_from(&self.options.domain_suffix);
+        options
+            .root_namespace
+            .clone_from(&self.options.root_namespace);
+        options
+    }
+
     /// The L7 configuration in force.
     pub fn l7(&self) -> Arc<L7State> {
         self.l7.load_full()
@@ -246,6 +262,10 @@ impl Core {
             },
             &self.jwks,
         );
+        let authz = crate::authz::compile(&config, &services, &self.authz_options());
+        for warning in authz.warnings() {
+            tracing::warn!(%warning, "L7 authorization");
+        }
         self.bindings.store(Arc::new(bindings));
         self.destination_labels
             .write()
@@ -257,6 +277,7 @@ impl Core {
             compiled,
             services,
             authn,
+            authz,
         });
         self.l7.store(Arc::clone(&l7));
         let mut clusters = lock(&self.clusters);

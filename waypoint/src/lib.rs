@@ -14,11 +14,14 @@
 //! inbound pod listener → connect_originate`:
 //!
 //! - [`config`]: the L7 configuration as users write it (VirtualService, DestinationRule,
-//!   ServiceEntry, HTTPRoute, GRPCRoute, RequestAuthentication), loaded from a directory of Kubernetes YAML with
-//!   per-object errors. Input of the chain, not a stage.
+//!   ServiceEntry, HTTPRoute, GRPCRoute, RequestAuthentication, AuthorizationPolicy), loaded
+//!   from a directory of Kubernetes YAML with per-object errors. Input of the chain, not a stage.
 //! - [`authn`]: RequestAuthentication, the authenticate phase of the inbound VIP listener: JWT
 //!   validation against inline or fetched (`jwksUri`) key sets, yielding the request principal
 //!   later phases read.
+//! - [`authz`]: L7 authorization (AuthorizationPolicy), pure: which policies apply to each
+//!   served service, their evaluation per request, and the path normalisation that precedes
+//!   authorization and routing in the inbound VIP listener.
 //! - [`route`]: the compiled, pure route model. Its [`RouteTable`](route::RouteTable) is what
 //!   the inbound VIP listener consults per request ([`select_route`](route::select_route): the
 //!   logical stage); its [`DestinationPolicies`](route::DestinationPolicies) configure the
@@ -44,6 +47,7 @@
 pub mod admin;
 pub mod app;
 pub mod authn;
+pub mod authz;
 pub mod body;
 pub mod cluster;
 pub mod config;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::authz::{Action, Attachment, AuthorizationPolicySpec, RejectedPolicy};
 use super::error::{ConfigError, ConfigErrorKind};
 use super::{ConfigSet, DEFAULT_NAMESPACE, Kind, Object, ObjectMeta, ObjectRef, Source};
 
@@ -107,6 +108,7 @@ impl ConfigSet {
                     if let Some(field) = field {
                         error = error.with_field(field);
                     }
+                    self.reject_policy(value, &error);
                     errors.push(error);
                     identified.push(None);
                 }
@@ -139,16 +141,75 @@ impl ConfigSet {
                 Kind::RequestAuthentication => {
                     decode(document, source, &mut self.request_authentications)
                 }
+                Kind::AuthorizationPolicy => decode_policy(document, source, self),
             };
             match added {
                 Ok(()) => {
                     self.seen.insert(object, file.to_owned());
                 }
-                Err(error) => errors.push(error.into_config_error(file, object)),
+                Err(error) => {
+                    let error = error.into_config_error(file, object);
+                    if let Some(value) = values.get(i) {
+                        self.reject_policy(value, &error);
+                    }
+                    errors.push(error);
+                }
             }
         }
         errors
     }
+}
+
+impl ConfigSet {
+    /// Keeps an AuthorizationPolicy that failed to load aside, with what can be read of its
+    /// targets; other kinds are only reported.
+    fn reject_policy(&mut self, document: &serde_yaml_ng::Value, error: &ConfigError) {
+        let Some(object) = error
+            .object
+            .as_ref()
+            .filter(|o| o.kind == Kind::AuthorizationPolicy)
+        else {
+            return;
+        };
+        let mut reason = String::new();
+        if let Some(field) = &error.field {
+            reason.push_str(field);
+            reason.push_str(": ");
+        }
+        reason.push_str(&error.kind.to_string());
+        self.rejected_authorization_policies.push(RejectedPolicy {
+            object: object.clone(),
+            source: Source {
+                file: error.file.clone(),
+                line: error.line,
+            },
+            attachment: Attachment::read(document),
+            action: Action::read(document),
+            reason,
+        });
+    }
+}
+
+/// Decodes an AuthorizationPolicy and checks what depends on its namespace.
+fn decode_policy(
+    document: serde_yaml_ng::Deserializer<'_>,
+    source: Source,
+    config: &mut ConfigSet,
+) -> Result<(), DecodeError> {
+    let line = source.line;
+    let mut decoded: Vec<Object<AuthorizationPolicySpec>> = Vec::with_capacity(1);
+    decode(document, source, &mut decoded)?;
+    for policy in decoded {
+        if let Err((field, message)) = policy.spec.check_namespace(policy.namespace()) {
+            return Err(DecodeError {
+                field,
+                line,
+                message,
+            });
+        }
+        config.authorization_policies.push(policy);
+    }
+    Ok(())
 }
 
 /// A typed decoding failure: field path, line, message.

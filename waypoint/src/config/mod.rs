@@ -7,16 +7,23 @@
 //! DestinationRules become the policies of each `inbound-vip|<port>|http/<subset>|<host>`
 //! cluster (the concrete stage); ServiceEntries declare hosts the waypoint may serve.
 //!
+//! [`authz`](crate::authz) compiles AuthorizationPolicies into the policies each inbound VIP
+//! listener enforces.
+//!
 //! Supported objects: `networking.istio.io` (`v1`, `v1beta1`, `v1alpha3`) `VirtualService`,
 //! `DestinationRule`, `ServiceEntry`; `gateway.networking.k8s.io` (`v1`, `v1beta1`) `HTTPRoute`
 //! and (`v1`, `v1alpha2`) `GRPCRoute`; `security.istio.io` (`v1`, `v1beta1`)
 //! `RequestAuthentication`, which [`authn`](crate::authn) compiles into the JWT checks of the
-//! inbound VIP listeners. Other kinds in the directory are skipped. Unknown fields
-//! are accepted; a malformed known field, or a combination the CRD's rules forbid, makes the
-//! object invalid: it is left out and reported as a [`ConfigError`] naming the file, the line,
-//! the object and the field, while every other object is kept.
+//! inbound VIP listeners, and `AuthorizationPolicy`. Other kinds in the directory are skipped.
+//! Unknown fields are accepted (except inside AuthorizationPolicy rules, see [`authz`]); a
+//! malformed known field, or a combination the CRD's rules forbid, makes the object invalid: it
+//! is left out and reported as a [`ConfigError`] naming the file, the line, the object and the
+//! field, while every other object is kept. An invalid AuthorizationPolicy is also kept aside
+//! as a [`RejectedPolicy`](authz::RejectedPolicy), so that the requests it would have covered
+//! are denied rather than let through.
 
 pub mod authn;
+pub mod authz;
 pub mod common;
 pub mod duration;
 mod error;
@@ -53,6 +60,8 @@ pub enum Kind {
     GrpcRoute,
     /// `security.istio.io` `RequestAuthentication`.
     RequestAuthentication,
+    /// `security.istio.io` `AuthorizationPolicy`.
+    AuthorizationPolicy,
 }
 
 impl Kind {
@@ -65,6 +74,7 @@ impl Kind {
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
             Self::RequestAuthentication => "RequestAuthentication",
+            Self::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -86,6 +96,9 @@ impl Kind {
             ("gateway.networking.k8s.io", "GRPCRoute") => (Self::GrpcRoute, &["v1", "v1alpha2"]),
             ("security.istio.io", "RequestAuthentication") => {
                 (Self::RequestAuthentication, &["v1", "v1beta1"])
+            }
+            ("security.istio.io", "AuthorizationPolicy") => {
+                (Self::AuthorizationPolicy, &["v1", "v1beta1"])
             }
             _ => return None,
         };
@@ -171,6 +184,9 @@ impl Spec for gateway::GrpcRouteSpec {
 impl Spec for authn::RequestAuthenticationSpec {
     const KIND: Kind = Kind::RequestAuthentication;
 }
+impl Spec for authz::AuthorizationPolicySpec {
+    const KIND: Kind = Kind::AuthorizationPolicy;
+}
 
 /// A loaded object: metadata, origin and typed spec.
 #[derive(Debug, Clone)]
@@ -229,6 +245,10 @@ pub struct ConfigSet {
     pub grpc_routes: Vec<Object<gateway::GrpcRouteSpec>>,
     /// `RequestAuthentication`s.
     pub request_authentications: Vec<Object<authn::RequestAuthenticationSpec>>,
+    /// Valid `AuthorizationPolicy`s.
+    pub authorization_policies: Vec<Object<authz::AuthorizationPolicySpec>>,
+    /// `AuthorizationPolicy`s that could not be loaded (also reported as errors).
+    pub rejected_authorization_policies: Vec<authz::RejectedPolicy>,
     /// Where each loaded object came from, to report duplicates.
     seen: BTreeMap<ObjectRef, PathBuf>,
 }

@@ -82,7 +82,8 @@ spec: {}
 "#;
     let (set, errors) = parse(content);
     assert_eq!(errors, vec![]);
-    assert_eq!(set.len(), 5);
+    assert_eq!(set.len(), 6);
+    assert_eq!(set.authorization_policies.len(), 1);
     assert_eq!(set.virtual_services[0].namespace(), "bookinfo");
     assert_eq!(set.destination_rules[0].namespace(), DEFAULT_NAMESPACE);
     assert_eq!(set.destination_rules[0].source.line, Some(11));

@@ -113,6 +113,44 @@ impl ClusterStat {
     }
 }
 
+/// A per-listener Envoy-style HTTP counter
+/// (`envoy_http_*{http_conn_manager_prefix=...}`, Envoy's `http.<stat_prefix>.*` stats with the
+/// stat prefix as a label, as Istio's stats tags render them). The stat prefix is the inbound
+/// VIP listener's name, `inbound-vip|<port>|http|<host>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HttpStat {
+    /// `envoy_http_rbac_allowed`: requests AuthorizationPolicies allowed (only counted where
+    /// a policy applies, as Envoy has no RBAC filter otherwise).
+    RbacAllowed,
+    /// `envoy_http_rbac_denied`: requests AuthorizationPolicies denied (403).
+    RbacDenied,
+    /// `envoy_http_rbac_logged`: requests an AUDIT policy matched.
+    RbacLogged,
+}
+
+impl HttpStat {
+    /// Every stat, in rendering order.
+    pub const ALL: [Self; 3] = [Self::RbacAllowed, Self::RbacDenied, Self::RbacLogged];
+
+    /// The metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RbacAllowed => "envoy_http_rbac_allowed",
+            Self::RbacDenied => "envoy_http_rbac_denied",
+            Self::RbacLogged => "envoy_http_rbac_logged",
+        }
+    }
+
+    /// The HELP text.
+    fn help(self) -> &'static str {
+        match self {
+            Self::RbacAllowed => "Requests allowed by AuthorizationPolicies",
+            Self::RbacDenied => "Requests denied by AuthorizationPolicies",
+            Self::RbacLogged => "Requests matched by AUDIT AuthorizationPolicies",
+        }
+    }
+}
+
 /// The handles of one request label set.
 struct Handles {
     requests: Counter,
@@ -131,6 +169,8 @@ pub struct RequestMetrics {
     cache: RwLock<HashMap<RequestLabels, Handles>>,
     /// Per-cluster counters by (stat, cluster name).
     clusters: Mutex<HashMap<(ClusterStat, String), Counter>>,
+    /// Per-listener HTTP counters by listener name, then stat.
+    listeners: RwLock<HashMap<String, HashMap<HttpStat, Counter>>>,
     /// Recordings so far, to schedule upkeep.
     recorded: AtomicU64,
 }
@@ -188,6 +228,13 @@ impl RequestMetrics {
                 SharedString::from(stat.help()),
             );
         }
+        for stat in HttpStat::ALL {
+            recorder.describe_counter(
+                KeyName::from(stat.name()),
+                None,
+                SharedString::from(stat.help()),
+            );
+        }
         recorder.describe_gauge(
             KeyName::from(BUILD),
             None,
@@ -206,6 +253,7 @@ impl RequestMetrics {
             handle,
             cache: RwLock::new(HashMap::new()),
             clusters: Mutex::new(HashMap::new()),
+            listeners: RwLock::new(HashMap::new()),
             recorded: AtomicU64::new(0),
         }
     }
@@ -281,6 +329,38 @@ impl RequestMetrics {
         let counter = self.recorder.register_counter(&key, &metadata());
         counter.increment(1);
         clusters.insert((stat, cluster.to_owned()), counter);
+    }
+
+    /// Adds one to the per-listener counter `stat` of `listener` (e.g.
+    /// `inbound-vip|9080|http|reviews.default.svc.cluster.local`). The handle is looked up
+    /// under a read lock; only the first count of a (stat, listener) pair registers it.
+    pub fn count_http(&self, stat: HttpStat, listener: &str) {
+        {
+            let listeners = self
+                .listeners
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(counter) = listeners.get(listener).and_then(|stats| stats.get(&stat)) {
+                counter.increment(1);
+                return;
+            }
+        }
+        let mut listeners = self
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        listeners
+            .entry(listener.to_owned())
+            .or_default()
+            .entry(stat)
+            .or_insert_with(|| {
+                let key = Key::from_parts(
+                    stat.name(),
+                    vec![Label::new("http_conn_manager_prefix", listener.to_owned())],
+                );
+                self.recorder.register_counter(&key, &metadata())
+            })
+            .increment(1);
     }
 
     /// Counts a request rejected by circuit breaking

@@ -19,7 +19,7 @@
 //!   endpoint; Envoy response flags ([`ResponseFlags`]).
 //! - [`metrics`]: `istio_requests_total`, `istio_request_duration_milliseconds`,
 //!   `istio_request_bytes`, `istio_response_bytes` (bucketed histograms), `istio_build` and a
-//!   few Envoy-style per-cluster counters, one independent Prometheus registry per
+//!   few Envoy-style per-cluster and per-listener counters (`envoy_http_rbac_*`), one independent Prometheus registry per
 //!   [`RequestMetrics`] (no global recorder), rendered by the admin server.
 //! - [`access_log`]: the per-request [`AccessLogEntry`] in Istio's JSON and TEXT formats and
 //!   the [`AccessLog`] sink (stdout, any writer, memory for tests, or disabled).
@@ -33,7 +33,7 @@ pub use labels::{
     DestinationLabels, RequestLabels, RequestProtocol, ResponseFlag, ResponseFlags, SecurityPolicy,
     WorkloadLabels,
 };
-pub use metrics::{ClusterStat, RequestMetrics};
+pub use metrics::{ClusterStat, HttpStat, RequestMetrics};
 
 #[cfg(test)]
 mod tests;

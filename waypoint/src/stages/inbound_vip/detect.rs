@@ -1,6 +1,12 @@
 //! Protocol detection on a tunnelled stream: HTTP (HTTP/1.1 request line or the HTTP/2
 //! preface) or opaque TCP, from the first bytes, which are then replayed to whoever reads the
 //! stream ([`Prefixed`]).
+//!
+//! An HTTP/1.1 request line is a standard method followed by a space, or any method token
+//! (up to [`MAX_METHOD_LEN`] characters, any case) followed by a space and an origin-form
+//! (`/…`) or asterisk-form (`*`) target. Extension and lower-case methods are thus served as
+//! HTTP, where AuthorizationPolicies see them (a lower-case method is refused with 400),
+//! instead of reaching the backend as opaque bytes.
 
 use std::io;
 use std::pin::Pin;
@@ -26,6 +32,8 @@ const METHODS: &[&[u8]] = &[
 ];
 /// Enough bytes to tell every candidate apart.
 const SNIFF_BYTES: usize = 24;
+/// The longest method token recognised without a standard method's spelling.
+pub const MAX_METHOD_LEN: usize = 16;
 
 /// What the first bytes look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +50,11 @@ pub enum Detected {
 pub fn classify(prefix: &[u8]) -> Option<Detected> {
     let candidates = METHODS.iter().copied().chain(std::iter::once(H2_PREFACE));
     let mut undecided = false;
+    match request_line(prefix) {
+        Some(true) => return Some(Detected::Http),
+        Some(false) => {}
+        None => undecided = true,
+    }
     for candidate in candidates {
         let n = prefix.len().min(candidate.len());
         if prefix[..n] == candidate[..n] {
@@ -56,6 +69,24 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
     } else {
         Some(Detected::Tcp)
     }
+}
+
+/// Whether `prefix` starts like `<method token> SP ('/' | '*')`: `None` while it still could.
+fn request_line(prefix: &[u8]) -> Option<bool> {
+    let method = prefix.iter().take_while(|b| is_tchar(**b)).count();
+    if method == 0 || method > MAX_METHOD_LEN {
+        return Some(false);
+    }
+    match (prefix.get(method), prefix.get(method + 1)) {
+        (None, _) | (Some(b' '), None) => None,
+        (Some(b' '), Some(b'/' | b'*')) => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A stream whose first bytes were read for detection and are served again first.
@@ -141,9 +172,16 @@ mod tests {
             (b"PRI * HTTP/2.0\r\n", Some(Detected::Http)),
             (b"PRI", None),
             (b"\x16\x03\x01\x02\x00", Some(Detected::Tcp)),
-            (b"SSH-2.0-OpenSSH", Some(Detected::Tcp)),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", Some(Detected::Tcp)),
+            (b"SSH-2.0-Open", None),
             (b"GET/", Some(Detected::Tcp)),
-            (b"get / HTTP/1.1", Some(Detected::Tcp)),
+            (b"get / HTTP/1.1", Some(Detected::Http)),
+            (b"PROPFIND /a HTTP/1.1", Some(Detected::Http)),
+            (b"M-SEARCH * HTTP/1.1", Some(Detected::Http)),
+            (b"get ", None),
+            (b"get key\r\n", Some(Detected::Tcp)),
+            (b"PING\r\n", Some(Detected::Tcp)),
+            (b"AVERYLONGMETHODNAME /", Some(Detected::Tcp)),
         ];
         for (input, expected) in cases {
             assert_eq!(

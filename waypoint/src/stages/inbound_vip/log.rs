@@ -2,6 +2,7 @@
 //! response body has ended — Istio request metrics and the access log.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +20,9 @@ use crate::telemetry::{
     AccessLogEntry, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
 };
 
+/// The body of a 403 from authorization (Envoy's RBAC filter's).
+pub(super) const RBAC_DENIED_BODY: &str = "RBAC: access denied";
+
 /// What one request did.
 pub(super) struct RequestLog {
     pub(super) start: Instant,
@@ -32,7 +36,7 @@ pub(super) struct RequestLog {
     pub(super) response_code: u16,
     pub(super) grpc_status: Option<u32>,
     pub(super) flags: ResponseFlags,
-    pub(super) details: &'static str,
+    pub(super) details: Cow<'static, str>,
     pub(super) upstream_cluster: Option<String>,
     pub(super) upstream_host: Option<SocketAddr>,
     pub(super) upstream_service_time: Option<Duration>,
@@ -82,7 +86,7 @@ impl RequestLog {
             response_code: 0,
             grpc_status: None,
             flags: ResponseFlags::NONE,
-            details: "",
+            details: Cow::Borrowed(""),
             upstream_cluster: None,
             upstream_host: None,
             upstream_service_time: None,
@@ -118,8 +122,16 @@ impl RequestLog {
         if let Some(flag) = flag {
             self.flags.insert(flag);
         }
-        self.details = details;
+        self.details = Cow::Borrowed(details);
         local_body(status, details, self.grpc)
+    }
+
+    /// The reply to a request authorization denied: 403 `RBAC: access denied` (gRPC:
+    /// `PERMISSION_DENIED` with that message), `details` naming the policy. Envoy's RBAC
+    /// filter sets no response flag.
+    pub(super) fn authz_denied(&mut self, details: String) -> Response<ResponseBody> {
+        self.details = Cow::Owned(details);
+        local_body(StatusCode::FORBIDDEN, RBAC_DENIED_BODY, self.grpc)
     }
 
     /// Reports the request: `istio_requests_total` and the histograms, and the access log.
@@ -150,7 +162,7 @@ impl RequestLog {
             entry.response_code = self.response_code;
             entry.response_flags = self.flags;
             entry.response_code_details =
-                (!self.details.is_empty()).then(|| self.details.to_owned());
+                (!self.details.is_empty()).then(|| self.details.into_owned());
             entry.bytes_received = request_bytes;
             entry.bytes_sent = body.bytes;
             entry.duration = duration;

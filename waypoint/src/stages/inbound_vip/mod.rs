@@ -5,23 +5,37 @@
 //!
 //! Every HTTP request runs the same phases, in this order:
 //!
+//! 0. **normalise** — a method with lower-case letters is refused (400 `invalid_method`); the
+//!    path is normalised as Istio configures Envoy ([`crate::authz::normalize_path`]: unreserved
+//!    escapes decoded, `\` → `/`, dot segments removed, slashes merged), or refused (400
+//!    `path_normalization_failed`). Every later phase, the access log and the upstream see the
+//!    normalised path.
 //! 1. **authenticate** — the service's RequestAuthentication rules
 //!    ([`authn`](crate::authn), Envoy's `jwt_authn`): a bad token → 401 (403 for a disallowed
 //!    audience) with `www-authenticate`, nothing sent upstream; a valid one → token removed
 //!    (unless forwarded), output headers set, the [`Authenticated`](crate::authn::Authenticated)
 //!    principal attached to the request for the later phases; no token → on, unauthenticated.
-//! 2. **route** — the service port's [`CompiledRoutes`](crate::route::CompiledRoutes): first
+//! 2. **authorize** — the AuthorizationPolicies that apply to the service
+//!    ([`crate::authz::evaluate`]: invalid policies, CUSTOM, DENY, then ALLOW; AUDIT only
+//!    logged), with the authenticated principal for `requestPrincipals` and
+//!    `request.auth.*`: a denial is answered 403 `RBAC: access denied` with
+//!    `rbac_access_denied_matched_policy[…]` as details, counted in `envoy_http_rbac_denied`,
+//!    and nothing is sent upstream.
+//! 3. **route** — the service port's [`CompiledRoutes`](crate::route::CompiledRoutes): first
 //!    match wins ([`select_route`]); no match → 404 `NR`. A CORS preflight is answered here.
 //!    The route's action resolves to a weighted backend, a redirect or a direct response.
-//! 3. **filters** — fault injection (delay `DI`, abort `FI`), request header operations (route,
+//! 4. **filters** — fault injection (delay `DI`, abort `FI`), request header operations (route,
 //!    then backend), rewrite, hop-by-hop headers, `x-request-id`.
-//! 4. **select backend** — the inbound VIP cluster `inbound-vip|<port>|http[/<subset>]|<host>`:
+//! 5. **select backend** — the inbound VIP cluster `inbound-vip|<port>|http[/<subset>]|<host>`:
 //!    circuit breaking (503 `UO`), load balancing over healthy, non-ejected endpoints (503 `UH`).
-//! 5. **send** — through the inbound pod listener (tunnel metadata) and `connect_originate`,
+//! 6. **send** — through the inbound pod listener (tunnel metadata) and `connect_originate`,
 //!    with the route's per-try timeout and retries (`URX` when they run out) inside the
 //!    route's timeout (504 `UT`); mirrors are sent fire-and-forget.
-//! 6. **respond** — response header operations, CORS headers, a consistent-hash cookie.
-//! 7. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
+//! 7. **respond** — response header operations, CORS headers, a consistent-hash cookie.
+//! 8. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
+//!
+//! A tunnel detected as TCP is authorized once, on its L4 attributes, before its TCP route
+//! (see `tcp`): a denied connection is closed.
 
 pub mod detect;
 mod log;

@@ -15,12 +15,13 @@ use super::pick_endpoint;
 use super::{Downstream, VipTarget};
 use crate::app::{Core, L7State};
 use crate::authn::{self, Denial};
+use crate::authz::{HttpAttributes, RequestAttributes, RequestPrincipal, evaluate};
 use crate::body::{Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext};
 use crate::filters::{self, AttemptOutcome};
 use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamProtocol};
-use crate::telemetry::{ResponseFlag, WorkloadLabels};
+use crate::telemetry::{HttpStat, ResponseFlag, WorkloadLabels};
 
 /// A response on its way to the client, before observation.
 pub(super) type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -31,6 +32,8 @@ pub(super) struct Listener {
     downstream: Arc<Downstream>,
     vip: VipTarget,
     source_labels: Arc<WorkloadLabels>,
+    /// `inbound-vip|<port>|http|<host>`, the stat prefix of the listener's counters.
+    name: String,
 }
 
 impl Listener {
@@ -39,11 +42,13 @@ impl Listener {
             downstream.source.as_deref(),
             Some(&downstream.peer_identity),
         ));
+        let name = vip.listener_name("http");
         Self {
             core,
             downstream,
             vip,
             source_labels,
+            name,
         }
     }
 
@@ -51,6 +56,9 @@ impl Listener {
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Observed> {
         let (mut parts, body) = request.into_parts();
         let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
+        // Normalised before anything reads the request: the access log shows the path that
+        // was authorised, routed and forwarded.
+        let normalized = normalize(&mut parts);
         let mut log = RequestLog::start(
             self.core.access_log.is_enabled(),
             &self.downstream,
@@ -60,7 +68,10 @@ impl Listener {
             request_id,
         );
         let replay = Replay::new(body);
-        let response = self.phases(&mut parts, &replay, &mut log).await;
+        let response = match normalized {
+            Ok(()) => self.phases(&mut parts, &replay, &mut log).await,
+            Err(details) => log.local_reply(StatusCode::BAD_REQUEST, None, details),
+        };
         log.response_code = response.status().as_u16();
         if log.grpc {
             log.grpc_status = crate::body::grpc_status(response.headers());
@@ -86,7 +97,12 @@ impl Listener {
             return denied;
         }
 
-        // 2. Route.
+        // 2. Authorize.
+        if let Some(denied) = self.authorize(&l7, parts, log) {
+            return denied;
+        }
+
+        // 3. Route.
         let host = self.vip.service.hostname.as_str();
         let port = self.vip.port;
         let Some(routes) = l7.compiled.routes.get(host, port) else {
@@ -117,18 +133,18 @@ impl Listener {
         if let Some(cors) = &route_filters.cors
             && let Some(preflight) = filters::cors_preflight(cors, parts)
         {
-            log.details = "cors_response";
+            log.details = "cors_response".into();
             return preflight.map(|()| empty());
         }
         let backend = match matched.resolve(fastrand::u32(..)) {
             Resolution::Forward(backend) => backend,
             Resolution::Redirect(redirect) => {
-                log.details = "direct_response";
+                log.details = "direct_response".into();
                 return filters::redirect_response(redirect, matched.path, parts, port)
                     .map(|()| empty());
             }
             Resolution::DirectResponse(direct) => {
-                log.details = "direct_response";
+                log.details = "direct_response".into();
                 return filters::direct_response(direct).map(full);
             }
             Resolution::UnknownSubset(_) => {
@@ -147,7 +163,7 @@ impl Listener {
             }
         };
 
-        // 3. Filters.
+        // 4. Filters.
         if let Some(fault) = &route_filters.fault {
             let decision =
                 filters::decide_fault(fault, fastrand::f64() * 100.0, fastrand::f64() * 100.0);
@@ -157,7 +173,7 @@ impl Listener {
             }
             if let Some(abort) = decision.abort {
                 log.flags.insert(ResponseFlag::FaultInjected);
-                log.details = "fault_filter_abort";
+                log.details = "fault_filter_abort".into();
                 return filters::abort_response(&abort, log.grpc).map(full);
             }
         }
@@ -171,7 +187,7 @@ impl Listener {
         }
         filters::strip_hop_by_hop(&mut parts.headers);
 
-        // 4. Select backend: the inbound VIP cluster.
+        // 5. Select backend: the inbound VIP cluster.
         let backend_port = backend.backend.port.unwrap_or(port);
         let Some((cluster, service)) = self.core.cluster(
             &backend.backend.host,
@@ -221,7 +237,7 @@ impl Listener {
             }
         }
 
-        // 5. Send.
+        // 6. Send.
         let upstream_start = Instant::now();
         let mut response = match self
             .send_with_retries(&cluster, route, (deadline, per_try), parts, replay, log)
@@ -232,7 +248,7 @@ impl Listener {
         };
         log.upstream_service_time = Some(upstream_start.elapsed());
 
-        // 6. Respond.
+        // 7. Respond.
         filters::apply_header_ops(&backend.response_headers, response.headers_mut());
         filters::apply_header_ops(&route_filters.response_headers, response.headers_mut());
         if let Some(cors) = &route_filters.cors {
@@ -245,7 +261,7 @@ impl Listener {
                 .append(http::header::SET_COOKIE, cookie);
         }
         filters::strip_hop_by_hop(response.headers_mut());
-        log.details = "via_upstream";
+        log.details = "via_upstream".into();
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
     }
 
@@ -289,7 +305,7 @@ impl Listener {
                     reason = denial.body,
                     "request denied by RequestAuthentication"
                 );
-                log.details = denial.details;
+                log.details = std::borrow::Cow::Borrowed(denial.details);
                 let mut response = local_body(denial.status, denial.body, log.grpc);
                 if let Some(value) = denial.www_authenticate {
                     response
@@ -299,6 +315,67 @@ impl Listener {
                 Err(response)
             }
         }
+    }
+
+    /// The authorize phase: evaluates the AuthorizationPolicies of the service. Returns the
+    /// 403 to answer when the request is denied; counts the outcome and logs AUDIT matches.
+    fn authorize(
+        &self,
+        l7: &L7State,
+        parts: &Parts,
+        log: &mut RequestLog,
+    ) -> Option<Response<ResponseBody>> {
+        let policies = l7.authz.policies(&self.vip.service.hostname);
+        if policies.is_empty() {
+            return None;
+        }
+        let source_ip = self.downstream.client_addr().ip();
+        let principal = parts
+            .extensions
+            .get::<authn::Authenticated>()
+            .map(RequestPrincipal::from);
+        let attributes = RequestAttributes {
+            source_identity: Some(&self.downstream.peer_identity),
+            source_ip,
+            remote_ip: forwarded_client(&parts.headers).unwrap_or(source_ip),
+            destination: self.downstream.original_dst,
+            sni: None,
+            http: Some(HttpAttributes {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host: filters::request_authority(parts).unwrap_or_default(),
+                headers: &parts.headers,
+                request_principal: principal.as_ref(),
+            }),
+        };
+        let decision = evaluate(policies, &attributes);
+        let metrics = &self.core.metrics;
+        for audited in &decision.audited {
+            metrics.count_http(HttpStat::RbacLogged, &self.name);
+            tracing::info!(
+                target: "authz",
+                listener = %self.name,
+                policy = %audited,
+                method = %parts.method,
+                path = parts.uri.path(),
+                peer = %self.downstream.peer_identity,
+                request_id = parts.headers.get(&filters::REQUEST_ID).and_then(|v| v.to_str().ok()),
+                "request audited"
+            );
+        }
+        let Some(details) = decision.response_code_details() else {
+            metrics.count_http(HttpStat::RbacAllowed, &self.name);
+            return None;
+        };
+        metrics.count_http(HttpStat::RbacDenied, &self.name);
+        tracing::debug!(
+            target: "authz",
+            listener = %self.name,
+            reason = %decision.reason,
+            peer = %self.downstream.peer_identity,
+            "request denied"
+        );
+        Some(log.authz_denied(details))
     }
 
     /// Sends to the cluster, retrying per the route's policy, until the route's deadline.
@@ -480,6 +557,43 @@ impl Listener {
     }
 }
 
+/// Normalises the request before any phase reads it: checks the method and normalises the
+/// path (see [`crate::authz::normalize_path`]). Returns the `%RESPONSE_CODE_DETAILS%` of the
+/// 400 to answer when the request cannot be normalised.
+fn normalize(parts: &mut Parts) -> Result<(), &'static str> {
+    if let Err(e) = crate::authz::check_method(parts.method.as_str()) {
+        tracing::debug!(error = %e, "request refused");
+        return Err("invalid_method");
+    }
+    if parts.method == http::Method::CONNECT {
+        // An authority-form target has no path to normalise.
+        return Ok(());
+    }
+    match crate::authz::normalize_uri(&parts.uri) {
+        Ok(None) => Ok(()),
+        Ok(Some(uri)) => {
+            parts.uri = uri;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, path = parts.uri.path(), "request refused");
+            Err("path_normalization_failed")
+        }
+    }
+}
+
+/// The original client address as the request reports it: the last `x-forwarded-for` entry
+/// (what the hop in front of the client's ztunnel, e.g. an ingress gateway, appended), as
+/// Envoy reads it with no trusted hops. `None` when absent or not an IP address.
+fn forwarded_client(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
+    let last = headers
+        .get_all(http::header::HeaderName::from_static("x-forwarded-for"))
+        .iter()
+        .next_back()?;
+    let entry = last.to_str().ok()?.rsplit(',').next()?.trim();
+    entry.parse().ok()
+}
+
 /// Upstream requests use the downstream's HTTP version (gRPC and HTTP/2 stay HTTP/2).
 fn upstream_protocol(parts: &Parts) -> UpstreamProtocol {
     match parts.version {
@@ -571,6 +685,54 @@ mod tests {
         );
         assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn forwarded_client_is_the_last_x_forwarded_for_entry() {
+        let headers = |values: &[&str]| {
+            let mut map = http::HeaderMap::new();
+            for v in values {
+                map.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            map
+        };
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(forwarded_client(&headers(&[])), None);
+        assert_eq!(
+            forwarded_client(&headers(&["203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&headers(&["198.51.100.1, 203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&headers(&["198.51.100.1", "2001:db8::1 "])),
+            ip("2001:db8::1")
+        );
+        assert_eq!(forwarded_client(&headers(&["198.51.100.1, unknown"])), None);
+    }
+
+    #[test]
+    fn normalisation_refuses_lower_case_methods_and_bad_paths() {
+        let parts = |method: &str, uri: &str| {
+            let request = Request::builder()
+                .method(http::Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(uri)
+                .body(())
+                .unwrap();
+            request.into_parts().0
+        };
+        let mut p = parts("GET", "/a/../b?q=/../x");
+        assert_eq!(normalize(&mut p), Ok(()));
+        assert_eq!(p.uri, "/b?q=/../x");
+        let mut p = parts("get", "/b");
+        assert_eq!(normalize(&mut p), Err("invalid_method"));
+        let mut p = parts("GET", "/a%zz");
+        assert_eq!(normalize(&mut p), Err("path_normalization_failed"));
+        let mut p = parts("CONNECT", "reviews:443");
+        assert_eq!(normalize(&mut p), Ok(()));
+        assert_eq!(p.uri, "reviews:443");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! TCP through the waypoint: the `inbound-vip|<port>|tcp|<host>` chain for streams that are not
 //! HTTP (VirtualService `tcp` routes, else the service itself), and workload-addressed tunnels
 //! straight to their pod. Bytes are copied both ways with half-close.
+//!
+//! The service's AuthorizationPolicies are enforced first, on what a connection carries
+//! (identity, addresses, ports): rules of ALLOW policies that need HTTP attributes never
+//! match, and HTTP constraints of DENY rules are dropped (such a rule denies more), as Istio
+//! generates the network RBAC filter. A denied connection is closed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::detect::Prefixed;
 use super::{Downstream, VipTarget};
 use crate::app::Core;
+use crate::authz::{RequestAttributes, evaluate};
 use crate::cluster::PickContext;
 use crate::route::{TcpView, pick_weighted, select_tcp_route};
 use crate::stages::connect_originate::DEFAULT_CONNECT_TIMEOUT;
@@ -25,6 +31,26 @@ pub(super) async fn serve(
 ) {
     let listener = vip.listener_name("tcp");
     let l7 = core.l7();
+    let policies = l7.authz.policies(&vip.service.hostname);
+    if !policies.is_empty() {
+        let source_ip = downstream.client_addr().ip();
+        let attributes = RequestAttributes {
+            source_identity: Some(&downstream.peer_identity),
+            source_ip,
+            remote_ip: source_ip,
+            destination: downstream.original_dst,
+            sni: None,
+            http: None,
+        };
+        let decision = evaluate(policies, &attributes);
+        for audited in &decision.audited {
+            tracing::info!(target: "authz", %listener, policy = %audited, peer = %downstream.peer_identity, "connection audited");
+        }
+        if !decision.allowed {
+            tracing::info!(target: "authz", %listener, reason = %decision.reason, peer = %downstream.peer_identity, "connection denied: closed");
+            return;
+        }
+    }
     let Some(routes) = l7.compiled.routes.get(&vip.service.hostname, vip.port) else {
         tracing::info!(%listener, "no TCP route: connection closed");
         return;
