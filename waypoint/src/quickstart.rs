@@ -334,10 +334,10 @@ pub async fn start(opts: &Options) -> Result<Quickstart, QuickstartError> {
         domain_suffix: "cluster.local".into(),
         instance_ips: vec![WAYPOINT_IP],
         ca: CaSource::Local(opts.state_dir.clone()),
-        hbone_addr: at(crate::HBONE_PORT),
-        admin_addr: at(ztunnel::config::ports::ADMIN),
-        metrics_addr: at(ztunnel::config::ports::METRICS),
-        readiness_addr: at(ztunnel::config::ports::READINESS),
+        hbone_addr: at(crate::ports::HBONE),
+        admin_addr: at(crate::ports::ADMIN),
+        metrics_addr: at(crate::ports::METRICS),
+        readiness_addr: at(crate::ports::READINESS),
         drain_deadline: Duration::from_secs(1),
     };
     let access_log = AccessLog::writer(AccessLogFormat::Text, tap.clone());
