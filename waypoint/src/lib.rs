@@ -60,3 +60,16 @@ pub mod telemetry;
 
 /// The port a waypoint serves HBONE on (the Gateway's single `HBONE` listener).
 pub const HBONE_PORT: u16 = hbone::HBONE_PORT;
+
+/// Istio's ports for a waypoint: the binary's default listeners, the waypoint Service's and
+/// pods' ports, and the Helm chart's probes and scrape annotations.
+pub mod ports {
+    /// HBONE (`connect_terminate`).
+    pub const HBONE: u16 = crate::HBONE_PORT;
+    /// Admin (`config_dump`, `/logging`, `/quitquitquit`), served to localhost only.
+    pub const ADMIN: u16 = 15000;
+    /// Istio request metrics (`/stats/prometheus`).
+    pub const METRICS: u16 = 15020;
+    /// Readiness (`/healthz/ready`).
+    pub const READINESS: u16 = 15021;
+}

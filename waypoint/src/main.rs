@@ -1,6 +1,6 @@
 //! The `waypoint` binary.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,16 +57,16 @@ struct Cli {
     #[arg(long, env = "CA_PLUGIN_DIR")]
     ca_plugin_dir: Option<PathBuf>,
     /// HBONE listener.
-    #[arg(long, default_value = "0.0.0.0:15008")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, waypoint::ports::HBONE)))]
     hbone_addr: SocketAddr,
     /// Admin server (served to localhost only).
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, waypoint::ports::ADMIN)))]
     admin_addr: SocketAddr,
     /// Metrics server.
-    #[arg(long, default_value = "0.0.0.0:15020")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, waypoint::ports::METRICS)))]
     metrics_addr: SocketAddr,
     /// Readiness server.
-    #[arg(long, default_value = "0.0.0.0:15021")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, waypoint::ports::READINESS)))]
     readiness_addr: SocketAddr,
     /// Access log encoding: TEXT or JSON (Istio's meshConfig.accessLogEncoding).
     #[arg(long, env = "ACCESS_LOG_ENCODING", default_value = "TEXT")]
