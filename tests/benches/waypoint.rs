@@ -436,6 +436,7 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
                 bind_waypoint: bind,
                 access_log: Some(AccessLog::disabled()),
                 echo_backends: true,
+                ..MeshOptions::default()
             },
         )
     };

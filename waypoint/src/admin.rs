@@ -1,10 +1,12 @@
 //! The waypoint's admin (15000, localhost only), metrics (15020) and readiness (15021) servers,
 //! on the HTTP plumbing ztunnel's admin servers use. `config_dump` lists every stage of the
 //! chain with its Istio-style name, the compiled routes and destination policies, the clusters
-//! with their endpoints and counters, and the configuration problems found.
+//! with their endpoints and counters, the configuration problems found, and where the mesh
+//! state comes from.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{Method, Request, StatusCode};
@@ -18,6 +20,7 @@ use ztunnel::admin::serve::{
     parse_query, response, text,
 };
 use ztunnel::identity::IdentityManager;
+use ztunnel::xds::Readiness;
 
 use crate::app::Core;
 use crate::stages::{CONNECT_ORIGINATE, CONNECT_TERMINATE, MAIN_INTERNAL};
@@ -27,10 +30,40 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const INDEX: &str = "\
 waypoint admin endpoints:
-  GET  /config_dump   the chain's stages, routes, clusters, certificates and problems (JSON)
+  GET  /config_dump   the state source, the chain's stages, routes, clusters, certificates
+                      and problems (JSON)
   POST /logging       show the log level; ?level=<spec> sets it
   POST /quitquitquit  shut down gracefully
 ";
+
+/// Where the mesh state comes from, as `config_dump` shows it (`stateSource`).
+#[derive(Debug, Clone)]
+pub enum StateOrigin {
+    /// A file: `{"file": "<path>"}`.
+    File(PathBuf),
+    /// Inline YAML: `"inline"`.
+    Inline,
+    /// istiod: `{"xds": "<address>", "synced": <first push received>}`.
+    Xds {
+        /// istiod's address.
+        address: String,
+        /// Whether the first full push has arrived.
+        synced: Readiness,
+    },
+}
+
+impl StateOrigin {
+    /// The `stateSource` value.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::File(path) => json!({ "file": path.display().to_string() }),
+            Self::Inline => json!("inline"),
+            Self::Xds { address, synced } => {
+                json!({ "xds": address, "synced": synced.is_ready() })
+            }
+        }
+    }
+}
 
 /// The whole `config_dump` document.
 pub fn config_dump(
@@ -38,6 +71,7 @@ pub fn config_dump(
     hbone_address: Option<SocketAddr>,
     identities: &IdentityManager,
     roots: &[CertificateDer<'static>],
+    state: &StateOrigin,
 ) -> Value {
     let l7 = core.l7();
     let bindings = core.bindings();
@@ -106,6 +140,7 @@ pub fn config_dump(
         })
         .collect();
     json!({
+        "stateSource": state.to_json(),
         "stages": stages,
         "services": l7.services.iter().map(|s| json!({"hostname": s.hostname, "namespace": s.namespace, "ports": s.ports.iter().map(|p| p.port).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "destinationPolicies": l7.compiled.destinations,
@@ -126,6 +161,8 @@ pub struct AdminInputs {
     pub identities: Arc<IdentityManager>,
     /// The trust roots.
     pub roots: Vec<CertificateDer<'static>>,
+    /// Where the mesh state comes from.
+    pub state: StateOrigin,
     /// The log filter.
     pub log_level: Option<Arc<dyn LogLevel>>,
     /// Cancelled by `/quitquitquit`.
@@ -153,6 +190,7 @@ impl Handler for AdminHandler {
                     self.inputs.hbone_address,
                     &self.inputs.identities,
                     &self.inputs.roots,
+                    &self.inputs.state,
                 );
                 let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
                 response(StatusCode::OK, APPLICATION_JSON, body)
