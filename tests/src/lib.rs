@@ -7,6 +7,8 @@
 //! - `quickstart.rs`: the README's first command, the local mesh from `examples/`.
 //! - `ztunnel_l4.rs`: two node proxies — HBONE by VIP and hostname, plain TCP, passthrough.
 //! - `ztunnel_policy.rs`: live revocation, strict mTLS against plaintext, inbound metrics.
+//! - `waypoint_xds.rs`: the waypoint with its mesh state from a fake istiod over xDS and its
+//!   certificate from istiod's CA (ztunnel's `testing` feature).
 //!
 //! - `netns_harness.rs`: the network-namespace harness of [`netns`] itself (root only).
 //! - `inpod_netns.rs`: in-pod redirection across two namespace "nodes" (root only).

@@ -29,7 +29,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use waypoint::run::{CaSource, RunConfig, Running};
+use waypoint::run::{CaSource, RunConfig, Running, StateSource};
+use waypoint::source::Sources;
 use waypoint::telemetry::{AccessLog, AccessLogFormat, MemoryLog};
 use ztunnel::app::{Node, WorkloadPorts, WorkloadProxy};
 use ztunnel::identity::IdentityManager;
@@ -230,6 +231,13 @@ pub struct MeshOptions {
     pub echo_backends: bool,
     /// How the waypoint fetches RequestAuthentication key sets.
     pub jwks: waypoint::authn::JwksSettings,
+    /// Where the waypoint's mesh state and certificate come from (e.g. a fake istiod); `None`
+    /// = the mesh's state file and the local CA of [`MeshOptions::ca_dir`]. The ztunnels
+    /// always use the state file.
+    pub waypoint_sources: Option<Sources>,
+    /// The local CA's directory, whose root every ztunnel trusts and issues from (an existing
+    /// CA is loaded); `None` = a new CA in the mesh's temporary directory.
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl Default for MeshOptions {
@@ -240,6 +248,8 @@ impl Default for MeshOptions {
             access_log: None,
             echo_backends: false,
             jwks: waypoint::authn::JwksSettings::default(),
+            waypoint_sources: None,
+            ca_dir: None,
         }
     }
 }
@@ -288,7 +298,10 @@ impl WaypointMesh {
             .expect("write the mesh state");
         let config_dir = dir.path().join("l7");
         std::fs::create_dir_all(&config_dir).expect("config dir");
-        let ca_dir = dir.path().join("ca");
+        let ca_dir = options
+            .ca_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("ca"));
         let state = StateHandle::new(
             LocalConfig::load_file(&state_path)
                 .and_then(LocalConfig::into_state)
@@ -348,8 +361,15 @@ impl WaypointMesh {
             .access_log
             .unwrap_or_else(|| memory_log.with_format(AccessLogFormat::Json));
         let wp = IpAddr::V4(net.waypoint());
+        let (state, ca) = match options.waypoint_sources {
+            Some(sources) => (sources.state, sources.ca),
+            None => (
+                StateSource::File(state_path),
+                CaSource::Local(ca_dir.clone()),
+            ),
+        };
         let config = RunConfig {
-            state_path,
+            state,
             config_dir: Some(config_dir.clone()),
             namespace: "default".into(),
             name: "waypoint".into(),
@@ -357,7 +377,7 @@ impl WaypointMesh {
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
             instance_ips: vec![wp],
-            ca: CaSource::Local(ca_dir.clone()),
+            ca,
             hbone_addr: SocketAddr::new(wp, 15008),
             admin_addr: SocketAddr::new(wp, 0),
             metrics_addr: SocketAddr::new(wp, 0),

@@ -2,11 +2,12 @@
 //! on the HTTP plumbing ztunnel's admin servers use. `config_dump` lists every stage of the
 //! chain with its Istio-style name, the compiled routes and destination policies, the
 //! AuthorizationPolicies with the services each applies to, the RequestAuthentications and the
-//! fetch status of their `jwksUri` key sets, the clusters with their endpoints and counters, and
-//! the configuration problems found.
+//! fetch status of their `jwksUri` key sets, the clusters with their endpoints and counters, the
+//! configuration problems found, and where the mesh state comes from.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{Method, Request, StatusCode};
@@ -20,6 +21,7 @@ use ztunnel::admin::serve::{
     parse_query, response, text,
 };
 use ztunnel::identity::IdentityManager;
+use ztunnel::xds::Readiness;
 
 use crate::app::Core;
 use crate::stages::{CONNECT_ORIGINATE, CONNECT_TERMINATE, MAIN_INTERNAL};
@@ -29,11 +31,40 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const INDEX: &str = "\
 waypoint admin endpoints:
-  GET  /config_dump   the chain's stages, routes, clusters, JWT rules and key sets,
-                      certificates and problems (JSON)
+  GET  /config_dump   the state source, the chain's stages, routes, clusters, JWT rules and
+                      key sets, certificates and problems (JSON)
   POST /logging       show the log level; ?level=<spec> sets it
   POST /quitquitquit  shut down gracefully
 ";
+
+/// Where the mesh state comes from, as `config_dump` shows it (`stateSource`).
+#[derive(Debug, Clone)]
+pub enum StateOrigin {
+    /// A file: `{"file": "<path>"}`.
+    File(PathBuf),
+    /// Inline YAML: `"inline"`.
+    Inline,
+    /// istiod: `{"xds": "<address>", "synced": <first push received>}`.
+    Xds {
+        /// istiod's address.
+        address: String,
+        /// Whether the first full push has arrived.
+        synced: Readiness,
+    },
+}
+
+impl StateOrigin {
+    /// The `stateSource` value.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::File(path) => json!({ "file": path.display().to_string() }),
+            Self::Inline => json!("inline"),
+            Self::Xds { address, synced } => {
+                json!({ "xds": address, "synced": synced.is_ready() })
+            }
+        }
+    }
+}
 
 /// The whole `config_dump` document.
 pub fn config_dump(
@@ -41,6 +72,7 @@ pub fn config_dump(
     hbone_address: Option<SocketAddr>,
     identities: &IdentityManager,
     roots: &[CertificateDer<'static>],
+    state: &StateOrigin,
 ) -> Value {
     let l7 = core.l7();
     let bindings = core.bindings();
@@ -109,6 +141,7 @@ pub fn config_dump(
         })
         .collect();
     json!({
+        "stateSource": state.to_json(),
         "stages": stages,
         "services": l7.services.iter().map(|s| json!({"hostname": s.hostname, "namespace": s.namespace, "ports": s.ports.iter().map(|p| p.port).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "destinationPolicies": l7.compiled.destinations,
@@ -132,6 +165,8 @@ pub struct AdminInputs {
     pub identities: Arc<IdentityManager>,
     /// The trust roots.
     pub roots: Vec<CertificateDer<'static>>,
+    /// Where the mesh state comes from.
+    pub state: StateOrigin,
     /// The log filter.
     pub log_level: Option<Arc<dyn LogLevel>>,
     /// Cancelled by `/quitquitquit`.
@@ -159,6 +194,7 @@ impl Handler for AdminHandler {
                     self.inputs.hbone_address,
                     &self.inputs.identities,
                     &self.inputs.roots,
+                    &self.inputs.state,
                 );
                 let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
                 response(StatusCode::OK, APPLICATION_JSON, body)

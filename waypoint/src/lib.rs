@@ -41,6 +41,9 @@
 //! - [`app`]: the shared core (state, compiled configuration, clusters) and the bound HBONE
 //!   listener; [`run`]: the process (certificates, state and configuration watches, admin,
 //!   metrics and readiness servers); [`admin`]: `config_dump` and the admin endpoints.
+//! - [`source`]: where the mesh state (a local file or istiod over xDS) and the certificate
+//!   (istiod's CA, a local or plug-in CA) come from, chosen from flags and environment with
+//!   ztunnel's variable names. Inputs of the chain, not a stage.
 //! - [`quickstart`]: the README's first command: a local mesh with a waypoint in front of a
 //!   demo service.
 
@@ -55,6 +58,7 @@ pub mod filters;
 pub mod quickstart;
 pub mod route;
 pub mod run;
+pub mod source;
 pub mod stages;
 pub mod telemetry;
 

@@ -7,26 +7,29 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use waypoint::run::{CaSource, RunConfig};
+use waypoint::run::RunConfig;
+use waypoint::source::{SourceFlags, WaypointNode};
 use waypoint::telemetry::{AccessLog, AccessLogFormat};
 
 /// waypoint: the ambient mesh L7 proxy.
 ///
 /// Without a subcommand it is the proxy: it serves HBONE on 15008 as its service account's
-/// identity for the services and workloads bound to it in the mesh state (--state /
-/// LOCAL_XDS_PATH, required), routes their requests by the VirtualServices,
-/// DestinationRules and HTTPRoutes of its configuration directory, and tunnels each request
-/// to the destination pod's ztunnel. `waypoint quickstart` runs a whole local mesh with a
-/// waypoint and shows its routing.
+/// identity for the services and workloads bound to it in the mesh state (a file: --state /
+/// LOCAL_XDS_PATH; or istiod over xDS: XDS_ADDRESS, with ztunnel's variables), routes their
+/// requests by the VirtualServices, DestinationRules and HTTPRoutes of its configuration
+/// directory, and tunnels each request to the destination pod's ztunnel. Its certificate comes
+/// from Istio's CA (CA_ADDRESS), a local CA (LOCAL_CA_DIR) or a plug-in CA (CA_PLUGIN_DIR).
+/// `waypoint quickstart` runs a whole local mesh with a waypoint and shows its routing.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The mesh state: a file in Istio ztunnel's local config schema (hot-reloaded).
-    /// Required to run the proxy.
+    /// The mesh state: a file in Istio ztunnel's local config schema (hot-reloaded). Without
+    /// it (or LOCAL_XDS, inline YAML) the state comes from istiod: XDS_ADDRESS (istiod's
+    /// in-cluster address inside Kubernetes), XDS_ROOT_CA, AUTH_TOKEN, as for ztunnel.
     #[arg(long, env = "LOCAL_XDS_PATH")]
-    state: Option<PathBuf>,
+    state: Option<String>,
     /// A directory of Kubernetes YAML (VirtualService, DestinationRule, ServiceEntry,
     /// HTTPRoute, GRPCRoute, RequestAuthentication), hot-reloaded.
     #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
@@ -49,13 +52,15 @@ struct Cli {
     /// The waypoint's own addresses (comma-separated).
     #[arg(long, env = "INSTANCE_IP", value_delimiter = ',')]
     instance_ip: Vec<IpAddr>,
-    /// Local CA state directory (root generated on first run).
-    #[arg(long, env = "LOCAL_CA_DIR", default_value = "target/ztunnel-state")]
-    ca_dir: PathBuf,
+    /// Local CA state directory (root generated on first run). Without it, CA_PLUGIN_DIR or
+    /// CA_ADDRESS (Istio's CA, with CA_ROOT_CA; istiod inside Kubernetes) the local CA is in
+    /// target/ztunnel-state.
+    #[arg(long, env = "LOCAL_CA_DIR")]
+    ca_dir: Option<String>,
     /// Istio plug-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem);
-    /// overrides the local CA.
+    /// overrides the local CA. Neither may be combined with CA_ADDRESS.
     #[arg(long, env = "CA_PLUGIN_DIR")]
-    ca_plugin_dir: Option<PathBuf>,
+    ca_plugin_dir: Option<String>,
     /// HBONE listener.
     #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, waypoint::ports::HBONE)))]
     hbone_addr: SocketAddr,
@@ -164,13 +169,22 @@ fn main() -> anyhow::Result<()> {
 
 /// The proxy, configured by the flags and environment.
 async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::Result<()> {
-    let Some(state_path) = cli.state else {
-        anyhow::bail!(
-            "no mesh state: set LOCAL_XDS_PATH or pass --state <file> (a local config in Istio \
-             ztunnel's schema, e.g. examples/localhost.yaml); `waypoint quickstart` runs a \
-             complete local mesh instead"
-        );
-    };
+    let service_account = cli.service_account.unwrap_or_else(|| cli.name.clone());
+    let sources = waypoint::source::select(
+        &SourceFlags {
+            state: cli.state,
+            ca_dir: cli.ca_dir,
+            ca_plugin_dir: cli.ca_plugin_dir,
+        },
+        &WaypointNode {
+            namespace: cli.namespace.clone(),
+            name: cli.name.clone(),
+            service_account: service_account.clone(),
+            instance_ips: cli.instance_ip.clone(),
+        },
+        &ztunnel::config::ProcessEnv,
+    )
+    .context("choosing the mesh state and certificate sources")?;
     let format: AccessLogFormat = cli
         .access_log_encoding
         .parse()
@@ -188,18 +202,15 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
         }
     };
     let config = RunConfig {
-        state_path,
+        state: sources.state,
         config_dir: cli.config_dir,
-        service_account: cli.service_account.unwrap_or_else(|| cli.name.clone()),
+        service_account,
         namespace: cli.namespace,
         name: cli.name,
         trust_domain: cli.trust_domain,
         domain_suffix: cli.domain,
         instance_ips: cli.instance_ip,
-        ca: match cli.ca_plugin_dir {
-            Some(dir) => CaSource::Plugin(dir),
-            None => CaSource::Local(cli.ca_dir),
-        },
+        ca: sources.ca,
         hbone_addr: cli.hbone_addr,
         admin_addr: cli.admin_addr,
         metrics_addr: cli.metrics_addr,

@@ -43,7 +43,7 @@ use ztunnel::admin::LogLevel;
 use ztunnel::state::MeshState;
 
 use crate::config::ConfigSet;
-use crate::run::{CaSource, RunConfig, RunError, Running};
+use crate::run::{CaSource, RunConfig, RunError, Running, StateSource};
 use crate::telemetry::{AccessLog, AccessLogFormat};
 
 /// The waypoint's part of the mesh state, appended to [`ztunnel::quickstart::DEFAULT_CONFIG`].
@@ -325,7 +325,7 @@ pub async fn start(opts: &Options) -> Result<Quickstart, QuickstartError> {
     let (namespace, name, service_account) = WAYPOINT;
     let at = |port| SocketAddr::new(WAYPOINT_IP, port);
     let config = RunConfig {
-        state_path: mesh_file.clone(),
+        state: StateSource::File(mesh_file.clone()),
         config_dir: Some(l7_dir),
         namespace: namespace.into(),
         name: name.into(),

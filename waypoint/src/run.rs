@@ -1,48 +1,43 @@
-//! The waypoint as a process: certificates (local or plug-in CA), the mesh state (a local file
-//! in Istio ztunnel's schema, hot-reloaded), the L7 configuration directory (hot-reloaded), the
-//! chain's HBONE listener and the admin, metrics and readiness servers. Readiness turns green
-//! once the state, the configuration and the waypoint's certificate are loaded.
+//! The waypoint as a process: certificates (istiod's CA, a local or a plug-in CA), the mesh
+//! state (a local file in Istio ztunnel's schema, hot-reloaded, or istiod over delta xDS; see
+//! [`crate::source`]), the L7 configuration directory (hot-reloaded), the chain's HBONE listener
+//! and the admin, metrics and readiness servers. Readiness turns green once the state (from
+//! istiod: its first full push), the configuration and the waypoint's certificate are loaded.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone::{Identity, LocalCa};
+use hbone::Identity;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ztunnel::admin::{LogLevel, ReadinessServer, Ready};
 use ztunnel::identity::IdentityManager;
-use ztunnel::state::StateHandle;
+use ztunnel::run::Certificates;
+use ztunnel::state::{LocalConfig, MeshState, StateHandle};
+use ztunnel::xds::AdsClient;
 
-use crate::admin::{AdminInputs, Server};
+use crate::admin::{AdminInputs, Server, StateOrigin};
 use crate::app::{
     CONFIG_POLL_INTERVAL, Core, ListenAddrs, Waypoint, WaypointOptions, load_config_dir,
     watch_config_dir, watch_state,
 };
 use crate::authn::JwksSettings;
+pub use crate::source::StateSource;
 use crate::telemetry::{AccessLog, RequestMetrics};
+pub use ztunnel::config::CaSource;
 
 /// How often the state file is checked for changes.
 const STATE_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Lifetime of the waypoint's certificate from the local CA.
+/// Lifetime of the waypoint's certificate.
 const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Where certificates come from.
-#[derive(Debug, Clone)]
-pub enum CaSource {
-    /// A local CA whose root is generated into (or loaded from) this directory.
-    Local(PathBuf),
-    /// Istio's plug-in CA layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
-    /// `cert-chain.pem`).
-    Plugin(PathBuf),
-}
 
 /// Everything the waypoint process needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// The mesh state file (Istio ztunnel's local config schema).
-    pub state_path: PathBuf,
+    /// The mesh state.
+    pub state: StateSource,
     /// The directory of L7 configuration (Kubernetes YAML); none = default routes only.
     pub config_dir: Option<PathBuf>,
     /// The waypoint's namespace.
@@ -85,10 +80,10 @@ pub enum RunError {
     #[error("certificate authority: {0}")]
     Ca(String),
     /// The mesh state could not be loaded.
-    #[error("mesh state {path}: {reason}")]
+    #[error("mesh state {origin}: {reason}")]
     State {
-        /// The file.
-        path: PathBuf,
+        /// The file, or `LOCAL_XDS`.
+        origin: String,
         /// Why.
         reason: String,
     },
@@ -121,6 +116,8 @@ pub struct Running {
     pub readiness: SocketAddr,
     /// Cancelled by `/quitquitquit`; cancel it to shut down.
     pub quit: CancellationToken,
+    /// The readiness gate behind `/healthz/ready`.
+    pub ready: Ready,
     shutdown: hbone::Shutdown,
     servers: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -148,23 +145,33 @@ pub async fn start(
         &config.service_account,
     )
     .map_err(|e| RunError::Identity(e.to_string()))?;
-    let ca = match &config.ca {
-        CaSource::Local(dir) => LocalCa::load_or_generate(dir, &config.trust_domain),
-        CaSource::Plugin(dir) => LocalCa::from_plugin_dir(dir, &config.trust_domain),
-    }
-    .map_err(|e| RunError::Ca(e.to_string()))?;
-    let roots = ca.roots().to_vec();
-    let identities = Arc::new(IdentityManager::new(ca, CERT_TTL));
+    let certificates = Certificates::from_source(&config.ca, &config.trust_domain)
+        .await
+        .map_err(|e| RunError::Ca(e.to_string()))?;
+    let roots = certificates.roots;
+    let identities = Arc::new(IdentityManager::new(certificates.source, CERT_TTL));
     let ready = Ready::new();
     let state_task = ready.register("state");
     let config_task = ready.register("config");
     let cert_task = ready.register("certificate");
 
-    let state = ztunnel::state::load_file(&config.state_path).map_err(|e| RunError::State {
-        path: config.state_path.clone(),
-        reason: e.to_string(),
-    })?;
-    let handle = StateHandle::new(state);
+    let initial = match &config.state {
+        StateSource::File(path) => {
+            ztunnel::state::load_file(path).map_err(|e| RunError::State {
+                origin: path.display().to_string(),
+                reason: e.to_string(),
+            })?
+        }
+        StateSource::Inline(yaml) => LocalConfig::from_yaml(yaml)
+            .and_then(LocalConfig::into_state)
+            .map_err(|e| RunError::State {
+                origin: "LOCAL_XDS".into(),
+                reason: e.to_string(),
+            })?,
+        // Empty until istiod's first push.
+        StateSource::Xds(_) => MeshState::default(),
+    };
+    let handle = StateHandle::new(initial);
     let mut options = WaypointOptions::new(&config.namespace, &config.name, identity);
     options.self_ref.instance_ips = config.instance_ips.clone();
     options.domain_suffix = config.domain_suffix.clone();
@@ -183,14 +190,47 @@ pub async fn start(
         access_log,
     );
 
-    let mut tasks = Vec::new();
-    tasks.push(ztunnel::state::watch_file(
-        config.state_path.clone(),
-        handle.clone(),
-        STATE_POLL_INTERVAL,
-    ));
-    state_task.done();
-    tasks.push(watch_state(Arc::clone(&core), &handle));
+    // Stops the admin, metrics and readiness servers and the xDS client; also when start-up
+    // fails from here on.
+    let servers = CancellationToken::new();
+    let stop_on_error = servers.clone().drop_guard();
+    // Subscribed before any source can change the state.
+    let mut tasks = vec![watch_state(Arc::clone(&core), &handle)];
+    let origin = match &config.state {
+        StateSource::File(path) => {
+            tasks.push(ztunnel::state::watch_file(
+                path.clone(),
+                handle.clone(),
+                STATE_POLL_INTERVAL,
+            ));
+            state_task.done();
+            StateOrigin::File(path.clone())
+        }
+        StateSource::Inline(_) => {
+            state_task.done();
+            StateOrigin::Inline
+        }
+        StateSource::Xds(xds) => {
+            let client = AdsClient::new((**xds).clone(), handle.clone());
+            let mut synced = client.readiness();
+            let origin = StateOrigin::Xds {
+                address: xds.control_plane.address.to_string(),
+                synced: client.readiness(),
+            };
+            tasks.push(tokio::spawn(client.run(servers.clone())));
+            let core = Arc::clone(&core);
+            tasks.push(tokio::spawn(async move {
+                if synced.wait().await {
+                    // Ready means the first push is what the chain serves, not only applied
+                    // to the state.
+                    core.refresh();
+                    tracing::info!("mesh state received from istiod");
+                    state_task.done();
+                }
+            }));
+            origin
+        }
+    };
     if let Some(dir) = &config.config_dir {
         load_config_dir(&core, dir);
         tasks.push(watch_config_dir(
@@ -221,6 +261,7 @@ pub async fn start(
             hbone_address: Some(hbone_address),
             identities: Arc::clone(&identities),
             roots: roots.clone(),
+            state: origin,
             log_level,
             quit: quit.clone(),
         },
@@ -238,7 +279,7 @@ pub async fn start(
             addr: config.metrics_addr,
             source,
         })?;
-    let readiness = ReadinessServer::new(config.readiness_addr, ready)
+    let readiness = ReadinessServer::new(config.readiness_addr, ready.clone())
         .await
         .map_err(|source| RunError::Bind {
             what: "readiness",
@@ -250,12 +291,12 @@ pub async fn start(
         metrics_server.address(),
         readiness.address(),
     );
-    let servers = CancellationToken::new();
     tasks.push(tokio::spawn(admin.run(servers.clone())));
     tasks.push(tokio::spawn(metrics_server.run(servers.clone())));
     tasks.push(tokio::spawn(readiness.run(servers.clone())));
     let shutdown = hbone::Shutdown::default();
     let run_shutdown = shutdown.clone();
+    stop_on_error.disarm();
     let main = tokio::spawn(async move {
         if let Err(e) = waypoint.run(run_shutdown).await {
             tracing::error!(error = %e, "waypoint stopped");
@@ -275,6 +316,7 @@ pub async fn start(
         metrics: metrics_addr,
         readiness: readiness_addr,
         quit,
+        ready,
         shutdown,
         servers,
         tasks,

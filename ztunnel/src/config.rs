@@ -124,6 +124,9 @@ pub enum OutboundPolicy {
     RegistryOnly,
 }
 
+/// The local CA directory when neither a CA address nor a CA directory is configured.
+pub const DEFAULT_LOCAL_CA_DIR: &str = "./var/lib/ztunnel/ca";
+
 /// Where the mesh state comes from when running without a control plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LocalState {
@@ -229,7 +232,7 @@ impl Config {
             proxy_mode: proxy_mode(env)?,
             xds: xds(env, &local_state)?,
             local_state,
-            ca: ca(env)?,
+            ca: ca(env, DEFAULT_LOCAL_CA_DIR)?,
             trust_domain: string(env, "TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
             cluster_id: string(env, "CLUSTER_ID")
                 .or_else(|| string(env, "ISTIO_META_CLUSTER_ID"))
@@ -364,7 +367,8 @@ fn proxy_mode(env: &impl Env) -> Result<ProxyMode, ConfigError> {
     }
 }
 
-fn local_state(env: &impl Env) -> Result<LocalState, ConfigError> {
+/// `LOCAL_XDS_PATH` (a file) or `LOCAL_XDS` (inline YAML), mutually exclusive.
+pub fn local_state(env: &impl Env) -> Result<LocalState, ConfigError> {
     match (string(env, "LOCAL_XDS_PATH"), string(env, "LOCAL_XDS")) {
         (Some(_), Some(_)) => Err(ConfigError::Conflict(
             "LOCAL_XDS_PATH and LOCAL_XDS are mutually exclusive".into(),
@@ -377,7 +381,8 @@ fn local_state(env: &impl Env) -> Result<LocalState, ConfigError> {
 
 /// Istio's CA when `CA_ADDRESS` is set (or defaults to istiod in Kubernetes), unless a local or
 /// plug-in CA directory is named; those are our own knobs (upstream's `FAKE_CA` is in-memory).
-fn ca(env: &impl Env) -> Result<CaSource, ConfigError> {
+/// Without any of them, a local CA in `default_local_dir`.
+pub fn ca(env: &impl Env, default_local_dir: &str) -> Result<CaSource, ConfigError> {
     let plugin = string(env, "CA_PLUGIN_DIR");
     let local = string(env, "LOCAL_CA_DIR");
     let explicit_remote = string(env, "CA_ADDRESS").is_some();
@@ -396,17 +401,13 @@ fn ca(env: &impl Env) -> Result<CaSource, ConfigError> {
     }
     Ok(match plugin {
         Some(dir) => CaSource::Plugin(dir.into()),
-        None => CaSource::Local(
-            local
-                .unwrap_or_else(|| "./var/lib/ztunnel/ca".into())
-                .into(),
-        ),
+        None => CaSource::Local(local.unwrap_or_else(|| default_local_dir.into()).into()),
     })
 }
 
 /// The xDS client: on when `XDS_ADDRESS` is set, or by default in Kubernetes when no local
-/// state is given.
-fn xds(env: &impl Env, local: &LocalState) -> Result<Option<Box<XdsConfig>>, ConfigError> {
+/// state is given; an explicit `XDS_ADDRESS` next to a local state is a conflict.
+pub fn xds(env: &impl Env, local: &LocalState) -> Result<Option<Box<XdsConfig>>, ConfigError> {
     let explicit = string(env, "XDS_ADDRESS").is_some();
     if *local != LocalState::None {
         if explicit {

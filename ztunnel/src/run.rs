@@ -110,7 +110,12 @@ impl Certificates {
     /// the local CA (`LOCAL_CA_DIR`, generated on first use) or Istio's plug-in CA layout
     /// (`CA_PLUGIN_DIR`).
     pub async fn from_config(config: &Config) -> Result<Self, RunError> {
-        let ca = match &config.ca {
+        Self::from_source(&config.ca, &config.trust_domain).await
+    }
+
+    /// The certificates of `source`; a local or plug-in CA issues in `trust_domain`.
+    pub async fn from_source(source: &CaSource, trust_domain: &str) -> Result<Self, RunError> {
+        let ca = match source {
             CaSource::Istio(remote) => {
                 let roots = crate::xds::channel::load_roots(&remote.trust_roots).await?;
                 return Ok(Self {
@@ -118,8 +123,8 @@ impl Certificates {
                     roots,
                 });
             }
-            CaSource::Local(dir) => hbone::LocalCa::load_or_generate(dir, &config.trust_domain)?,
-            CaSource::Plugin(dir) => hbone::LocalCa::from_plugin_dir(dir, &config.trust_domain)?,
+            CaSource::Local(dir) => hbone::LocalCa::load_or_generate(dir, trust_domain)?,
+            CaSource::Plugin(dir) => hbone::LocalCa::from_plugin_dir(dir, trust_domain)?,
         };
         let roots = ca.roots().to_vec();
         Ok(Self {

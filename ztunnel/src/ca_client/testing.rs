@@ -1,5 +1,6 @@
 //! Test support: an in-process fake Istio CA that signs CSRs with an `hbone::LocalCa`, or
-//! misbehaves on request.
+//! misbehaves on request. Served alone with [`crate::xds::testing::serve`] or next to the fake
+//! ADS server with [`crate::xds::testing::fake_istiod`]. Not part of any data path.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 /// What the fake CA answers.
 #[derive(Clone)]
-pub(crate) enum Mode {
+pub enum Mode {
     /// Sign the CSR; the chain ends with the root, as Istio's does.
     Sign,
     /// A leaf for another identity (and another key).
@@ -33,21 +34,27 @@ pub(crate) enum Mode {
 }
 
 /// One request as the fake CA saw it.
-pub(crate) struct Seen {
-    pub(crate) metadata: MetadataMap,
-    pub(crate) request: IstioCertificateRequest,
+pub struct Seen {
+    /// The call metadata (headers).
+    pub metadata: MetadataMap,
+    /// The request.
+    pub request: IstioCertificateRequest,
 }
 
+/// The fake CA; clones share the mode and the requests seen.
 #[derive(Clone)]
-pub(crate) struct FakeCa {
-    pub(crate) ca: Arc<LocalCa>,
-    pub(crate) mode: Arc<Mutex<Mode>>,
-    pub(crate) seen: Arc<Mutex<Vec<Seen>>>,
+pub struct FakeCa {
+    /// The CA that signs.
+    pub ca: Arc<LocalCa>,
+    /// What it answers; may be changed while it runs.
+    pub mode: Arc<Mutex<Mode>>,
+    /// Every request so far.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeCa {
     /// A CA signing every CSR with `ca`.
-    pub(crate) fn signing(ca: Arc<LocalCa>) -> Self {
+    pub fn signing(ca: Arc<LocalCa>) -> Self {
         Self {
             ca,
             mode: Arc::new(Mutex::new(Mode::Sign)),

@@ -40,10 +40,32 @@ pub struct XdsConfig {
     pub node: NodeInfo,
 }
 
-/// The node proxy as istiod knows it: the xDS `Node`.
+/// The kind of proxy, the first field of the node id (Istio's `NodeType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeType {
+    /// A node proxy: `ztunnel`.
+    #[default]
+    Ztunnel,
+    /// A waypoint: `waypoint`.
+    Waypoint,
+}
+
+impl NodeType {
+    /// The name istiod parses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ztunnel => "ztunnel",
+            Self::Waypoint => "waypoint",
+        }
+    }
+}
+
+/// The proxy as istiod knows it: the xDS `Node`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeInfo {
-    /// This pod's IP (`INSTANCE_IP`).
+    /// What kind of proxy this is.
+    pub node_type: NodeType,
+    /// This pod's IP (`INSTANCE_IP`); several are comma-separated, the first is in the node id.
     pub instance_ip: String,
     /// This pod's name (`POD_NAME`).
     pub pod_name: String,
@@ -73,6 +95,7 @@ impl XdsConfig {
             headers: Vec::new(),
         };
         let node = NodeInfo {
+            node_type: NodeType::Ztunnel,
             instance_ip: channel::var(env, "INSTANCE_IP")
                 .unwrap_or_else(|| DEFAULT_INSTANCE_IP.into()),
             pod_name: channel::var(env, "POD_NAME").unwrap_or_default(),
@@ -118,10 +141,18 @@ impl XdsConfig {
 }
 
 impl NodeInfo {
-    /// The node id istiod parses: `ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+    /// The node id istiod parses: `<type>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`
+    /// (`<type>` is `ztunnel` or `waypoint`; `<ip>` the first of the instance IPs).
     pub fn id(&self) -> String {
-        let (ip, pod, ns) = (&self.instance_ip, &self.pod_name, &self.pod_namespace);
-        format!("ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local")
+        let kind = self.node_type.as_str();
+        let ip = self
+            .instance_ip
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let (pod, ns) = (&self.pod_name, &self.pod_namespace);
+        format!("{kind}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local")
     }
 
     /// The xDS `Node`: the id and the metadata `NAME`, `NAMESPACE`, `INSTANCE_IPS`, `NODE_NAME`,

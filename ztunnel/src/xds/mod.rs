@@ -43,14 +43,14 @@ pub mod client;
 pub mod config;
 pub mod handler;
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
 pub use channel::{Channel, ChannelError, ControlPlane, RootCert, TokenSource};
 pub use client::{AdsClient, Readiness, XdsStats};
-pub use config::{NodeInfo, XdsConfig};
+pub use config::{NodeInfo, NodeType, XdsConfig};
 pub use handler::ResourceType;
 
 /// Why an xDS stream ended with an error (the client then reconnects).

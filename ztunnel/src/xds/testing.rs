@@ -1,10 +1,15 @@
 //! Test support: an in-process control plane on `127.0.0.1:0` (TLS 1.3 + HTTP/2 serving a tonic
-//! service) and a scriptable fake ADS server. Shared with the CA client's tests.
+//! service) and a scriptable fake ADS server. Shared with the CA client's tests, and with other
+//! crates' tests through the `testing` feature ([`fake_istiod`]: xDS and the CA on one address,
+//! as istiod serves them). Not part of any data path; failures panic.
+
+#![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -16,26 +21,30 @@ use proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
 use proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use proto::istio::v1::auth::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::{BoxStream, Service};
+use tonic::codegen::{BoxFuture, BoxStream, Service};
 use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::channel::{ControlPlane, RootCert, TokenSource};
 
 /// How long a test waits for something the client should do.
-pub(crate) const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The token the test control planes expect.
-pub(crate) const TOKEN: &str = "test-token";
+pub const TOKEN: &str = "test-token";
 
 /// A root and a serving certificate for `localhost`, `127.0.0.1` and istiod's service name.
-pub(crate) struct TestPki {
+pub struct TestPki {
     /// The root, PEM.
     pub root_pem: String,
     /// The root, written to a file.
@@ -45,7 +54,9 @@ pub(crate) struct TestPki {
 }
 
 impl TestPki {
-    pub(crate) fn new() -> Self {
+    /// A root of its own and a serving certificate it issued.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         let root_key = KeyPair::generate().unwrap();
         let mut root_params = CertificateParams::default();
         root_params
@@ -89,7 +100,7 @@ impl TestPki {
 
     /// A control plane whose serving certificate is issued by the mesh CA `ca`, as istiod's is
     /// in a cluster (one root for the control plane and the workloads).
-    pub(crate) fn signed_by(ca: &hbone::LocalCa) -> Self {
+    pub fn signed_by(ca: &hbone::LocalCa) -> Self {
         let mut params = CertificateParams::new(vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -120,7 +131,7 @@ impl TestPki {
     }
 
     /// A control plane at `addr` trusting this root, with the test token.
-    pub(crate) fn control_plane(&self, addr: SocketAddr) -> ControlPlane {
+    pub fn control_plane(&self, addr: SocketAddr) -> ControlPlane {
         ControlPlane {
             address: format!("https://{addr}").parse().unwrap(),
             root_cert: RootCert::File(self.root_path.clone()),
@@ -133,7 +144,7 @@ impl TestPki {
 }
 
 /// A running test server; dropping it closes the listener and every connection.
-pub(crate) struct TestServer {
+pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
     task: JoinHandle<()>,
@@ -146,7 +157,7 @@ impl Drop for TestServer {
 }
 
 /// Serves `service` over TLS + HTTP/2 on `127.0.0.1:0`.
-pub(crate) async fn serve<S>(pki: &TestPki, service: S) -> TestServer
+pub async fn serve<S>(pki: &TestPki, service: S) -> TestServer
 where
     S: Service<
             http::Request<Incoming>,
@@ -185,7 +196,7 @@ where
 }
 
 /// One delta ADS stream as the fake server sees it.
-pub(crate) struct AdsStream {
+pub struct AdsStream {
     /// The request metadata (headers).
     pub metadata: MetadataMap,
     requests: Streaming<DeltaDiscoveryRequest>,
@@ -194,7 +205,7 @@ pub(crate) struct AdsStream {
 
 impl AdsStream {
     /// The next request from the client.
-    pub(crate) async fn request(&mut self) -> DeltaDiscoveryRequest {
+    pub async fn request(&mut self) -> DeltaDiscoveryRequest {
         tokio::time::timeout(WAIT, self.requests.message())
             .await
             .expect("client request in time")
@@ -203,24 +214,24 @@ impl AdsStream {
     }
 
     /// The first request of each type, ordered by type URL.
-    pub(crate) async fn initial_requests(&mut self) -> Vec<DeltaDiscoveryRequest> {
+    pub async fn initial_requests(&mut self) -> Vec<DeltaDiscoveryRequest> {
         let mut requests = vec![self.request().await, self.request().await];
         requests.sort_by(|a, b| a.type_url.cmp(&b.type_url));
         requests
     }
 
     /// Sends a response.
-    pub(crate) async fn send(&self, response: DeltaDiscoveryResponse) {
+    pub async fn send(&self, response: DeltaDiscoveryResponse) {
         self.responses.send(Ok(response)).await.unwrap();
     }
 
     /// Ends the stream with an error status.
-    pub(crate) async fn fail(self, status: Status) {
+    pub async fn fail(self, status: Status) {
         self.responses.send(Err(status)).await.unwrap();
     }
 
     /// Sends a response and returns the client's answer to it.
-    pub(crate) async fn push(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    pub async fn push(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         self.send(response).await;
         self.request().await
     }
@@ -263,7 +274,7 @@ impl AggregatedDiscoveryService for FakeAds {
 }
 
 /// Starts a fake istiod; each delta stream a client opens arrives on the receiver.
-pub(crate) async fn fake_ads(pki: &TestPki) -> (TestServer, mpsc::UnboundedReceiver<AdsStream>) {
+pub async fn fake_ads(pki: &TestPki) -> (TestServer, mpsc::UnboundedReceiver<AdsStream>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let server = serve(
         pki,
@@ -274,7 +285,7 @@ pub(crate) async fn fake_ads(pki: &TestPki) -> (TestServer, mpsc::UnboundedRecei
 }
 
 /// The next stream a client opens.
-pub(crate) async fn next_stream(streams: &mut mpsc::UnboundedReceiver<AdsStream>) -> AdsStream {
+pub async fn next_stream(streams: &mut mpsc::UnboundedReceiver<AdsStream>) -> AdsStream {
     tokio::time::timeout(WAIT, streams.recv())
         .await
         .expect("client connected in time")
@@ -282,7 +293,7 @@ pub(crate) async fn next_stream(streams: &mut mpsc::UnboundedReceiver<AdsStream>
 }
 
 /// A resource wrapping `message`.
-pub(crate) fn resource<M: Message + Name>(name: &str, version: &str, message: &M) -> Resource {
+pub fn resource<M: Message + Name>(name: &str, version: &str, message: &M) -> Resource {
     Resource {
         name: name.to_string(),
         version: version.to_string(),
@@ -291,5 +302,60 @@ pub(crate) fn resource<M: Message + Name>(name: &str, version: &str, message: &M
             value: message.encode_to_vec(),
         }),
         ..Default::default()
+    }
+}
+
+/// Starts a fake istiod serving, on one address, the scriptable delta ADS server (each stream a
+/// client opens arrives on the receiver) and the certificate service `ca` (e.g.
+/// [`crate::ca_client::testing::FakeCa`]).
+pub async fn fake_istiod<C: IstioCertificateService>(
+    pki: &TestPki,
+    ca: C,
+) -> (TestServer, mpsc::UnboundedReceiver<AdsStream>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let istiod = Istiod {
+        ads: AggregatedDiscoveryServiceServer::new(FakeAds { streams: tx }),
+        ca: IstioCertificateServiceServer::new(ca),
+    };
+    (serve(pki, istiod).await, rx)
+}
+
+/// Routes each call by its gRPC service name.
+struct Istiod<C> {
+    ads: AggregatedDiscoveryServiceServer<FakeAds>,
+    ca: IstioCertificateServiceServer<C>,
+}
+
+impl<C> Clone for Istiod<C> {
+    fn clone(&self) -> Self {
+        Self {
+            ads: self.ads.clone(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl<C: IstioCertificateService> Service<http::Request<Incoming>> for Istiod<C> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+        let ca = <IstioCertificateServiceServer<C> as NamedService>::NAME;
+        let is_ca = request
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(ca))
+            .is_some_and(|rest| rest.starts_with('/'));
+        if is_ca {
+            self.ca.call(request)
+        } else {
+            self.ads.call(request)
+        }
     }
 }

@@ -26,6 +26,7 @@ const NODE_ID: &str = "ztunnel~10.0.0.9~ztunnel-abcde.istio-system~istio-system.
 
 fn node() -> NodeInfo {
     NodeInfo {
+        node_type: NodeType::Ztunnel,
         instance_ip: "10.0.0.9".into(),
         pod_name: "ztunnel-abcde".into(),
         pod_namespace: "istio-system".into(),
@@ -903,6 +904,29 @@ fn config_from_env_upstream_names() {
     assert!(
         !format!("{:?}", inline.control_plane).contains("static.token"),
         "token redacted"
+    );
+}
+
+#[test]
+fn waypoint_node_id_names_its_type_and_first_address() {
+    let node = NodeInfo {
+        node_type: NodeType::Waypoint,
+        instance_ip: "10.0.0.7,fd00::7".into(),
+        pod_name: "waypoint-5d9f".into(),
+        pod_namespace: "bookinfo".into(),
+        ..node()
+    };
+    assert_eq!(
+        node.id(),
+        "waypoint~10.0.0.7~waypoint-5d9f.bookinfo~bookinfo.svc.cluster.local"
+    );
+    let proto = node.to_proto();
+    let fields = proto.metadata.unwrap().fields;
+    assert_eq!(
+        fields["INSTANCE_IPS"].kind,
+        Some(prost_types::value::Kind::StringValue(
+            "10.0.0.7,fd00::7".into()
+        ))
     );
 }
 
