@@ -15,6 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::cert::CertStore;
+use crate::coalesce::Coalesce;
 use crate::config::Config;
 use crate::error::Error;
 use crate::identity::Identity;
@@ -87,7 +88,7 @@ impl TunnelRequest {
 pub(crate) struct Established {
     pub(crate) send: h2::client::SendRequest<Bytes>,
     pub(crate) connection:
-        h2::client::Connection<Sniff<tokio_rustls::client::TlsStream<TcpStream>>, Bytes>,
+        h2::client::Connection<Sniff<Coalesce<tokio_rustls::client::TlsStream<TcpStream>>>, Bytes>,
     pub(crate) peer_identity: Identity,
 }
 
@@ -128,7 +129,7 @@ pub(crate) async fn establish(
             .map_err(Error::from_handshake)?;
     let peer_identity = tls::peer_identity(tls_stream.get_ref().1)?;
 
-    let io = Sniff::new(tls_stream, signals);
+    let io = Sniff::new(Coalesce::new(tls_stream), signals);
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(config.window_size)
         .initial_connection_window_size(config.connection_window_size)

@@ -23,11 +23,13 @@
 //! - [`stream`]: an HTTP/2 stream as an `AsyncRead + AsyncWrite` byte stream.
 //! - [`socket`]: where outgoing TCP sockets come from (e.g. a pod's network namespace).
 //! - [`copy`]: bidirectional copy with half-close and adaptive buffers.
+//! - `coalesce`: TLS writes sent once per HTTP/2 flush (one `writev` for several frames).
 //! - [`config`] and [`error`]: the knobs and the typed errors of all of the above.
 
 pub mod ca;
 pub mod cert;
 pub mod client;
+mod coalesce;
 pub mod config;
 pub mod copy;
 pub mod error;

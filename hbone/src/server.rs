@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::keepalive;
+use crate::coalesce::Coalesce;
 use crate::config::Config;
 use crate::error::Error;
 use crate::headers::{self, TraceParent};
@@ -227,6 +228,7 @@ pub async fn serve_connection<H: Handler>(
     let handshake = async {
         let tls_stream = acceptor.accept(tcp).await.map_err(Error::from_handshake)?;
         let peer_identity = tls::peer_identity(tls_stream.get_ref().1)?;
+        let tls_stream = Coalesce::new(tls_stream);
         let conn = h2::server::Builder::new()
             .initial_window_size(config.window_size)
             .initial_connection_window_size(config.connection_window_size)

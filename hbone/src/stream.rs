@@ -181,6 +181,44 @@ impl AsyncWrite for H2Stream {
         Poll::Ready(Ok(n))
     }
 
+    /// All of `bufs` that fits the send capacity goes out as one DATA frame: an HTTP codec on
+    /// top (hyper's HTTP/1.1, an inner HTTP/2) writes a head and a body, or several frames, in
+    /// one call, and each frame here costs the connection a TLS record and a wake-up.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if this.send_done {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel write side is closed",
+            )));
+        }
+        let n = ready!(this.poll_send_capacity(cx, total))?;
+        let mut chunk = bytes::BytesMut::with_capacity(n);
+        for buf in bufs {
+            let take = buf.len().min(n - chunk.len());
+            chunk.extend_from_slice(&buf[..take]);
+            if chunk.len() == n {
+                break;
+            }
+        }
+        this.send
+            .send_data(chunk.freeze(), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The connection task writes frames out as soon as they are queued.
         Poll::Ready(Ok(()))
@@ -288,5 +326,21 @@ pub(crate) mod tests {
         assert_eq!(got, b"response");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         near.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_is_one_chunk() {
+        let (mut near, mut far, _client) = tunnel_pair().await;
+        let n = far
+            .write_vectored(&[io::IoSlice::new(b"head "), io::IoSlice::new(b"body")])
+            .await
+            .unwrap();
+        assert_eq!(n, 9);
+        assert!(far.is_write_vectored());
+        let chunk = std::future::poll_fn(|cx| near.poll_recv_bytes(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&chunk[..], b"head body");
     }
 }

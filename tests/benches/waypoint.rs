@@ -25,7 +25,9 @@
 //! waypoint path and none of the baseline, and the backends received exactly the requests
 //! sent. Run with `cargo bench -p ambient-e2e --bench waypoint` (add `-- --quick` for a
 //! shorter run; `-- --waypoint-workers N` for the waypoint's worker threads, default 2 as in
-//! Istio's published figures).
+//! Istio's published figures). For profiling: `--only h1|h2` runs one protocol's rows,
+//! `--count N` caps the requests per row and path, `--warmup N` sets the warm-up requests per
+//! connection set, and `--seconds S` the time per row and path (all still bounded).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -65,6 +67,8 @@ struct Params {
     time: Duration,
     /// Unrecorded requests per connection set before a row.
     warmup: u64,
+    /// The protocols whose rows run.
+    only: Vec<Proto>,
 }
 
 fn main() {
@@ -76,19 +80,45 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(2usize);
-    let p = if quick {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let only = match flag("--only").as_deref() {
+        Some("h1") => vec![Proto::H1],
+        Some("h2") => vec![Proto::H2],
+        _ => vec![Proto::H1, Proto::H2],
+    };
+    let mut p = if quick {
         Params {
             count: 100_000,
             time: Duration::from_millis(1_000),
             warmup: 200,
+            only: Vec::new(),
         }
     } else {
         Params {
             count: 1_000_000,
             time: Duration::from_millis(5_000),
             warmup: 1_000,
+            only: Vec::new(),
         }
     };
+    if let Some(n) = flag("--count").and_then(|v| v.parse().ok()) {
+        p.count = n;
+    }
+    if let Some(n) = flag("--warmup").and_then(|v| v.parse().ok()) {
+        p.warmup = n;
+    }
+    if let Some(s) = flag("--seconds").and_then(|v| v.parse::<f64>().ok())
+        && s.is_finite()
+        && s > 0.0
+    {
+        p.time = Duration::from_secs_f64(s.min(600.0));
+    }
+    p.only = only;
     let waypoint_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name(WAYPOINT_THREAD)
@@ -389,7 +419,7 @@ async fn row(meshes: [&WaypointMesh; 2], proto: Proto, concurrency: usize, p: &P
         let before = mesh.backends.accepted();
         let s = open(mesh, mesh.net.reviews(), proto, concurrency).await;
         let warmup = p.warmup * concurrency as u64;
-        let (s, n, _) = load(s, warmup, Duration::from_secs(10), false).await;
+        let (s, n, _) = load(s, warmup, p.time.max(Duration::from_secs(10)), false).await;
         assert_eq!(n, warmup, "warm-up finished in time");
         senders.push(Some(s));
         paths[i].backend_conns = mesh.backends.accepted() - before;
@@ -477,7 +507,7 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     );
     println!("{}", "-".repeat(112));
     let mut rows = Vec::new();
-    for proto in [Proto::H1, Proto::H2] {
+    for proto in p.only.clone() {
         for concurrency in CONCURRENCY {
             let r = row(meshes, proto, concurrency, &p).await;
             for (i, m) in r.paths.iter().enumerate() {

@@ -24,6 +24,7 @@ use crate::authn::{AuthnContext, AuthnTable, JwksRegistry, JwksSettings};
 use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
+use crate::fxhash::FxBuild;
 use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
 use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
@@ -129,6 +130,91 @@ struct ClusterEntry {
     cluster: Arc<Cluster>,
 }
 
+/// What names a cluster (`inbound-vip|<port>|<protocol>[/<subset>]|<host>`), owned: the key
+/// of [`Core`]'s cluster map.
+#[derive(Debug)]
+struct ClusterKey {
+    port: u16,
+    protocol: String,
+    subset: Option<String>,
+    host: String,
+}
+
+/// The same, borrowed from a request: what a lookup is made with.
+struct ClusterKeyRef<'a> {
+    port: u16,
+    protocol: &'a str,
+    subset: Option<&'a str>,
+    host: &'a str,
+}
+
+/// The parts of a cluster key, owned or borrowed, so the map can be searched with borrowed
+/// parts (`HashMap::get` takes any `Q` the key borrows as).
+trait ClusterKeyView {
+    fn parts(&self) -> (u16, &str, Option<&str>, &str);
+}
+
+impl ClusterKeyView for ClusterKey {
+    fn parts(&self) -> (u16, &str, Option<&str>, &str) {
+        (
+            self.port,
+            &self.protocol,
+            self.subset.as_deref(),
+            &self.host,
+        )
+    }
+}
+
+impl ClusterKeyView for ClusterKeyRef<'_> {
+    fn parts(&self) -> (u16, &str, Option<&str>, &str) {
+        (self.port, self.protocol, self.subset, self.host)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn ClusterKeyView + 'a> for ClusterKey {
+    fn borrow(&self) -> &(dyn ClusterKeyView + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn ClusterKeyView + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn ClusterKeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn ClusterKeyView + '_ {}
+
+// Hashed and compared through the view, as `Borrow` requires.
+impl std::hash::Hash for ClusterKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for ClusterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for ClusterKey {}
+
+/// The destination labels of a (service, endpoint) pair, with the pair they were made from.
+struct LabelEntry {
+    /// Held so that the address in the key stays this service's.
+    _service: Option<Arc<Service>>,
+    /// Held so that the address in the key stays this workload's.
+    _endpoint: Option<Arc<Workload>>,
+    labels: Arc<DestinationLabels>,
+}
+
 /// The state shared by every stage.
 pub struct Core {
     state: StateHandle,
@@ -136,11 +222,12 @@ pub struct Core {
     bindings: ArcSwap<Bindings>,
     l7: ArcSwap<L7State>,
     config: Mutex<(ConfigSet, Vec<ConfigError>)>,
-    clusters: Mutex<HashMap<String, ClusterEntry>>,
+    /// The clusters by what names them; looked up without building the name.
+    clusters: Mutex<HashMap<ClusterKey, ClusterEntry, FxBuild>>,
     /// The `jwksUri` key sets in use.
     jwks: JwksRegistry,
-    /// Destination labels by (service key, endpoint uid), rebuilt after state changes.
-    destination_labels: std::sync::RwLock<HashMap<(String, String), Arc<DestinationLabels>>>,
+    /// Destination labels by the addresses of (service, endpoint), rebuilt after state changes.
+    destination_labels: std::sync::RwLock<HashMap<(usize, usize), LabelEntry, FxBuild>>,
     /// The `connect_originate` stage.
     pub originate: Arc<ConnectOriginate>,
     /// Request metrics.
@@ -180,8 +267,8 @@ impl Core {
             bindings: ArcSwap::from_pointee(Bindings::default()),
             l7: ArcSwap::from_pointee(L7State::default()),
             config: Mutex::new((ConfigSet::default(), Vec::new())),
-            clusters: Mutex::new(HashMap::new()),
-            destination_labels: std::sync::RwLock::new(HashMap::new()),
+            clusters: Mutex::new(HashMap::default()),
+            destination_labels: std::sync::RwLock::new(HashMap::default()),
             originate,
             metrics,
             access_log,
@@ -320,11 +407,17 @@ impl Core {
     ) -> Option<(Arc<Cluster>, Arc<Service>)> {
         let state = self.state.current();
         let service = find_service(&state, host)?;
-        let name = cluster_name(port, protocol, subset, host);
+        let wanted = ClusterKeyRef {
+            port,
+            protocol,
+            subset,
+            host,
+        };
         let mut clusters = lock(&self.clusters);
-        if let Some(entry) = clusters.get(&name) {
+        if let Some(entry) = clusters.get(&wanted as &dyn ClusterKeyView) {
             return Some((Arc::clone(&entry.cluster), service));
         }
+        let name = cluster_name(port, protocol, subset, host);
         let policy = self
             .l7
             .load()
@@ -332,9 +425,15 @@ impl Core {
             .destinations
             .cluster_policy(host, subset, port);
         let endpoints = endpoints(&state, &service, port, &policy.subset_labels);
-        let cluster = Arc::new(Cluster::new(name.clone(), &policy, endpoints));
+        let cluster = Arc::new(Cluster::new(name, &policy, endpoints));
+        let key = ClusterKey {
+            port,
+            protocol: protocol.to_owned(),
+            subset: subset.map(str::to_owned),
+            host: host.to_owned(),
+        };
         clusters.insert(
-            name,
+            key,
             ClusterEntry {
                 host: host.to_owned(),
                 subset: subset.map(str::to_owned),
@@ -379,24 +478,31 @@ impl Core {
 
     /// The `destination_*` labels of requests to `service` served by `endpoint`, shared by
     /// every request with the same pair until the state changes.
+    ///
+    /// The cache is keyed by the addresses of the two state objects, and each entry holds
+    /// them, so an address cannot be reused for another object while its entry lives; a state
+    /// change brings new objects (new keys), and [`Core::refresh`] clears the cache.
     pub fn destination_labels(
         &self,
-        service: Option<&Service>,
-        endpoint: Option<&Workload>,
+        service: Option<&Arc<Service>>,
+        endpoint: Option<&Arc<Workload>>,
     ) -> Arc<DestinationLabels> {
         let key = (
-            service.map(|s| s.key().to_string()).unwrap_or_default(),
-            endpoint.map(|w| w.uid.clone()).unwrap_or_default(),
+            service.map_or(std::ptr::null(), Arc::as_ptr) as usize,
+            endpoint.map_or(std::ptr::null(), Arc::as_ptr) as usize,
         );
-        if let Some(labels) = self
+        if let Some(entry) = self
             .destination_labels
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
         {
-            return Arc::clone(labels);
+            return Arc::clone(&entry.labels);
         }
-        let labels = Arc::new(DestinationLabels::new(service, endpoint));
+        let labels = Arc::new(DestinationLabels::new(
+            service.map(AsRef::as_ref),
+            endpoint.map(AsRef::as_ref),
+        ));
         let mut cache = self
             .destination_labels
             .write()
@@ -405,7 +511,14 @@ impl Core {
         if cache.len() >= MAX_LABEL_SETS {
             cache.clear();
         }
-        cache.insert(key, Arc::clone(&labels));
+        cache.insert(
+            key,
+            LabelEntry {
+                _service: service.cloned(),
+                _endpoint: endpoint.cloned(),
+                labels: Arc::clone(&labels),
+            },
+        );
         labels
     }
 

@@ -30,15 +30,47 @@ pub fn uuid_v4(roll: u128) -> HeaderValue {
     const VARIANT_MASK: u128 = 0b11 << 62;
     const VARIANT_RFC: u128 = 0b10 << 62;
     let bits = (roll & !VERSION_MASK & !VARIANT_MASK) | VERSION_4 | VARIANT_RFC;
-    let hex = format!("{bits:032x}");
-    let uuid = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // 32 hex digits in groups of 8-4-4-4-12, most significant first.
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        let shift = 124 - 4 * nibble;
+        *slot = HEX[((bits >> shift) & 0xF) as usize];
+        nibble += 1;
+    }
     // Hex digits and dashes are always a valid header value.
-    HeaderValue::from_str(&uuid).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_layout_version_and_variant() {
+        let cases = [
+            (0u128, "00000000-0000-4000-8000-000000000000"),
+            (u128::MAX, "ffffffff-ffff-4fff-bfff-ffffffffffff"),
+            (
+                0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                "01234567-89ab-4def-8123-456789abcdef",
+            ),
+        ];
+        for (roll, expected) in cases {
+            assert_eq!(uuid_v4(roll), expected, "{roll:x}");
+        }
+    }
+
+    #[test]
+    fn a_client_id_is_kept_and_a_missing_one_set() {
+        let mut headers = HeaderMap::new();
+        let id = ensure_request_id(&mut headers, 0);
+        assert_eq!(headers.get(&REQUEST_ID), Some(&id));
+        let kept = ensure_request_id(&mut headers, u128::MAX);
+        assert_eq!(kept, id);
+    }
 }

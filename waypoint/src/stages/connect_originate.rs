@@ -5,7 +5,8 @@
 //!
 //! - HTTP/2 upstreams: one connection per endpoint, multiplexed;
 //! - HTTP/1.1 upstreams: idle connections per endpoint, each back in the pool once its response
-//!   has been read, up to `maxRequestsPerConnection` requests.
+//!   body has been read to the end ([`UpstreamBody`]), up to `maxRequestsPerConnection`
+//!   requests.
 //!
 //! Every failure is typed ([`OriginateError`]) so the listener can tell a connect failure (`UF`,
 //! retried on `connect-failure`) from a reset (`UC`, retried on `reset`).
@@ -118,6 +119,24 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Hbone(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Hbone(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Hbone(s) => s.is_write_vectored(),
+            Self::Tcp(s) => s.is_write_vectored(),
         }
     }
 
@@ -258,7 +277,7 @@ impl ConnectOriginate {
         protocol: UpstreamProtocol,
         settings: ConnSettings,
         request: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, OriginateError> {
+    ) -> Result<http::Response<UpstreamBody>, OriginateError> {
         match protocol {
             UpstreamProtocol::Http2 => self.send_http2(meta, settings, request).await,
             UpstreamProtocol::Http1 => self.send_http1(meta, settings, request).await,
@@ -270,7 +289,7 @@ impl ConnectOriginate {
         meta: &TunnelMetadata,
         settings: ConnSettings,
         request: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, OriginateError> {
+    ) -> Result<http::Response<UpstreamBody>, OriginateError> {
         let addr = meta.target.address;
         let pooled = {
             let conns = self.lock();
@@ -298,10 +317,14 @@ impl ConnectOriginate {
             }
         };
         let request = to_origin_form(request, UpstreamProtocol::Http2);
-        sender
+        let response = sender
             .send_request(request)
             .await
-            .map_err(|source| OriginateError::Request { addr, source })
+            .map_err(|source| OriginateError::Request { addr, source })?;
+        Ok(response.map(|inner| UpstreamBody {
+            inner,
+            release: None,
+        }))
     }
 
     async fn send_http1(
@@ -309,7 +332,7 @@ impl ConnectOriginate {
         meta: &TunnelMetadata,
         settings: ConnSettings,
         request: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, OriginateError> {
+    ) -> Result<http::Response<UpstreamBody>, OriginateError> {
         let addr = meta.target.address;
         let pooled = {
             let mut conns = self.lock();
@@ -349,21 +372,39 @@ impl ConnectOriginate {
         let reusable = settings
             .max_requests_per_connection
             .is_none_or(|max| conn.used < max.get());
-        if reusable {
-            // Back to the pool once the response body has been read and the connection can
-            // take the next request.
-            let this = Arc::clone(self);
-            tokio::spawn(async move {
-                if conn.sender.ready().await.is_ok() {
-                    let mut conns = this.lock();
-                    let entry = conns.entry(addr).or_default();
-                    if entry.http1.len() < MAX_IDLE_PER_ENDPOINT {
-                        entry.http1.push(conn);
-                    }
-                }
-            });
+        let release = reusable.then(|| Release {
+            originate: Arc::clone(self),
+            addr,
+            conn,
+        });
+        Ok(response.map(|inner| UpstreamBody { inner, release }))
+    }
+
+    /// Puts an HTTP/1.1 connection whose exchange is over back in the pool. The connection
+    /// takes its next request once hyper has seen the end of the response, which has
+    /// usually happened by the time the response body has been read; if not yet, a task
+    /// waits for it.
+    fn release_http1(self: Arc<Self>, addr: SocketAddr, mut conn: Http1Conn) {
+        if conn.sender.is_ready() {
+            self.pool_http1(addr, conn);
+            return;
         }
-        Ok(response)
+        if conn.sender.is_closed() {
+            return;
+        }
+        tokio::spawn(async move {
+            if conn.sender.ready().await.is_ok() {
+                self.pool_http1(addr, conn);
+            }
+        });
+    }
+
+    fn pool_http1(&self, addr: SocketAddr, conn: Http1Conn) {
+        let mut conns = self.lock();
+        let entry = conns.entry(addr).or_default();
+        if entry.http1.len() < MAX_IDLE_PER_ENDPOINT {
+            entry.http1.push(conn);
+        }
     }
 
     /// Drops the pooled connections of endpoints not in `keep`.
@@ -381,53 +422,198 @@ impl ConnectOriginate {
     }
 }
 
+/// A response body from upstream. The body of an HTTP/1.1 response on a reusable connection
+/// puts the connection back in the pool when it ends (not when it is dropped halfway: hyper
+/// closes such a connection).
+pub struct UpstreamBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+/// What returns an HTTP/1.1 connection to the pool.
+struct Release {
+    originate: Arc<ConnectOriginate>,
+    addr: SocketAddr,
+    conn: Http1Conn,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(Release {
+            originate,
+            addr,
+            conn,
+        }) = self.release.take()
+        {
+            originate.release_http1(addr, conn);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.release = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body that was never polled because it was empty from the start (204, HEAD,
+        // `content-length: 0`) is over too.
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.release();
+        }
+    }
+}
+
 /// HTTP/1.1 requests go upstream in origin form (`/path`), with `Host`; HTTP/2 requests carry
 /// the authority in the URI (`:authority`) and no `Host`.
 fn to_origin_form(
     mut request: http::Request<RequestBody>,
     protocol: UpstreamProtocol,
 ) -> http::Request<RequestBody> {
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+    use http::header::HOST;
+    use http::uri::{Authority, PathAndQuery, Scheme};
+    let uri_authority = request.uri().authority().cloned();
     let path = request
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match protocol {
         UpstreamProtocol::Http1 => {
-            if let Ok(uri) = path.parse() {
-                *request.uri_mut() = uri;
-            }
-            if let Some(authority) = authority
-                && let Ok(value) = http::HeaderValue::from_str(&authority)
-            {
-                request.headers_mut().insert(http::header::HOST, value);
+            *request.uri_mut() = http::Uri::from(path);
+            let headers = request.headers_mut();
+            match uri_authority {
+                Some(authority) => {
+                    if let Ok(value) = http::HeaderValue::from_str(authority.as_str()) {
+                        headers.insert(HOST, value);
+                    }
+                }
+                // `Host` is the authority already; only a repeated one changes (to its first).
+                None => {
+                    let mut hosts = headers.get_all(HOST).iter();
+                    if let (Some(first), Some(_)) = (hosts.next(), hosts.next())
+                        && first.to_str().is_ok()
+                    {
+                        let first = first.clone();
+                        headers.insert(HOST, first);
+                    }
+                }
             }
             *request.version_mut() = http::Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
-            if let Some(authority) = authority
-                && let Ok(uri) = http::Uri::builder()
-                    .scheme("http")
-                    .authority(authority.as_str())
-                    .path_and_query(path.as_str())
-                    .build()
-            {
-                *request.uri_mut() = uri;
+            let authority = uri_authority.or_else(|| {
+                let host = request.headers().get(HOST)?.to_str().ok()?;
+                Authority::try_from(host).ok()
+            });
+            if let Some(authority) = authority {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(authority);
+                parts.path_and_query = Some(path);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
+                }
             }
-            request.headers_mut().remove(http::header::HOST);
+            request.headers_mut().remove(HOST);
             *request.version_mut() = http::Version::HTTP_2;
         }
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+
+    fn request(uri: &str, hosts: &[&str]) -> http::Request<RequestBody> {
+        let mut request = http::Request::new(Empty::new().map_err(|never| match never {}).boxed());
+        *request.uri_mut() = uri.parse().unwrap();
+        for host in hosts {
+            request
+                .headers_mut()
+                .append(http::header::HOST, host.parse().unwrap());
+        }
+        request
+    }
+
+    fn hosts(request: &http::Request<RequestBody>) -> Vec<&str> {
+        request
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn http1_upstream_requests_are_in_origin_form_with_host() {
+        let r = to_origin_form(
+            request("http://reviews:9080/a?b=1", &["other"]),
+            UpstreamProtocol::Http1,
+        );
+        assert_eq!(r.uri(), "/a?b=1");
+        assert_eq!(hosts(&r), ["reviews:9080"]);
+        assert_eq!(r.version(), http::Version::HTTP_11);
+
+        let r = to_origin_form(request("/x", &["reviews"]), UpstreamProtocol::Http1);
+        assert_eq!(r.uri(), "/x");
+        assert_eq!(hosts(&r), ["reviews"]);
+
+        let r = to_origin_form(request("/x", &["one", "two"]), UpstreamProtocol::Http1);
+        assert_eq!(hosts(&r), ["one"]);
+
+        let r = to_origin_form(request("reviews:9080", &[]), UpstreamProtocol::Http1);
+        assert_eq!(r.uri(), "/");
+        assert_eq!(hosts(&r), ["reviews:9080"]);
+    }
+
+    #[test]
+    fn http2_upstream_requests_carry_the_authority_and_no_host() {
+        let r = to_origin_form(
+            request("/a?b=1", &["reviews:9080"]),
+            UpstreamProtocol::Http2,
+        );
+        assert_eq!(r.uri(), "http://reviews:9080/a?b=1");
+        assert!(hosts(&r).is_empty());
+        assert_eq!(r.version(), http::Version::HTTP_2);
+
+        let r = to_origin_form(
+            request("https://ratings/x", &["ignored"]),
+            UpstreamProtocol::Http2,
+        );
+        assert_eq!(r.uri(), "http://ratings/x");
+        assert!(hosts(&r).is_empty());
+
+        let r = to_origin_form(request("/x", &[]), UpstreamProtocol::Http2);
+        assert_eq!(r.uri(), "/x");
+    }
 }

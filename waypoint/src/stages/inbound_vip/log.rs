@@ -143,8 +143,8 @@ impl RequestLog {
         let duration = self.start.elapsed();
         let grpc_status = body.grpc_status.or(self.grpc_status);
         let destination = core.destination_labels(
-            self.destination_service.as_deref(),
-            self.destination_workload.as_deref(),
+            self.destination_service.as_ref(),
+            self.destination_workload.as_ref(),
         );
         let mut labels = RequestLabels::new(
             Arc::clone(&self.source_labels),

@@ -20,7 +20,7 @@ use crate::body::{Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext};
 use crate::filters::{self, AttemptOutcome};
 use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
-use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamProtocol};
+use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamBody, UpstreamProtocol};
 use crate::telemetry::{HttpStat, ResponseFlag, WorkloadLabels};
 
 /// A response on its way to the client, before observation.
@@ -387,7 +387,7 @@ impl Listener {
         parts: &Parts,
         replay: &Replay,
         log: &mut RequestLog,
-    ) -> Result<Response<Incoming>, Response<ResponseBody>> {
+    ) -> Result<Response<UpstreamBody>, Response<ResponseBody>> {
         let attempts = self.attempts(cluster, route.retry.as_ref(), per_try, parts, replay, log);
         match deadline {
             None => attempts.await,
@@ -410,7 +410,7 @@ impl Listener {
         parts: &Parts,
         replay: &Replay,
         log: &mut RequestLog,
-    ) -> Result<Response<Incoming>, Response<ResponseBody>> {
+    ) -> Result<Response<UpstreamBody>, Response<ResponseBody>> {
         let protocol = upstream_protocol(parts);
         let settings = ConnSettings::from(cluster.connection_limits());
         let query = parts.uri.query();
