@@ -4,8 +4,6 @@
 //! token is removed before the request goes upstream, and the structural checks of a token
 //! (three base64url parts, JSON header and payload, typed registered claims, time window).
 
-use std::borrow::Cow;
-
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::uri::{PathAndQuery, Uri};
@@ -14,6 +12,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use super::JwtStatus;
+use crate::route::{percent_decode, query_pairs};
 
 /// The header prefix of the default location.
 pub const BEARER_PREFIX: &str = "Bearer ";
@@ -142,41 +141,6 @@ fn after_prefix(value: &str, from: usize) -> &str {
         Some(start) => &value[from + start..],
         None => value,
     }
-}
-
-/// The decoded `key=value` pairs of a query string (a key without `=` has an empty value).
-fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k), percent_decode(v))
-    })
-}
-
-/// `%XX` decoding; malformed escapes are kept as written.
-fn percent_decode(input: &str) -> Cow<'_, str> {
-    if !input.contains('%') {
-        return Cow::Borrowed(input);
-    }
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            // Two hex digits make one byte.
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The first value of cookie `name` over all `Cookie` headers, without surrounding quotes.

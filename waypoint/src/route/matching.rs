@@ -343,6 +343,12 @@ impl<'q> LazyQuery<'q> {
 /// Splits a query into percent-decoded name/value pairs (`+` is kept as is, as Envoy does);
 /// a parameter without `=` has the empty value.
 pub(crate) fn parse_query(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    query_pairs(query).collect()
+}
+
+/// The decoded `name=value` pairs of a query string, in order (a name without `=` has an
+/// empty value).
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
@@ -350,10 +356,10 @@ pub(crate) fn parse_query(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             (percent_decode(name), percent_decode(value))
         })
-        .collect()
 }
 
-fn percent_decode(input: &str) -> Cow<'_, str> {
+/// `%XX` decoding; malformed escapes are kept as written, invalid UTF-8 is replaced.
+pub(crate) fn percent_decode(input: &str) -> Cow<'_, str> {
     if !input.contains('%') {
         return Cow::Borrowed(input);
     }

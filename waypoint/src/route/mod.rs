@@ -33,6 +33,7 @@ pub use matching::{
     MatchedPath, RequestView, Resolution, ResponseFlag, RouteDecision, RouteMatch, TcpView,
     select_route, select_tcp_route,
 };
+pub(crate) use matching::{percent_decode, query_pairs};
 pub use model::*;
 pub use rewrite::rewrite_path;
 pub use weighted::{Weighted, pick_weighted};
