@@ -11,52 +11,13 @@ use http::HeaderMap;
 use ipnet::IpNet;
 
 use super::Policy;
+use crate::authn::Authenticated;
 use crate::config::authz::{
     Action, Attribute, Condition, Operation, Pattern, RequestPrincipalPattern, Rule, Source, Values,
 };
 
 /// The prefix of SPIFFE IDs; principals are matched without it.
 const SPIFFE_PREFIX: &str = "spiffe://";
-
-/// An authenticated JWT, as request authentication hands it over: the principal
-/// `<iss>/<sub>`, the audiences (`aud`), the presenter (`azp`) and every claim.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestPrincipal {
-    /// `<iss>/<sub>`.
-    pub principal: String,
-    /// The `aud` claim (a string or a list).
-    pub audiences: Vec<String>,
-    /// The `azp` claim.
-    pub presenter: Option<String>,
-    /// The token's claims (a JSON object).
-    pub claims: serde_json::Value,
-}
-
-impl From<&crate::authn::Authenticated> for RequestPrincipal {
-    fn from(a: &crate::authn::Authenticated) -> Self {
-        Self {
-            principal: a.principal.clone(),
-            audiences: a.audiences.clone(),
-            presenter: a.presenter.clone(),
-            claims: a.claims.clone(),
-        }
-    }
-}
-
-impl RequestPrincipal {
-    /// Issuer and subject: the `iss` and `sub` claims, else the principal split at its last
-    /// `/`.
-    fn issuer_subject(&self) -> (&str, &str) {
-        let claim = |name: &str| self.claims.get(name).and_then(serde_json::Value::as_str);
-        match (claim("iss"), claim("sub")) {
-            (Some(iss), Some(sub)) => (iss, sub),
-            _ => self
-                .principal
-                .rsplit_once('/')
-                .unwrap_or((self.principal.as_str(), "")),
-        }
-    }
-}
 
 /// What an HTTP request adds to the connection's attributes.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +31,7 @@ pub struct HttpAttributes<'a> {
     /// The request headers.
     pub headers: &'a HeaderMap,
     /// The authenticated JWT, if any.
-    pub request_principal: Option<&'a RequestPrincipal>,
+    pub request_principal: Option<&'a Authenticated>,
 }
 
 /// What authorization knows about a request.
@@ -325,10 +286,10 @@ fn source_matches(source: &Source, request: &RequestAttributes<'_>) -> bool {
 
 fn request_principal_matches(
     pattern: &RequestPrincipalPattern,
-    token: Option<&RequestPrincipal>,
+    token: Option<&Authenticated>,
 ) -> bool {
     token.is_some_and(|t| {
-        let (iss, sub) = t.issuer_subject();
+        let (iss, sub) = (t.issuer.as_str(), t.subject.as_str());
         pattern.matches(iss, sub)
     })
 }

@@ -59,9 +59,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use eval::{
-    Decision, HttpAttributes, PolicyMatch, Reason, RequestAttributes, RequestPrincipal, evaluate,
-};
+pub use eval::{Decision, HttpAttributes, PolicyMatch, Reason, RequestAttributes, evaluate};
 pub use path::{MethodError, PathError, check_method, normalize_path, normalize_uri};
 
 use crate::config::authz::{

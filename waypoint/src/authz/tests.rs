@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use super::*;
+use crate::authn::Authenticated;
 use crate::config::ConfigError;
 
 // ---------------------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ struct Req {
     path: String,
     host: String,
     headers: HeaderMap,
-    token: Option<RequestPrincipal>,
+    token: Option<Authenticated>,
     tcp: bool,
 }
 
@@ -140,9 +141,11 @@ fn verdict(table: &AuthzTable, host: &str, req: &Req) -> String {
         .unwrap_or_else(|| "allowed".into())
 }
 
-fn token(iss: &str, sub: &str) -> RequestPrincipal {
-    RequestPrincipal {
+fn token(iss: &str, sub: &str) -> Authenticated {
+    Authenticated {
         principal: format!("{iss}/{sub}"),
+        issuer: iss.into(),
+        subject: sub.into(),
         audiences: vec!["api".into(), "web".into()],
         presenter: Some("frontend".into()),
         claims: serde_json::json!({

@@ -15,7 +15,7 @@ use super::pick_endpoint;
 use super::{Downstream, VipTarget};
 use crate::app::{Core, L7State};
 use crate::authn::{self, Denial};
-use crate::authz::{HttpAttributes, RequestAttributes, RequestPrincipal, evaluate};
+use crate::authz::{HttpAttributes, RequestAttributes, evaluate};
 use crate::body::{Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext};
 use crate::filters::{self, AttemptOutcome};
@@ -330,10 +330,6 @@ impl Listener {
             return None;
         }
         let source_ip = self.downstream.client_addr().ip();
-        let principal = parts
-            .extensions
-            .get::<authn::Authenticated>()
-            .map(RequestPrincipal::from);
         let attributes = RequestAttributes {
             source_identity: Some(&self.downstream.peer_identity),
             source_ip,
@@ -345,7 +341,7 @@ impl Listener {
                 path: parts.uri.path(),
                 host: filters::request_authority(parts).unwrap_or_default(),
                 headers: &parts.headers,
-                request_principal: principal.as_ref(),
+                request_principal: parts.extensions.get::<authn::Authenticated>(),
             }),
         };
         let decision = evaluate(policies, &attributes);
