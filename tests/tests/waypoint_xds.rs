@@ -21,7 +21,7 @@ use proto::istio::workload as pb;
 use tokio::sync::mpsc::UnboundedReceiver;
 use waypoint::source::{SourceFlags, StateSource, WaypointNode};
 use ztunnel::ca_client::testing::FakeCa;
-use ztunnel::xds::testing::{self, AdsStream, TestPki, TestServer};
+use ztunnel::xds::testing::{self, AdsStream, TestPki, TestServer, response};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
@@ -228,21 +228,6 @@ fn reviews_backend(net: Net, version: &str, host: u8) -> Resource {
 fn workload_address(workload: pb::Workload) -> pb::Address {
     pb::Address {
         r#type: Some(pb::address::Type::Workload(workload)),
-    }
-}
-
-fn response(
-    type_url: &str,
-    nonce: &str,
-    resources: Vec<Resource>,
-    removed: &[&str],
-) -> DeltaDiscoveryResponse {
-    DeltaDiscoveryResponse {
-        type_url: type_url.into(),
-        nonce: nonce.into(),
-        resources,
-        removed_resources: removed.iter().map(|r| (*r).to_owned()).collect(),
-        ..Default::default()
     }
 }
 

@@ -292,6 +292,22 @@ pub async fn next_stream(streams: &mut mpsc::UnboundedReceiver<AdsStream>) -> Ad
         .expect("server running")
 }
 
+/// A delta response of `type_url` with `nonce`, adding `resources` and removing `removed`.
+pub fn response(
+    type_url: &str,
+    nonce: &str,
+    resources: Vec<Resource>,
+    removed: &[&str],
+) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: type_url.into(),
+        nonce: nonce.into(),
+        resources,
+        removed_resources: removed.iter().map(|r| (*r).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
 /// A resource wrapping `message`.
 pub fn resource<M: Message + Name>(name: &str, version: &str, message: &M) -> Resource {
     Resource {

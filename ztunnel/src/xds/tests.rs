@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Resource};
 use proto::istio::security as sec_pb;
 use proto::istio::workload as pb;
 use tokio::sync::mpsc;
@@ -16,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::channel::{ChannelError, RootCert, TokenSource};
 use super::client::{INITIAL_BACKOFF, MAX_BACKOFF, next_backoff};
 use super::handler::{self, Known};
-use super::testing::{self, AdsStream, TestPki, TestServer};
+use super::testing::{self, AdsStream, TestPki, TestServer, response};
 use super::*;
 use crate::state::{NamespacedHostname, StateHandle};
 
@@ -93,21 +91,6 @@ fn policy(name: &str) -> sec_pb::Authorization {
                 }],
             }],
         }],
-        ..Default::default()
-    }
-}
-
-fn response(
-    type_url: &str,
-    nonce: &str,
-    resources: Vec<Resource>,
-    removed: &[&str],
-) -> DeltaDiscoveryResponse {
-    DeltaDiscoveryResponse {
-        type_url: type_url.into(),
-        nonce: nonce.into(),
-        resources,
-        removed_resources: removed.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
 }
