@@ -24,12 +24,12 @@ use crate::authn::{AuthnContext, AuthnTable, JwksRegistry, JwksSettings};
 use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
-use crate::fxhash::FxBuild;
 use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
 use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
 use crate::stages::main_internal::{Bindings, SelfRef};
 use crate::telemetry::{AccessLog, DestinationLabels, RequestMetrics};
+use foldhash::fast::RandomState as FastHash;
 
 /// Cached destination label sets before the cache starts over.
 const MAX_LABEL_SETS: usize = 65_536;
@@ -223,11 +223,11 @@ pub struct Core {
     l7: ArcSwap<L7State>,
     config: Mutex<(ConfigSet, Vec<ConfigError>)>,
     /// The clusters by what names them; looked up without building the name.
-    clusters: Mutex<HashMap<ClusterKey, ClusterEntry, FxBuild>>,
+    clusters: Mutex<HashMap<ClusterKey, ClusterEntry, FastHash>>,
     /// The `jwksUri` key sets in use.
     jwks: JwksRegistry,
     /// Destination labels by the addresses of (service, endpoint), rebuilt after state changes.
-    destination_labels: std::sync::RwLock<HashMap<(usize, usize), LabelEntry, FxBuild>>,
+    destination_labels: std::sync::RwLock<HashMap<(usize, usize), LabelEntry, FastHash>>,
     /// The `connect_originate` stage.
     pub originate: Arc<ConnectOriginate>,
     /// Request metrics.

@@ -38,7 +38,6 @@
 //! - [`body`]: the replayable request body (retries, mirrors) and the observed response body
 //!   (the log phase starts when it ends).
 //! - [`telemetry`]: Istio request metrics (`reporter="waypoint"`) and the Envoy-style access log.
-//! - [`fxhash`]: the hasher of the hot-path caches.
 //! - [`app`]: the shared core (state, compiled configuration, clusters) and the bound HBONE
 //!   listener; [`run`]: the process (certificates, state and configuration watches, admin,
 //!   metrics and readiness servers); [`admin`]: `config_dump` and the admin endpoints.
@@ -56,7 +55,6 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod filters;
-pub mod fxhash;
 pub mod quickstart;
 pub mod route;
 pub mod run;

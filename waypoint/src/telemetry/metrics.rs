@@ -12,9 +12,9 @@
 //!
 //! [`RequestMetrics::record`] runs once per finished request. The handles of a label set are
 //! registered on first use and cached under the [`RequestLabels`] (whose source and destination
-//! parts are shared `Arc`s), so a recording is an Fx hash of the labels ([`crate::fxhash`]), a
-//! read-locked map lookup, one atomic add and three lock-free histogram pushes. Histogram
-//! samples are buffered by the exporter until they are folded into their buckets, which happens
+//! parts are shared `Arc`s), so a recording is a fast hash of the labels (foldhash: the keys
+//! come from the mesh state and configuration, not straight from a client), a read-locked map
+//! lookup, one atomic add and three lock-free histogram pushes. Histogram samples are buffered by the exporter until they are folded into their buckets, which happens
 //! on every render and, so that an unscraped waypoint does not grow without bound, on one
 //! recording out of [`UPKEEP_EVERY`] (or whenever [`RequestMetrics::upkeep`] is called).
 //!
@@ -32,7 +32,7 @@ use metrics_exporter_prometheus::{
 };
 
 use super::labels::RequestLabels;
-use crate::fxhash::FxBuild;
+use foldhash::fast::RandomState as FastHash;
 
 /// `istio_requests_total`.
 pub const REQUESTS_TOTAL: &str = "istio_requests_total";
@@ -167,7 +167,7 @@ pub struct RequestMetrics {
     /// Renders the recorder's contents.
     handle: PrometheusHandle,
     /// Handles by label set. Read-locked on the hot path; write-locked only to add a set.
-    cache: RwLock<HashMap<RequestLabels, Handles, FxBuild>>,
+    cache: RwLock<HashMap<RequestLabels, Handles, FastHash>>,
     /// Per-cluster counters by (stat, cluster name).
     clusters: Mutex<HashMap<(ClusterStat, String), Counter>>,
     /// Per-listener HTTP counters by listener name, then stat.
