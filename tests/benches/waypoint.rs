@@ -11,11 +11,15 @@
 //! off the path). Every request is a `POST /echo` with a 1 KiB body to
 //! `reviews.default.svc.cluster.local:9080` (three endpoints); the backend answers `200` with
 //! the same 1 KiB (1 KiB up and 1 KiB down). HTTP/1.1 uses one client connection per
-//! concurrent request; HTTP/2 one client connection carrying all the concurrent streams.
+//! concurrent request; HTTP/2 one client connection carrying all the concurrent streams. Each
+//! protocol has three rows: one request in flight, sixteen as fast as they are answered, and
+//! sixteen paced at 1000 requests/s in all (the load behind Istio's published per-request CPU
+//! figures).
 //!
 //! The waypoint of the measured path runs on its own tokio runtime whose threads are named
 //! `waypoint`: its CPU time is the sum over those threads of `/proc/self/task/<tid>/schedstat`
-//! (nanoseconds; `stat`'s utime+stime in clock ticks if schedstat is missing). The process
+//! (nanoseconds; `stat`'s utime+stime in clock ticks if schedstat is missing), with its
+//! user/kernel split and the threads' context switches per request beside it. The process
 //! CPU time (getrusage: client, both ztunnels, backends and the waypoint) is reported for
 //! context. The two paths alternate in slices so that the noise of a shared machine falls on
 //! both alike. Every load loop is bounded in count and in time. The waypoint's access log is
@@ -49,8 +53,10 @@ use waypoint::telemetry::AccessLog;
 const HOST: &str = "reviews.default.svc.cluster.local:9080";
 /// Request and response body size.
 const BODY: usize = 1024;
-/// Concurrent requests in flight: one (latency) and sixteen (throughput).
-const CONCURRENCY: [usize; 2] = [1, 16];
+/// The rows of each protocol: concurrent requests in flight and, for the paced row, the total
+/// request rate. One in flight (latency), sixteen as fast as they go (throughput), and Istio's
+/// published method: 1000 requests/s over 16 connections.
+const ROWS: [(usize, Option<u32>); 3] = [(1, None), (16, None), (16, Some(1000))];
 /// Alternating slices of each row.
 const SLICES: u32 = 5;
 /// The name of the waypoint runtime's threads.
@@ -221,27 +227,44 @@ async fn open(
 }
 
 /// Runs the senders concurrently until `count` requests in all or `time`, whichever comes
-/// first; returns the senders, the requests done and their latencies (ns).
+/// first; returns the senders, the requests done and their latencies (ns). With `pace`, each
+/// sender starts one request per `pace` (starts staggered evenly across the senders; a late
+/// request delays the next instead of bunching), otherwise the next as soon as one is answered.
 async fn load(
     senders: Vec<Sender>,
     count: u64,
     time: Duration,
     record: bool,
+    pace: Option<Duration>,
 ) -> (Vec<Sender>, u64, Histogram<u64>) {
     let body = Bytes::from(vec![b'x'; BODY]);
     let budget = Arc::new(AtomicU64::new(count));
-    let deadline = Instant::now() + time;
+    let start = Instant::now();
+    let deadline = start + time;
     let mut tasks = JoinSet::new();
-    for mut sender in senders {
+    let n_senders = u32::try_from(senders.len()).unwrap().max(1);
+    for (i, mut sender) in senders.into_iter().enumerate() {
         let (budget, body) = (Arc::clone(&budget), body.clone());
+        let mut ticks = pace.map(|every| {
+            let offset = every * u32::try_from(i).unwrap() / n_senders;
+            let mut t = tokio::time::interval_at((start + offset).into(), every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         tasks.spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
             let mut n = 0u64;
-            while Instant::now() < deadline
-                && budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-                    .is_ok()
-            {
+            loop {
+                if let Some(t) = ticks.as_mut() {
+                    t.tick().await;
+                }
+                if Instant::now() >= deadline
+                    || budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                        .is_err()
+                {
+                    break;
+                }
                 let t = Instant::now();
                 let len = sender.post(body.clone()).await;
                 let took = t.elapsed();
@@ -279,7 +302,7 @@ fn process_cpu() -> Duration {
 }
 
 /// Clock ticks per second of `/proc/<pid>/task/<tid>/stat` (`sysconf(_SC_CLK_TCK)`: 100 on
-/// every Linux architecture we run on; only used when schedstat is missing).
+/// every Linux architecture we run on).
 const CLK_TCK: u64 = 100;
 
 /// What the threads named `name` have used so far.
@@ -292,6 +315,13 @@ struct ThreadsUsage {
     writes: u64,
     /// Bytes written by those calls (`wchar`).
     written: u64,
+    /// Context switches (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of
+    /// `/proc/.../status`): a worker that runs out of work parks in epoll and is switched out.
+    switches: u64,
+    /// User and system CPU time (`stat` utime and stime, in clock ticks: coarse, exact enough
+    /// over a row).
+    user: Duration,
+    system: Duration,
 }
 
 impl ThreadsUsage {
@@ -300,6 +330,9 @@ impl ThreadsUsage {
             cpu: self.cpu.saturating_sub(before.cpu),
             writes: self.writes.saturating_sub(before.writes),
             written: self.written.saturating_sub(before.written),
+            switches: self.switches.saturating_sub(before.switches),
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
         }
     }
 
@@ -307,6 +340,9 @@ impl ThreadsUsage {
         self.cpu += other.cpu;
         self.writes += other.writes;
         self.written += other.written;
+        self.switches += other.switches;
+        self.user += other.user;
+        self.system += other.system;
     }
 }
 
@@ -330,6 +366,17 @@ fn threads_usage(name: &str) -> ThreadsUsage {
         };
         usage.writes += field("syscw:");
         usage.written += field("wchar:");
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        for key in ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"] {
+            usage.switches += status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        if let Some((user, system)) = stat_times(&path) {
+            usage.user += user;
+            usage.system += system;
+        }
     }
     usage.cpu = threads_cpu(name).0;
     usage
@@ -359,19 +406,25 @@ fn threads_cpu(name: &str) -> (Duration, usize) {
             total += Duration::from_nanos(ns);
             continue;
         }
-        // stat: fields after the ")" of comm; utime and stime are the 14th and 15th fields.
-        if let Some(ticks) = std::fs::read_to_string(path.join("stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = &s[s.rfind(')')? + 2..];
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-            })
-        {
-            total += Duration::from_nanos(ticks * 1_000_000_000 / CLK_TCK);
+        if let Some((user, system)) = stat_times(&path) {
+            total += user + system;
         }
     }
     (total, threads)
+}
+
+/// User and system time of the thread at `path` (`/proc/self/task/<tid>`): the 14th and 15th
+/// fields of `stat`, in clock ticks.
+fn stat_times(path: &std::path::Path) -> Option<(Duration, Duration)> {
+    let s = std::fs::read_to_string(path.join("stat")).ok()?;
+    // The fields after the ")" that ends comm; utime and stime are the 12th and 13th of those.
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Option<Duration> {
+        let t = f.get(i)?.parse::<u64>().ok()?;
+        Some(Duration::from_nanos(t * 1_000_000_000 / CLK_TCK))
+    };
+    Some((ticks(11)?, ticks(12)?))
 }
 
 /// Requests the waypoint counted.
@@ -407,19 +460,37 @@ impl Measured {
 struct Row {
     proto: Proto,
     concurrency: usize,
+    /// The total request rate of a paced row.
+    rate: Option<u32>,
     paths: [Measured; 2],
 }
 
-/// Measures one protocol and concurrency on both meshes (`[waypoint, baseline]`),
-/// alternating in slices.
-async fn row(meshes: [&WaypointMesh; 2], proto: Proto, concurrency: usize, p: &Params) -> Row {
+impl Row {
+    /// The load column: `16`, or `16@1000/s` for a paced row.
+    fn load(&self) -> String {
+        match self.rate {
+            Some(r) => format!("{}@{r}/s", self.concurrency),
+            None => self.concurrency.to_string(),
+        }
+    }
+}
+
+/// Measures one protocol and concurrency (at `rate` requests/s in all, or as fast as they go)
+/// on both meshes (`[waypoint, baseline]`), alternating in slices.
+async fn row(
+    meshes: [&WaypointMesh; 2],
+    proto: Proto,
+    (concurrency, rate): (usize, Option<u32>),
+    p: &Params,
+) -> Row {
+    let pace = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / f64::from(r.max(1))));
     let mut paths = [Measured::default(), Measured::default()];
     let mut senders = Vec::new();
     for (i, mesh) in meshes.iter().enumerate() {
         let before = mesh.backends.accepted();
         let s = open(mesh, mesh.net.reviews(), proto, concurrency).await;
         let warmup = p.warmup * concurrency as u64;
-        let (s, n, _) = load(s, warmup, p.time.max(Duration::from_secs(10)), false).await;
+        let (s, n, _) = load(s, warmup, p.time.max(Duration::from_secs(10)), false, None).await;
         assert_eq!(n, warmup, "warm-up finished in time");
         senders.push(Some(s));
         paths[i].backend_conns = mesh.backends.accepted() - before;
@@ -435,6 +506,7 @@ async fn row(meshes: [&WaypointMesh; 2], proto: Proto, concurrency: usize, p: &P
                 p.count / u64::from(SLICES),
                 p.time / SLICES,
                 true,
+                pace,
             )
             .await;
             m.elapsed += start.elapsed();
@@ -452,6 +524,7 @@ async fn row(meshes: [&WaypointMesh; 2], proto: Proto, concurrency: usize, p: &P
     Row {
         proto,
         concurrency,
+        rate,
         paths,
     }
 }
@@ -492,42 +565,51 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     );
     println!();
     println!(
-        "{:<9} {:<9} {:>4} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12} {:>8} {:>10}",
+        "{:<9} {:<9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8} {:>13} {:>8} {:>8} {:>11} {:>8}",
         "path",
         "protocol",
-        "conc",
+        "load",
         "requests",
         "req/s",
         "p50 µs",
         "p99 µs",
-        "wp CPU µs/r",
-        "proc CPU µs/r",
-        "be conns",
-        "wp writes/r"
+        "wp CPU",
+        "wp usr/sys",
+        "wp sw/r",
+        "proc CPU",
+        "wp writes/r",
+        "be conns"
     );
-    println!("{}", "-".repeat(112));
+    println!("{}", "-".repeat(130));
     let mut rows = Vec::new();
     for proto in p.only.clone() {
-        for concurrency in CONCURRENCY {
-            let r = row(meshes, proto, concurrency, &p).await;
+        for shape in ROWS {
+            let r = row(meshes, proto, shape, &p).await;
             for (i, m) in r.paths.iter().enumerate() {
+                let per = |x: u64| x as f64 / m.requests.max(1) as f64;
                 println!(
-                    "{:<9} {:<9} {:>4} {:>9} {:>9.0} {:>8.1} {:>8.1} {:>12.1} {:>12.1} {:>8} {:>10}",
+                    "{:<9} {:<9} {:>9} {:>8} {:>7.0} {:>8.1} {:>8.1} {:>8.1} {:>13} {:>8.2} {:>8.1} {:>11} {:>8}",
                     if i == 0 { "waypoint" } else { "baseline" },
                     proto.name(),
-                    concurrency,
+                    r.load(),
                     m.requests,
                     m.rps(),
                     m.q_us(0.5),
                     m.q_us(0.99),
                     m.per_req_us(m.waypoint.cpu),
+                    format!(
+                        "{:.0}/{:.0}",
+                        m.per_req_us(m.waypoint.user),
+                        m.per_req_us(m.waypoint.system)
+                    ),
+                    per(m.waypoint.switches),
                     m.per_req_us(m.process_cpu),
-                    m.backend_conns,
                     format!(
                         "{:.1}/{:.0}B",
-                        m.waypoint.writes as f64 / m.requests.max(1) as f64,
-                        m.waypoint.written as f64 / m.requests.max(1) as f64
+                        per(m.waypoint.writes),
+                        per(m.waypoint.written)
                     ),
+                    m.backend_conns,
                 );
             }
             rows.push(r);
@@ -535,21 +617,29 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     }
     println!();
     println!(
-        "wp CPU: CPU time of the threads named {WAYPOINT_THREAD:?} (schedstat, ns) per request; on \
-         the baseline rows it is the idle waypoint of the measured mesh (expected ≈ 0)."
+        "load: requests in flight (HTTP/1.1: one connection each; HTTP/2: streams on one \
+         connection), as fast as they are answered, or paced at a total rate (n@rate/s, Istio's \
+         published method: 1000 requests/s over 16 connections)."
     );
     println!(
-        "proc CPU: the whole process (client, 2 ztunnels, backends, waypoint) per request. be \
-         conns: connections the backends accepted during the row (warm-up included). wp \
-         writes/r: the waypoint's write(2)/writev(2) calls and bytes written (TLS included) per \
-         request."
+        "wp CPU: CPU time (µs) of the threads named {WAYPOINT_THREAD:?} (schedstat) per request; \
+         on the baseline rows it is the idle waypoint of the measured mesh (expected ≈ 0). wp \
+         usr/sys: the same split into user and kernel time (stat, 10 ms ticks). wp sw/r: the \
+         waypoint threads' context switches per request (a worker that runs out of work parks \
+         in epoll; each wake-up costs kernel time)."
+    );
+    println!(
+        "proc CPU: the whole process (client, 2 ztunnels, backends, waypoint) per request, µs. \
+         wp writes/r: the waypoint's write(2)/writev(2) calls and bytes written (TLS included) \
+         per request. be conns: connections the backends accepted during the row (warm-up \
+         included)."
     );
 
     println!();
     println!(
-        "{:<9} {:>4} {:>12} {:>12} {:>12} {:>14} {:>14}",
+        "{:<9} {:>9} {:>12} {:>12} {:>12} {:>14} {:>14}",
         "protocol",
-        "conc",
+        "load",
         "req/s wp/base",
         "p50 wp/base",
         "p99 wp/base",
@@ -560,9 +650,9 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     for r in &rows {
         let [w, b] = &r.paths;
         println!(
-            "{:<9} {:>4} {:>12.1}% {:>11.2}x {:>11.2}x {:>14.1} {:>11.1} µs",
+            "{:<9} {:>9} {:>12.1}% {:>11.2}x {:>11.2}x {:>14.1} {:>11.1} µs",
             r.proto.name(),
-            r.concurrency,
+            r.load(),
             100.0 * w.rps() / b.rps().max(1e-9),
             w.q_us(0.5) / b.q_us(0.5).max(1e-9),
             w.q_us(0.99) / b.q_us(0.99).max(1e-9),
@@ -610,9 +700,9 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
         let w = &r.paths[0];
         let us = w.per_req_us(w.waypoint.cpu);
         println!(
-            "  waypoint CPU <= {GOAL_CPU_US:.0} µs/req, {:<8} conc {:>2} {us:>8.1} µs  {}",
+            "  waypoint CPU <= {GOAL_CPU_US:.0} µs/req, {:<8} load {:>9} {us:>8.1} µs  {}",
             r.proto.name(),
-            r.concurrency,
+            r.load(),
             if us <= GOAL_CPU_US { "met" } else { "NOT met" }
         );
     }
