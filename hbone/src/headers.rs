@@ -7,6 +7,12 @@
 //! - `traceparent:` a W3C trace context for the connection.
 //!
 //! The node proxy fills them in; the server side hands them to the handler unchanged.
+//!
+//! `forwarded` and `traceparent` differ on every tunnel, so their values are built marked
+//! sensitive: HTTP/2 sends them as never-indexed literals (HPACK, RFC 7541 §6.2.3) instead of
+//! adding each to both ends' header tables, where a value that never repeats would only cost
+//! memory on every pooled connection and push out the entries that do repeat (`baggage`, the
+//! authority).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -46,10 +52,13 @@ pub fn forwarded(client: SocketAddr, host: Option<&str>) -> Result<HeaderValue, 
         }
         let _ = write!(value, ";host={host}");
     }
-    HeaderValue::from_str(&value).map_err(|e| Error::InvalidHeader {
+    let mut value = HeaderValue::from_str(&value).map_err(|e| Error::InvalidHeader {
         name: FORWARDED,
         reason: e.to_string(),
-    })
+    })?;
+    // Unique per client connection: not worth a header-table entry (see the module docs).
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Reads the first `for=` of a `forwarded` value as a socket address. `None` when absent or not
@@ -232,9 +241,12 @@ impl TraceParent {
             self.trace_id, self.parent_id, self.flags
         );
         // Only lowercase hex digits and dashes: always a valid header value.
-        HeaderValue::from_str(&s).unwrap_or_else(|_| {
+        let mut value = HeaderValue::from_str(&s).unwrap_or_else(|_| {
             HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-        })
+        });
+        // Random per tunnel: not worth a header-table entry (see the module docs).
+        value.set_sensitive(true);
+        value
     }
 }
 
@@ -248,6 +260,7 @@ mod tests {
         let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
         let h = forwarded(v4, None).unwrap();
         assert_eq!(h, "for=\"10.0.0.1:4321\"");
+        assert!(h.is_sensitive(), "never indexed by HPACK");
         assert_eq!(forwarded_for(&h), Some(v4));
         let h = forwarded(v6, Some("reviews.default.svc.cluster.local")).unwrap();
         assert_eq!(
@@ -300,6 +313,7 @@ mod tests {
         let tp = TraceParent::random();
         let h = tp.to_header();
         assert_eq!(h.len(), 55);
+        assert!(h.is_sensitive(), "never indexed by HPACK");
         assert_eq!(TraceParent::parse(&h), Some(tp));
         assert_ne!(TraceParent::random(), tp);
         for bad in [

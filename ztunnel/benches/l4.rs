@@ -16,6 +16,10 @@
 //!
 //! followed by the goals of the issue. Every loop is bounded both in count and in time. Run
 //! with `cargo bench -p ztunnel --bench l4` (add `-- --quick` for a shorter run).
+//!
+//! The benchmark runs with the `ztunnel` binary's global allocator ([`ztunnel::alloc`]), in
+//! this process and in the re-executed node processes, so the memory figures are those of the
+//! real binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -32,6 +36,10 @@ use ztunnel::app::{Node, WorkloadPorts, WorkloadProxy};
 use ztunnel::identity::IdentityManager;
 use ztunnel::outbound::request::OutboundContext;
 use ztunnel::state::{LocalConfig, StateHandle};
+
+/// The `ztunnel` binary's allocator, so that the nodes' memory per connection is the real one.
+#[global_allocator]
+static ALLOCATOR: ztunnel::alloc::Allocator = ztunnel::alloc::ALLOCATOR;
 
 /// The application behind the sink workload (node B). The client workload (127.0.5.1) has its
 /// SOCKS5 listener on node A. 127.0.5.x: the fixed ports 15008/15080 must not collide with the

@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::rbac::{self, Connection, Decision};
 use crate::state::{MeshState, StateHandle, Workload};
@@ -88,11 +87,9 @@ struct Entry {
     /// Set once, before the waiter is woken, by whoever revokes the connection.
     revoked: OnceLock<Box<Revocation>>,
     /// The task waiting for a revocation ([`ConnectionGuard::poll_revoked`]). A waker slot
-    /// rather than a [`CancellationToken`]: it costs no allocation of its own, and waiting on
+    /// rather than a cancellation token: it costs no allocation of its own, and waiting on
     /// it adds nothing to the waiting future.
     waiter: Mutex<Option<Waker>>,
-    /// Made on demand by [`ConnectionGuard::token`] (cancelled on revocation).
-    token: OnceLock<CancellationToken>,
 }
 
 impl Entry {
@@ -105,9 +102,6 @@ impl Entry {
                 .take();
             if let Some(waker) = waiter {
                 waker.wake();
-            }
-            if let Some(token) = self.token.get() {
-                token.cancel();
             }
         }
     }
@@ -168,16 +162,6 @@ impl ConnectionGuard {
         }
     }
 
-    /// A token cancelled on revocation (made on first use).
-    pub fn token(&self) -> &CancellationToken {
-        let token = self.entry.token.get_or_init(CancellationToken::new);
-        // A revocation while the token was being made may not have seen it.
-        if self.entry.is_revoked() {
-            token.cancel();
-        }
-        token
-    }
-
     /// Why the connection was revoked, once it has been.
     pub fn revocation(&self) -> Option<&Revocation> {
         self.entry.revoked.get().map(|r| &**r)
@@ -225,7 +209,6 @@ impl ConnectionTracker {
             conn,
             revoked: OnceLock::new(),
             waiter: Mutex::new(None),
-            token: OnceLock::new(),
         });
         self.inner
             .conns
@@ -384,8 +367,8 @@ policies:
 
         let r = tracker.reevaluate(&state(9000));
         assert_eq!(r.revoked.len(), 1);
-        assert!(!a.token().is_cancelled());
-        assert!(b.token().is_cancelled());
+        assert!(a.revocation().is_none());
+        assert!(b.revocation().is_some());
         let why = b.revocation().unwrap();
         assert_eq!(
             why.to_string(),
@@ -434,6 +417,6 @@ policies:
         tokio::time::timeout(Duration::from_secs(1), denied.cancelled())
             .await
             .unwrap();
-        assert!(!allowed.token().is_cancelled());
+        assert!(allowed.revocation().is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! itself is the [`hbone`] crate; this crate decides where connections go.
 //!
 //! # Layout
+//! - [`alloc`]: the global allocator of the `ztunnel` binary (and of the L4 benchmark).
 //! - [`admin`]: the admin (15000, localhost), metrics (15020) and readiness (15021) HTTP servers.
 //! - [`app`]: a node and the listeners of each local workload, bound before they run.
 //! - [`ca_client`]: workload certificates from Istio's CA (CSR over gRPC), checked before use.
@@ -31,6 +32,7 @@
 //! - [`xds`]: the delta ADS client that feeds the mesh state from istiod.
 
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod ca_client;
 pub mod config;

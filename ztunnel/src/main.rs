@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// Less memory per connection than the system allocator; see [`ztunnel::alloc`].
+#[global_allocator]
+static ALLOCATOR: ztunnel::alloc::Allocator = ztunnel::alloc::ALLOCATOR;
+
 /// ztunnel: the ambient mesh node proxy.
 ///
 /// Without a subcommand it runs the node proxy configured by Istio ztunnel's environment
