@@ -44,6 +44,8 @@
 //! - [`source`]: where the mesh state (a local file or istiod over xDS) and the certificate
 //!   (istiod's CA, a local or plug-in CA) come from, chosen from flags and environment with
 //!   ztunnel's variable names. Inputs of the chain, not a stage.
+//! - [`cli`]: `waypoint generate|apply|list|status|delete`, istioctl's `waypoint` commands:
+//!   the Gateway a waypoint is provisioned from, and its status. Before the chain, not a stage.
 //! - [`quickstart`]: the README's first command: a local mesh with a waypoint in front of a
 //!   demo service.
 
@@ -52,6 +54,7 @@ pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod body;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod filters;

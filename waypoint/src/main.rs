@@ -19,7 +19,8 @@ use waypoint::telemetry::{AccessLog, AccessLogFormat};
 /// requests by the VirtualServices, DestinationRules and HTTPRoutes of its configuration
 /// directory, and tunnels each request to the destination pod's ztunnel. Its certificate comes
 /// from Istio's CA (CA_ADDRESS), a local CA (LOCAL_CA_DIR) or a plug-in CA (CA_PLUGIN_DIR).
-/// `waypoint quickstart` runs a whole local mesh with a waypoint and shows its routing.
+/// `waypoint quickstart` runs a whole local mesh with a waypoint and shows its routing;
+/// `waypoint generate|apply|list|status|delete` are istioctl's `waypoint` commands.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -126,6 +127,8 @@ enum Command {
         )]
         state_dir: PathBuf,
     },
+    #[command(flatten)]
+    Waypoint(waypoint::cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +140,8 @@ fn main() -> anyhow::Result<()> {
     let default_filter = match command {
         None => "info",
         Some(Command::Quickstart { .. }) => "warn,access=info",
+        // istioctl's output only: logs on request (RUST_LOG).
+        Some(Command::Waypoint(_)) => "off",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
@@ -163,6 +168,18 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Quickstart { once, state_dir }) => {
             let opts = waypoint::quickstart::Options::new(state_dir, log_level);
             runtime.block_on(quickstart(opts, once))
+        }
+        Some(Command::Waypoint(command)) => {
+            let mut stdout = std::io::stdout().lock();
+            let result = runtime.block_on(waypoint::cli::run(&command, &mut stdout));
+            drop(stdout);
+            if let Err(e) = result {
+                // As istioctl: the message after `Error: ` on stderr, exit code 1.
+                eprintln!("Error: {e}");
+                drop(runtime);
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }
