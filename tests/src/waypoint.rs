@@ -238,6 +238,11 @@ pub struct MeshOptions {
     /// The local CA's directory, whose root every ztunnel trusts and issues from (an existing
     /// CA is loaded); `None` = a new CA in the mesh's temporary directory.
     pub ca_dir: Option<PathBuf>,
+    /// More services for the mesh state, as YAML list items appended to its `services` (e.g.
+    /// ServiceEntry hosts bound to the waypoint).
+    pub extra_services: String,
+    /// The waypoint's egress settings (outbound traffic policy, TLS roots, DNS resolver).
+    pub egress: waypoint::egress::EgressSettings,
 }
 
 impl Default for MeshOptions {
@@ -250,6 +255,8 @@ impl Default for MeshOptions {
             jwks: waypoint::authn::JwksSettings::default(),
             waypoint_sources: None,
             ca_dir: None,
+            extra_services: String::new(),
+            egress: waypoint::egress::EgressSettings::default(),
         }
     }
 }
@@ -294,8 +301,9 @@ impl WaypointMesh {
     pub async fn start_with(net: Net, options: MeshOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_path = dir.path().join("mesh.yaml");
-        std::fs::write(&state_path, mesh_yaml_with(net, options.bind_waypoint))
-            .expect("write the mesh state");
+        let mut state_yaml = mesh_yaml_with(net, options.bind_waypoint);
+        state_yaml.push_str(&options.extra_services);
+        std::fs::write(&state_path, state_yaml).expect("write the mesh state");
         let config_dir = dir.path().join("l7");
         std::fs::create_dir_all(&config_dir).expect("config dir");
         let ca_dir = options
@@ -385,6 +393,7 @@ impl WaypointMesh {
             drain_deadline: Duration::from_secs(1),
             root_namespace: waypoint::authn::policy::DEFAULT_ROOT_NAMESPACE.into(),
             jwks: options.jwks.clone(),
+            egress: options.egress.clone(),
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)
@@ -486,6 +495,18 @@ impl WaypointMesh {
         serde_json::from_str(json).expect("config_dump is JSON")
     }
 
+    /// Starts a backend outside the mesh (no ztunnel in front of it) on `addr`, named `name`
+    /// in [`WaypointMesh::backends`]; behind TLS with `tls` when set (its connections are
+    /// counted once the handshake succeeds).
+    pub async fn spawn_external_backend(
+        &self,
+        addr: SocketAddr,
+        name: &'static str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
+        spawn_backend_with(addr, name, self.backends.clone(), tls).await;
+    }
+
     /// The access log lines, parsed.
     ///
     /// # Panics
@@ -527,25 +548,55 @@ pub async fn send(
 }
 
 async fn spawn_backend(addr: SocketAddr, name: &'static str, backends: Backends) {
+    spawn_backend_with(addr, name, backends, None).await;
+}
+
+/// A backend on `addr`, behind TLS with `tls` when set. Connections whose TLS handshake
+/// fails are not counted (nothing was processed).
+async fn spawn_backend_with(
+    addr: SocketAddr,
+    name: &'static str,
+    backends: Backends,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let listener = TcpListener::bind(addr).await.expect("bind backend");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            backends.accepted.fetch_add(1, Ordering::Relaxed);
             if backends.echo {
                 let _ = stream.set_nodelay(true);
             }
             let backends = backends.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let backends = backends.clone();
-                    async move { Ok::<_, Infallible>(backend(name, backends, req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match acceptor {
+                    None => {
+                        backends.accepted.fetch_add(1, Ordering::Relaxed);
+                        serve_backend(TokioIo::new(stream), name, backends).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            backends.accepted.fetch_add(1, Ordering::Relaxed);
+                            serve_backend(TokioIo::new(stream), name, backends).await;
+                        }
+                    }
+                }
             });
         }
     });
+}
+
+async fn serve_backend<IO>(io: TokioIo<IO>, name: &'static str, backends: Backends)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let backends = backends.clone();
+        async move { Ok::<_, Infallible>(backend(name, backends, req).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
 }
 
 type BackendBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;

@@ -145,6 +145,11 @@ pub fn config_dump(
         "stages": stages,
         "services": l7.services.iter().map(|s| json!({"hostname": s.hostname, "namespace": s.namespace, "ports": s.ports.iter().map(|p| p.port).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "destinationPolicies": l7.compiled.destinations,
+        "externalServices": l7.externals,
+        "outboundTrafficPolicy": match options.egress.outbound_policy {
+            crate::egress::OutboundPolicy::AllowAny => "ALLOW_ANY",
+            crate::egress::OutboundPolicy::RegistryOnly => "REGISTRY_ONLY",
+        },
         "requestAuthentications": l7.authn.policies(),
         "jwks": core.jwks().statuses(),
         "authorizationPolicies": l7.authz.entries(),

@@ -24,7 +24,14 @@ use crate::authn::{AuthnContext, AuthnTable, JwksRegistry, JwksSettings};
 use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
-use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
+use crate::egress::dns::{DnsCache, DnsError};
+use crate::egress::tls::{TlsOrigination, TlsSetupError};
+use crate::egress::{
+    EgressSettings, Endpoints, ExternalServices, PASSTHROUGH_CLUSTER, Upstream, UpstreamQuery,
+};
+use crate::route::{
+    ClusterPolicy, CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile,
+};
 use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
 use crate::stages::main_internal::{Bindings, SelfRef};
@@ -83,6 +90,9 @@ pub struct WaypointOptions {
     pub root_namespace: String,
     /// How `jwksUri` key sets are fetched and kept.
     pub jwks: JwksSettings,
+    /// Traffic to destinations outside the mesh: outbound traffic policy, TLS origination
+    /// roots, DNS.
+    pub egress: EgressSettings,
 }
 
 impl WaypointOptions {
@@ -101,6 +111,7 @@ impl WaypointOptions {
             protocol_detection_timeout: Duration::from_secs(1),
             root_namespace: crate::authn::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             jwks: JwksSettings::default(),
+            egress: EgressSettings::default(),
         }
     }
 }
@@ -120,6 +131,8 @@ pub struct L7State {
     pub authn: AuthnTable,
     /// The AuthorizationPolicies that apply to each of them.
     pub authz: AuthzTable,
+    /// The `MESH_EXTERNAL` ServiceEntries.
+    pub externals: ExternalServices,
 }
 
 /// What identifies a cluster and lets it be rebuilt when the state or configuration changes.
@@ -228,6 +241,12 @@ pub struct Core {
     jwks: JwksRegistry,
     /// Destination labels by the addresses of (service, endpoint), rebuilt after state changes.
     destination_labels: std::sync::RwLock<HashMap<(usize, usize), LabelEntry, FastHash>>,
+    /// Resolved names of DNS ServiceEntries.
+    dns: DnsCache,
+    /// The TLS origination of each external cluster, by cluster name; cleared on refresh.
+    egress_tls: Mutex<HashMap<String, Result<Option<Arc<TlsOrigination>>, TlsSetupError>>>,
+    /// `PassthroughCluster`: requests to the original destination (`ALLOW_ANY`).
+    passthrough: Arc<Cluster>,
     /// The `connect_originate` stage.
     pub originate: Arc<ConnectOriginate>,
     /// Request metrics.
@@ -260,10 +279,22 @@ impl Core {
             options.identity.clone(),
         ));
         let jwks = JwksRegistry::new(options.jwks.clone());
+        let dns = DnsCache::new(
+            Arc::clone(&options.egress.resolver),
+            options.egress.dns_refresh_rate,
+        );
+        let passthrough = Arc::new(Cluster::new(
+            PASSTHROUGH_CLUSTER.to_owned(),
+            &ClusterPolicy::default(),
+            Vec::new(),
+        ));
         let core = Arc::new(Self {
             state,
             options,
             jwks,
+            dns,
+            egress_tls: Mutex::new(HashMap::new()),
+            passthrough,
             bindings: ArcSwap::from_pointee(Bindings::default()),
             l7: ArcSwap::from_pointee(L7State::default()),
             config: Mutex::new((ConfigSet::default(), Vec::new())),
@@ -358,6 +389,7 @@ impl Core {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+        let externals = ExternalServices::compile(&config);
         let l7 = Arc::new(L7State {
             config,
             errors,
@@ -365,13 +397,12 @@ impl Core {
             services,
             authn,
             authz,
+            externals,
         });
         self.l7.store(Arc::clone(&l7));
+        lock(&self.egress_tls).clear();
         let mut clusters = lock(&self.clusters);
         clusters.retain(|_, entry| {
-            let Some(service) = find_service(&state, &entry.host) else {
-                return false;
-            };
             let policy = l7.compiled.destinations.cluster_policy(
                 &entry.host,
                 entry.subset.as_deref(),
@@ -380,6 +411,18 @@ impl Core {
             if &policy != entry.cluster.policy() {
                 return false;
             }
+            if let Some((external, port)) = l7.externals.find(&entry.host, entry.port) {
+                if let Endpoints::Static(addresses) =
+                    external.endpoints(&entry.host, port, SocketAddr::from(([0, 0, 0, 0], 0)))
+                {
+                    entry.cluster.set_endpoints(external_endpoints(&addresses));
+                }
+                // DNS endpoints are re-resolved by the requests that use them.
+                return true;
+            }
+            let Some(service) = find_service(&state, &entry.host) else {
+                return false;
+            };
             entry.cluster.set_endpoints(endpoints(
                 &state,
                 &service,
@@ -396,17 +439,23 @@ impl Core {
         self.originate.retain(|addr| live.contains(addr));
     }
 
-    /// The cluster for `host`'s `port` (and `subset`), created on first use. `None` when no
-    /// service has that hostname.
+    /// The cluster for `host`'s `port` (and `subset`), created on first use, with the mesh
+    /// service of that hostname when there is one. `None` when neither a mesh service nor an
+    /// external ServiceEntry (declaring `port`) has that hostname.
     pub fn cluster(
         &self,
         host: &str,
         subset: Option<&str>,
         port: u16,
         protocol: &str,
-    ) -> Option<(Arc<Cluster>, Arc<Service>)> {
+    ) -> Option<(Arc<Cluster>, Option<Arc<Service>>)> {
         let state = self.state.current();
-        let service = find_service(&state, host)?;
+        let service = find_service(&state, host);
+        let l7 = self.l7.load();
+        let external = l7.externals.find(host, port);
+        if service.is_none() && external.is_none() {
+            return None;
+        }
         let wanted = ClusterKeyRef {
             port,
             protocol,
@@ -418,13 +467,17 @@ impl Core {
             return Some((Arc::clone(&entry.cluster), service));
         }
         let name = cluster_name(port, protocol, subset, host);
-        let policy = self
-            .l7
-            .load()
-            .compiled
-            .destinations
-            .cluster_policy(host, subset, port);
-        let endpoints = endpoints(&state, &service, port, &policy.subset_labels);
+        let policy = l7.compiled.destinations.cluster_policy(host, subset, port);
+        let endpoints = match (external, &service) {
+            (Some((external, external_port)), _) => {
+                match external.endpoints(host, external_port, SocketAddr::from(([0, 0, 0, 0], 0))) {
+                    Endpoints::Static(addresses) => external_endpoints(&addresses),
+                    Endpoints::Dns(_) | Endpoints::OriginalDst(_) => Vec::new(),
+                }
+            }
+            (None, Some(service)) => endpoints(&state, service, port, &policy.subset_labels),
+            (None, None) => Vec::new(),
+        };
         let cluster = Arc::new(Cluster::new(name, &policy, endpoints));
         let key = ClusterKey {
             port,
@@ -442,6 +495,72 @@ impl Core {
             },
         );
         Some((cluster, service))
+    }
+
+    /// Where a routed request goes: a mesh service, a ServiceEntry's endpoints,
+    /// `PassthroughCluster` or `BlackHoleCluster` ([`crate::egress::select_upstream`] with
+    /// this waypoint's state and outbound traffic policy).
+    pub fn select_upstream<'a>(&self, l7: &'a L7State, query: &UpstreamQuery<'_>) -> Upstream<'a> {
+        let state = self.state.current();
+        crate::egress::select_upstream(
+            query,
+            &l7.externals,
+            |host| state.service_by_hostname(host, None).is_some(),
+            self.options.egress.outbound_policy,
+        )
+    }
+
+    /// `PassthroughCluster`.
+    pub fn passthrough_cluster(&self) -> Arc<Cluster> {
+        Arc::clone(&self.passthrough)
+    }
+
+    /// Brings the endpoints of the external `cluster` up to date with `endpoints`: DNS names
+    /// resolved (cached for the refresh rate). Returns the address to send to when it is
+    /// fixed by the request (`NONE`: the original destination).
+    pub async fn external_endpoints(
+        &self,
+        cluster: &Cluster,
+        endpoints: &Endpoints,
+    ) -> Result<Option<SocketAddr>, DnsError> {
+        match endpoints {
+            Endpoints::OriginalDst(addr) => Ok(Some(*addr)),
+            Endpoints::Static(_) => Ok(None),
+            Endpoints::Dns(names) => {
+                let addresses = self.dns.resolve_all(names).await?;
+                let current: Vec<SocketAddr> =
+                    cluster.endpoints().into_iter().map(|e| e.address).collect();
+                if current.len() != addresses.len()
+                    || !addresses.iter().all(|a| current.contains(a))
+                {
+                    cluster.set_endpoints(external_endpoints(&addresses));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The TLS the external `cluster` (of `host`) originates, per its DestinationRule policy:
+    /// `None` for plain TCP. Built once per configuration.
+    pub fn egress_tls(
+        &self,
+        cluster: &Cluster,
+        host: &str,
+    ) -> Result<Option<Arc<TlsOrigination>>, TlsSetupError> {
+        let Some(settings) = &cluster.policy().tls else {
+            return Ok(None);
+        };
+        let mut cache = lock(&self.egress_tls);
+        if let Some(found) = cache.get(cluster.name()) {
+            return found.clone();
+        }
+        let built =
+            crate::egress::tls::origination(settings, host, self.options.egress.ca_file.as_deref());
+        if let Err(e) = &built {
+            tracing::warn!(cluster = cluster.name(), error = %e, "TLS origination cannot be set up: requests fail");
+        }
+        cache.insert(cluster.name().to_owned(), built.clone());
+        built
     }
 
     /// The clusters created so far, by name.
@@ -613,6 +732,17 @@ fn endpoints(
                 address: SocketAddr::new(*ip, target),
                 uid: Arc::from(e.workload.uid.as_str()),
             })
+        })
+        .collect()
+}
+
+/// Cluster endpoints of external addresses (named by their address).
+fn external_endpoints(addresses: &[SocketAddr]) -> Vec<ClusterEndpoint> {
+    addresses
+        .iter()
+        .map(|a| ClusterEndpoint {
+            address: *a,
+            uid: Arc::from(a.to_string()),
         })
         .collect()
 }

@@ -33,6 +33,10 @@
 //!   destination ztunnel, upstream HTTP connection pooling).
 //! - [`cluster`]: the inbound VIP cluster at run time: endpoints, load balancing, circuit
 //!   breaking, outlier detection.
+//! - [`egress`]: where a request to a destination outside the mesh goes: a `MESH_EXTERNAL`
+//!   ServiceEntry's endpoints (STATIC, DNS, NONE; TLS origination), `PassthroughCluster` or
+//!   `BlackHoleCluster` by the outbound traffic policy. Pure decision plus the DNS cache and
+//!   TLS settings the inbound VIP listener and `connect_originate` use.
 //! - [`filters`]: pure per-request operations (header edits, rewrite, redirect, fault, CORS,
 //!   retry decisions, timeouts, hop-by-hop headers, request ids).
 //! - [`body`]: the replayable request body (retries, mirrors) and the observed response body
@@ -57,6 +61,7 @@ pub mod body;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod egress;
 pub mod filters;
 pub mod quickstart;
 pub mod route;

@@ -94,10 +94,20 @@ struct Cli {
     /// after that, tokens of the issuer are denied until a fetch succeeds (Go duration).
     #[arg(long, env = "JWKS_GRACE_PERIOD", default_value = "40m", value_parser = go_duration)]
     jwks_grace: Duration,
-    /// PEM bundle of the roots HTTPS jwksUri servers are verified with (default: the
-    /// system bundle).
+    /// PEM bundle of the roots HTTPS jwksUri servers, and external hosts a DestinationRule
+    /// originates TLS to without `caCertificates`, are verified with (default: the system
+    /// bundle).
     #[arg(long, env = "SSL_CERT_FILE")]
     jwks_ca_file: Option<PathBuf>,
+    /// What requests whose Host names no known service get (Istio's
+    /// meshConfig.outboundTrafficPolicy.mode): ALLOW_ANY (PassthroughCluster, the original
+    /// destination) or REGISTRY_ONLY (BlackHoleCluster, 502).
+    #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", value_parser = waypoint::egress::parse_outbound_policy)]
+    outbound_traffic_policy: waypoint::egress::OutboundPolicy,
+    /// How long resolved addresses of DNS ServiceEntries are used (Istio's
+    /// meshConfig.dnsRefreshRate; Go duration).
+    #[arg(long, env = "DNS_REFRESH_RATE", default_value = "60s", value_parser = go_duration)]
+    dns_refresh_rate: Duration,
 }
 
 /// Parses a Go-style duration (`20m`, `1h30m`, `90s`).
@@ -237,8 +247,14 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
         jwks: waypoint::authn::JwksSettings {
             refresh_interval: cli.jwks_refresh_interval,
             grace: cli.jwks_grace,
-            ca_file: cli.jwks_ca_file,
+            ca_file: cli.jwks_ca_file.clone(),
             ..waypoint::authn::JwksSettings::default()
+        },
+        egress: waypoint::egress::EgressSettings {
+            outbound_policy: cli.outbound_traffic_policy,
+            ca_file: cli.jwks_ca_file,
+            dns_refresh_rate: cli.dns_refresh_rate,
+            ..waypoint::egress::EgressSettings::default()
         },
     };
     let running = waypoint::run::start(config, Some(log_level), access_log)

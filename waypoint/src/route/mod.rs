@@ -20,7 +20,7 @@
 
 mod compile;
 pub mod concrete;
-mod hostname;
+pub(crate) mod hostname;
 mod matching;
 mod model;
 mod rewrite;

@@ -1,7 +1,8 @@
 //! `connect_originate`: the last stage. It opens HBONE tunnels, as the waypoint's own identity,
 //! to `podIP:15008` through the [`hbone::Pool`] (the destination ztunnel terminates them and
-//! checks its policies against the waypoint's identity), or plain TCP to workloads outside the
-//! mesh, and keeps HTTP client connections over those tunnels for reuse:
+//! checks its policies against the waypoint's identity), plain TCP to workloads and hosts
+//! outside the mesh, or TLS to external hosts when a DestinationRule originates it
+//! ([`crate::egress::tls`]), and keeps HTTP client connections over those for reuse:
 //!
 //! - HTTP/2 upstreams: one connection per endpoint, multiplexed;
 //! - HTTP/1.1 upstreams: idle connections per endpoint, each back in the pool once its response
@@ -57,6 +58,15 @@ pub enum OriginateError {
         /// Why.
         reason: String,
     },
+    /// The TLS handshake with an external host failed (certificate not trusted or not valid
+    /// for the name, protocol error) or TLS could not be set up.
+    #[error("TLS_error: {reason}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// Connecting took longer than the connect timeout.
     #[error("upstream connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
@@ -84,17 +94,22 @@ impl OriginateError {
     pub fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Handshake { .. }
+            Self::Connect { .. }
+                | Self::ConnectTimeout(_)
+                | Self::Handshake { .. }
+                | Self::Tls { .. }
         )
     }
 }
 
-/// A connection to an endpoint: an HBONE tunnel or plain TCP.
+/// A connection to an endpoint: an HBONE tunnel, plain TCP or originated TLS.
 pub enum UpstreamIo {
     /// An HBONE tunnel.
     Hbone(H2Stream),
     /// Plain TCP.
     Tcp(TcpStream),
+    /// TLS originated to a host outside the mesh (boxed: the session state is large).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -106,6 +121,7 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             Self::Hbone(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -119,6 +135,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Hbone(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -130,6 +147,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Hbone(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -137,6 +155,7 @@ impl AsyncWrite for UpstreamIo {
         match self {
             Self::Hbone(s) => s.is_write_vectored(),
             Self::Tcp(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -144,6 +163,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Hbone(s) => Pin::new(s).poll_flush(cx),
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -151,6 +171,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             Self::Hbone(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -200,7 +221,8 @@ pub struct ConnectOriginate {
     pool: hbone::Pool,
     identities: Arc<IdentityManager>,
     identity: Identity,
-    conns: Mutex<HashMap<SocketAddr, EndpointConns>>,
+    /// Pooled connections by endpoint and TLS settings ([`TunnelMetadata::pool_key`]).
+    conns: Mutex<HashMap<(SocketAddr, u64), EndpointConns>>,
 }
 
 impl std::fmt::Debug for ConnectOriginate {
@@ -236,7 +258,7 @@ impl ConnectOriginate {
         meta: &TunnelMetadata,
         connect_timeout: Duration,
     ) -> Result<UpstreamIo, OriginateError> {
-        let addr = meta.target.address;
+        let addr = meta.address;
         let connect = async {
             match meta.transport() {
                 Transport::Hbone { request, expected } => {
@@ -252,16 +274,18 @@ impl ConnectOriginate {
                         })?;
                     Ok(UpstreamIo::Hbone(tunnel.stream))
                 }
-                Transport::Tcp => {
-                    let stream =
-                        TcpStream::connect(addr)
-                            .await
-                            .map_err(|e| OriginateError::Connect {
-                                addr,
-                                reason: e.to_string(),
-                            })?;
-                    let _ = stream.set_nodelay(true);
-                    Ok(UpstreamIo::Tcp(stream))
+                Transport::Tcp => Ok(UpstreamIo::Tcp(tcp_connect(addr).await?)),
+                Transport::Tls(tls) => {
+                    let stream = tcp_connect(addr).await?;
+                    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+                    let stream = connector
+                        .connect(tls.server_name.clone(), stream)
+                        .await
+                        .map_err(|e| OriginateError::Tls {
+                            addr,
+                            reason: e.to_string(),
+                        })?;
+                    Ok(UpstreamIo::Tls(Box::new(stream)))
                 }
             }
         };
@@ -290,11 +314,12 @@ impl ConnectOriginate {
         settings: ConnSettings,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<UpstreamBody>, OriginateError> {
-        let addr = meta.target.address;
+        let addr = meta.address;
+        let key = meta.pool_key();
         let pooled = {
             let conns = self.lock();
             conns
-                .get(&addr)
+                .get(&key)
                 .and_then(|c| c.http2.clone())
                 .filter(|s| !s.is_closed())
         };
@@ -312,7 +337,7 @@ impl ConnectOriginate {
                         tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
                     }
                 });
-                self.lock().entry(addr).or_default().http2 = Some(sender.clone());
+                self.lock().entry(key).or_default().http2 = Some(sender.clone());
                 sender
             }
         };
@@ -333,10 +358,11 @@ impl ConnectOriginate {
         settings: ConnSettings,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<UpstreamBody>, OriginateError> {
-        let addr = meta.target.address;
+        let addr = meta.address;
+        let key = meta.pool_key();
         let pooled = {
             let mut conns = self.lock();
-            let entry = conns.entry(addr).or_default();
+            let entry = conns.entry(key).or_default();
             let mut found = None;
             while let Some(conn) = entry.http1.pop() {
                 if !conn.sender.is_closed() && conn.sender.is_ready() {
@@ -374,7 +400,7 @@ impl ConnectOriginate {
             .is_none_or(|max| conn.used < max.get());
         let release = reusable.then(|| Release {
             originate: Arc::clone(self),
-            addr,
+            key,
             conn,
         });
         Ok(response.map(|inner| UpstreamBody { inner, release }))
@@ -384,9 +410,9 @@ impl ConnectOriginate {
     /// takes its next request once hyper has seen the end of the response, which has
     /// usually happened by the time the response body has been read; if not yet, a task
     /// waits for it.
-    fn release_http1(self: Arc<Self>, addr: SocketAddr, mut conn: Http1Conn) {
+    fn release_http1(self: Arc<Self>, key: (SocketAddr, u64), mut conn: Http1Conn) {
         if conn.sender.is_ready() {
-            self.pool_http1(addr, conn);
+            self.pool_http1(key, conn);
             return;
         }
         if conn.sender.is_closed() {
@@ -394,14 +420,14 @@ impl ConnectOriginate {
         }
         tokio::spawn(async move {
             if conn.sender.ready().await.is_ok() {
-                self.pool_http1(addr, conn);
+                self.pool_http1(key, conn);
             }
         });
     }
 
-    fn pool_http1(&self, addr: SocketAddr, conn: Http1Conn) {
+    fn pool_http1(&self, key: (SocketAddr, u64), conn: Http1Conn) {
         let mut conns = self.lock();
-        let entry = conns.entry(addr).or_default();
+        let entry = conns.entry(key).or_default();
         if entry.http1.len() < MAX_IDLE_PER_ENDPOINT {
             entry.http1.push(conn);
         }
@@ -409,7 +435,7 @@ impl ConnectOriginate {
 
     /// Drops the pooled connections of endpoints not in `keep`.
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.lock().retain(|addr, _| keep(addr));
+        self.lock().retain(|(addr, _), _| keep(addr));
     }
 
     /// The number of endpoints with pooled connections.
@@ -417,9 +443,21 @@ impl ConnectOriginate {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, EndpointConns>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, u64), EndpointConns>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A TCP connection to `addr`, without Nagle.
+async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, OriginateError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| OriginateError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// A response body from upstream. The body of an HTTP/1.1 response on a reusable connection
@@ -433,7 +471,7 @@ pub struct UpstreamBody {
 /// What returns an HTTP/1.1 connection to the pool.
 struct Release {
     originate: Arc<ConnectOriginate>,
-    addr: SocketAddr,
+    key: (SocketAddr, u64),
     conn: Http1Conn,
 }
 
@@ -441,11 +479,11 @@ impl UpstreamBody {
     fn release(&mut self) {
         if let Some(Release {
             originate,
-            addr,
+            key,
             conn,
         }) = self.release.take()
         {
-            originate.release_http1(addr, conn);
+            originate.release_http1(key, conn);
         }
     }
 }

@@ -131,6 +131,19 @@ pub struct DestinationLabels {
 }
 
 impl DestinationLabels {
+    /// The labels of a request whose `Host` names no known service, sent to `cluster`
+    /// (`PassthroughCluster` or `BlackHoleCluster`), as Istio labels them:
+    /// `destination_service` = the `Host` (without port), `destination_service_name` = the
+    /// cluster, everything else `unknown`.
+    pub fn registry_miss(cluster: &str, host: Option<&str>) -> Self {
+        Self {
+            service: or_unknown(host.unwrap_or_default()),
+            service_name: cluster.to_owned(),
+            service_namespace: UNKNOWN.to_owned(),
+            workload: WorkloadLabels::default(),
+        }
+    }
+
     /// The labels of a request to `service` (when addressed by service) served by `endpoint`
     /// (when one was chosen; `None` for requests that never reached an endpoint, e.g. no
     /// route or no healthy upstream).

@@ -17,7 +17,7 @@ use super::{Downstream, VipTarget};
 use crate::app::Core;
 use crate::body::BodyOutcome;
 use crate::telemetry::{
-    AccessLogEntry, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
+    AccessLogEntry, DestinationLabels, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
 };
 
 /// The body of a 403 from authorization (Envoy's RBAC filter's).
@@ -44,6 +44,9 @@ pub(super) struct RequestLog {
     pub(super) destination_service: Option<Arc<Service>>,
     pub(super) destination_workload: Option<Arc<Workload>>,
     pub(super) set_cookie: Option<HeaderValue>,
+    /// The destination labels when they do not come from a service and an endpoint
+    /// (`PassthroughCluster`, `BlackHoleCluster`).
+    destination_labels: Option<Arc<DestinationLabels>>,
     /// Things that must live as long as the request (circuit-breaker permits).
     guards: Vec<Box<dyn Any + Send + Sync>>,
 }
@@ -94,6 +97,7 @@ impl RequestLog {
             destination_service: Some(Arc::clone(&vip.service)),
             destination_workload: None,
             set_cookie: None,
+            destination_labels: None,
             guards: Vec::new(),
         }
     }
@@ -105,6 +109,13 @@ impl RequestLog {
         if let Some(entry) = &mut self.entry {
             entry.path = uri.path_and_query().map(|pq| pq.as_str().to_owned());
         }
+    }
+
+    /// Labels the request as one whose `Host` the registry does not know, sent to `cluster`
+    /// (`PassthroughCluster` or `BlackHoleCluster`): Istio's `destination_service` is then
+    /// the `Host`, `destination_service_name` the cluster.
+    pub(super) fn set_registry_miss(&mut self, cluster: &str, host: Option<&str>) {
+        self.destination_labels = Some(Arc::new(DestinationLabels::registry_miss(cluster, host)));
     }
 
     /// Keeps `guard` alive until the request is logged.
@@ -142,10 +153,13 @@ impl RequestLog {
         }
         let duration = self.start.elapsed();
         let grpc_status = body.grpc_status.or(self.grpc_status);
-        let destination = core.destination_labels(
-            self.destination_service.as_ref(),
-            self.destination_workload.as_ref(),
-        );
+        let destination = match self.destination_labels.take() {
+            Some(labels) => labels,
+            None => core.destination_labels(
+                self.destination_service.as_ref(),
+                self.destination_workload.as_ref(),
+            ),
+        };
         let mut labels = RequestLabels::new(
             Arc::clone(&self.source_labels),
             destination,

@@ -17,11 +17,29 @@ use crate::app::{Core, L7State};
 use crate::authn::{self, Denial};
 use crate::authz::{HttpAttributes, RequestAttributes, evaluate};
 use crate::body::{Observed, Replay};
-use crate::cluster::{Cluster, Outcome, PickContext};
+use crate::cluster::{Cluster, Outcome, PickContext, Picked};
+use crate::egress::tls::TlsOrigination;
+use crate::egress::{self, Upstream, UpstreamQuery};
 use crate::filters::{self, AttemptOutcome};
 use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamBody, UpstreamProtocol};
+use crate::stages::inbound_pod::TunnelMetadata;
 use crate::telemetry::{HttpStat, ResponseFlag, WorkloadLabels};
+
+/// How the attempts of a request reach their endpoint.
+enum Target {
+    /// A mesh service's endpoint, picked from the cluster: HBONE (TCP to a workload outside
+    /// the mesh).
+    Mesh,
+    /// An endpoint outside the mesh: picked from the cluster, or fixed by the request (`NONE`
+    /// resolution, passthrough); plain TCP, or TLS when the cluster originates it.
+    External {
+        /// The address to send to, when the request fixes it.
+        fixed: Option<std::net::SocketAddr>,
+        /// The TLS to originate.
+        tls: Option<Arc<TlsOrigination>>,
+    },
+}
 
 /// A response on its way to the client, before observation.
 pub(super) type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -187,22 +205,31 @@ impl Listener {
         }
         filters::strip_hop_by_hop(&mut parts.headers);
 
-        // 5. Select backend: the inbound VIP cluster.
+        // 5. Select backend: the inbound VIP cluster of a mesh service or a ServiceEntry,
+        //    PassthroughCluster or BlackHoleCluster.
         let backend_port = backend.backend.port.unwrap_or(port);
-        let Some((cluster, service)) = self.core.cluster(
-            &backend.backend.host,
-            backend.backend.subset.as_deref(),
+        let authority = filters::request_authority(parts).map(egress::authority_host);
+        let query = UpstreamQuery {
+            service_host: host,
+            backend_host: &backend.backend.host,
             backend_port,
-            "http",
-        ) else {
-            return log.local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(ResponseFlag::NoClusterFound),
-                "cluster_not_found",
-            );
+            authority: authority.as_deref(),
+            original_dst: self.downstream.original_dst,
         };
-        log.upstream_cluster = Some(cluster.name().to_owned());
-        log.destination_service = Some(service);
+        let upstream = self.core.select_upstream(&l7, &query);
+        let (cluster, target) = match self
+            .select_cluster(
+                upstream,
+                &backend.backend,
+                backend_port,
+                authority.as_deref(),
+                log,
+            )
+            .await
+        {
+            Ok(selected) => selected,
+            Err(reply) => return reply,
+        };
         // The route timeout runs from here: a request waiting in the pending queue is bounded
         // by it too.
         let (overall, per_try) = filters::effective_timeouts(route.timeout, route.retry.as_ref());
@@ -240,7 +267,14 @@ impl Listener {
         // 6. Send.
         let upstream_start = Instant::now();
         let mut response = match self
-            .send_with_retries(&cluster, route, (deadline, per_try), parts, replay, log)
+            .send_with_retries(
+                (&cluster, &target),
+                route,
+                (deadline, per_try),
+                parts,
+                replay,
+                log,
+            )
             .await
         {
             Ok(response) => response,
@@ -374,17 +408,97 @@ impl Listener {
         Some(log.authz_denied(details))
     }
 
+    /// The cluster a request goes to, and how its endpoints are reached; the reply instead
+    /// when there is none (`BlackHoleCluster`, unknown host, unresolvable DNS endpoints, TLS
+    /// that cannot be set up).
+    async fn select_cluster(
+        &self,
+        upstream: Upstream<'_>,
+        backend: &crate::route::Backend,
+        port: u16,
+        authority: Option<&str>,
+        log: &mut RequestLog,
+    ) -> Result<(Arc<Cluster>, Target), Response<ResponseBody>> {
+        let endpoints = match upstream {
+            Upstream::BlackHole => {
+                log.route_name = Some(egress::BLOCK_ALL_ROUTE.to_owned());
+                log.upstream_cluster = Some(egress::BLACKHOLE_CLUSTER.to_owned());
+                log.set_registry_miss(egress::BLACKHOLE_CLUSTER, authority);
+                return Err(log.local_reply(StatusCode::BAD_GATEWAY, None, "direct_response"));
+            }
+            Upstream::Passthrough(addr) => {
+                log.route_name = Some(egress::ALLOW_ANY_ROUTE.to_owned());
+                log.upstream_cluster = Some(egress::PASSTHROUGH_CLUSTER.to_owned());
+                log.set_registry_miss(egress::PASSTHROUGH_CLUSTER, authority);
+                let target = Target::External {
+                    fixed: Some(addr),
+                    tls: None,
+                };
+                return Ok((self.core.passthrough_cluster(), target));
+            }
+            Upstream::Mesh => None,
+            Upstream::External { endpoints, .. } => Some(endpoints),
+        };
+        let Some((cluster, service)) =
+            self.core
+                .cluster(&backend.host, backend.subset.as_deref(), port, "http")
+        else {
+            return Err(log.local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(ResponseFlag::NoClusterFound),
+                "cluster_not_found",
+            ));
+        };
+        log.upstream_cluster = Some(cluster.name().to_owned());
+        if service.is_some() {
+            log.destination_service = service;
+        }
+        let Some(endpoints) = endpoints else {
+            return Ok((cluster, Target::Mesh));
+        };
+        let fixed = match self.core.external_endpoints(&cluster, &endpoints).await {
+            Ok(fixed) => fixed,
+            Err(e) => {
+                tracing::debug!(cluster = cluster.name(), error = %e, "no endpoint for an external service");
+                return Err(log.local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ResponseFlag::NoHealthyUpstream),
+                    "no_healthy_upstream",
+                ));
+            }
+        };
+        let tls = match self.core.egress_tls(&cluster, &backend.host) {
+            Ok(tls) => tls,
+            Err(e) => {
+                log.upstream_transport_failure_reason = Some(format!("TLS_error: {e}"));
+                return Err(log.local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ResponseFlag::UpstreamConnectionFailure),
+                    "upstream_reset_before_response_started{connection_failure}",
+                ));
+            }
+        };
+        Ok((cluster, Target::External { fixed, tls }))
+    }
+
     /// Sends to the cluster, retrying per the route's policy, until the route's deadline.
     async fn send_with_retries(
         &self,
-        cluster: &Arc<Cluster>,
+        (cluster, target): (&Arc<Cluster>, &Target),
         route: &Route,
         (deadline, per_try): (Option<tokio::time::Instant>, Option<Duration>),
         parts: &Parts,
         replay: &Replay,
         log: &mut RequestLog,
     ) -> Result<Response<UpstreamBody>, Response<ResponseBody>> {
-        let attempts = self.attempts(cluster, route.retry.as_ref(), per_try, parts, replay, log);
+        let attempts = self.attempts(
+            (cluster, target),
+            route.retry.as_ref(),
+            per_try,
+            parts,
+            replay,
+            log,
+        );
         match deadline {
             None => attempts.await,
             Some(deadline) => match tokio::time::timeout_at(deadline, attempts).await {
@@ -400,7 +514,7 @@ impl Listener {
 
     async fn attempts(
         &self,
-        cluster: &Arc<Cluster>,
+        (cluster, target): (&Arc<Cluster>, &Target),
         policy: Option<&RetryPolicy>,
         per_try: Option<Duration>,
         parts: &Parts,
@@ -424,22 +538,19 @@ impl Listener {
                 query,
                 exclude,
             };
-            let host = self.vip.service.hostname.as_str();
-            let Some((picked, meta)) =
-                pick_endpoint(&self.core, cluster, &ctx, &self.downstream, host)
-            else {
+            let Some((picked, meta)) = self.pick(cluster, target, &ctx) else {
                 return Err(log.local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(ResponseFlag::NoHealthyUpstream),
                     "no_healthy_upstream",
                 ));
             };
-            let address = picked.address;
+            let address = meta.address;
             log.upstream_host = Some(address);
-            if let Some(cookie) = picked.set_cookie.clone() {
+            if let Some(cookie) = picked.as_ref().and_then(|p| p.set_cookie.clone()) {
                 log.set_cookie = Some(cookie);
             }
-            log.destination_workload = Some(Arc::clone(&meta.target.workload));
+            log.destination_workload.clone_from(&meta.workload);
             let request = build_request(parts, replay.reader().boxed());
             let send = self.core.originate.send(&meta, protocol, settings, request);
             let result = match per_try {
@@ -494,6 +605,36 @@ impl Listener {
                     Err(log.local_reply(StatusCode::SERVICE_UNAVAILABLE, Some(flag), details))
                 }
             };
+        }
+    }
+
+    /// The endpoint of one attempt and its metadata: picked from the cluster unless the
+    /// target fixes it. `None` when the cluster has no available endpoint.
+    fn pick(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        ctx: &PickContext<'_>,
+    ) -> Option<(Option<Picked>, TunnelMetadata)> {
+        match target {
+            Target::Mesh => {
+                let host = self.vip.service.hostname.as_str();
+                let (picked, meta) =
+                    pick_endpoint(&self.core, cluster, ctx, &self.downstream, host)?;
+                Some((Some(picked), meta))
+            }
+            Target::External {
+                fixed: Some(address),
+                tls,
+            } => Some((
+                None,
+                TunnelMetadata::external(*address, tls.clone(), &self.downstream),
+            )),
+            Target::External { fixed: None, tls } => {
+                let picked = cluster.pick(ctx, Instant::now()).ok()?;
+                let meta = TunnelMetadata::external(picked.address, tls.clone(), &self.downstream);
+                Some((Some(picked), meta))
+            }
         }
     }
 

@@ -111,7 +111,7 @@ pub(super) async fn serve_direct(
     _downstream: Arc<Downstream>,
     meta: TunnelMetadata,
 ) {
-    let name = meta.target.listener_name();
+    let name = meta.listener_name();
     copy_to(&core, &mut stream, &meta, &name, DEFAULT_CONNECT_TIMEOUT).await;
 }
 
@@ -128,7 +128,7 @@ async fn copy_to<IO>(
     let mut upstream = match core.originate.open(meta, connect_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
-            tracing::info!(%cluster, upstream = %meta.target.address, error = %e, "TCP upstream connect failed");
+            tracing::info!(%cluster, upstream = %meta.address, error = %e, "TCP upstream connect failed");
             return;
         }
     };
@@ -136,13 +136,13 @@ async fn copy_to<IO>(
     match copy.await {
         Ok(transferred) => tracing::debug!(
             %cluster,
-            upstream = %meta.target.address,
+            upstream = %meta.address,
             ?transferred,
             duration_ms = started.elapsed().as_millis() as u64,
             "TCP connection complete"
         ),
         Err(e) => {
-            tracing::debug!(%cluster, upstream = %meta.target.address, error = ?e, "TCP connection ended with an error")
+            tracing::debug!(%cluster, upstream = %meta.address, error = ?e, "TCP connection ended with an error")
         }
     }
 }

@@ -1,0 +1,400 @@
+//! The waypoint as an egress gateway, end to end: client → ztunnel → waypoint → a backend outside
+//! the mesh (no ztunnel in front of it), every hop a real socket. `MESH_EXTERNAL` ServiceEntries
+//! with STATIC, DNS and NONE resolution, the outbound traffic policy (`ALLOW_ANY` →
+//! `PassthroughCluster`, `REGISTRY_ONLY` → `BlackHoleCluster`), and TLS origination from a
+//! DestinationRule verified against a test CA. Each test runs its own mesh on its own
+//! `127.<net>.0.0/16`; external hosts live at `127.<net>.2.x`.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use ambient_e2e::waypoint::{MeshOptions, Net, WaypointMesh, get, send};
+use http::StatusCode;
+use waypoint::egress::dns::{Resolver, Resolving};
+use waypoint::egress::{EgressSettings, OutboundPolicy};
+
+/// A resolver that knows a fixed set of names (no network).
+#[derive(Debug)]
+struct MapResolver(HashMap<String, IpAddr>);
+
+impl Resolver for MapResolver {
+    fn resolve(&self, host: &str, port: u16) -> Resolving {
+        let found = self.0.get(host).map(|ip| vec![SocketAddr::new(*ip, port)]);
+        Box::pin(async move {
+            found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "unknown name"))
+        })
+    }
+}
+
+fn external(net: Net, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, net.0, 2, host)
+}
+
+/// A mesh-state service for a ServiceEntry host bound to the waypoint (what istiod sends
+/// ztunnel for a ServiceEntry labelled `istio.io/use-waypoint`).
+fn entry_service(net: Net, name: &str, host: &str, vip: Ipv4Addr, port: u16) -> String {
+    format!(
+        "- name: {name}\n  namespace: default\n  hostname: {host}\n  vips: [\"/{vip}\"]\n  ports:\n    {port}: {port}\n  waypoint:\n    destination: \"/{}\"\n    hboneMtlsPort: 15008\n",
+        net.vip(9)
+    )
+}
+
+/// `inbound-vip|<port>|http|<host>`.
+fn cluster(port: u16, host: &str) -> String {
+    format!("inbound-vip|{port}|http|{host}")
+}
+
+/// The access log entry of the request with `path`.
+fn log_of(mesh: &WaypointMesh, path: &str) -> serde_json::Value {
+    let entries = mesh.access_log();
+    entries
+        .iter()
+        .rev()
+        .find(|e| e["path"] == path)
+        .cloned()
+        .unwrap_or_else(|| panic!("no access log entry for {path} in {entries:#?}"))
+}
+
+const STATIC_HOST: &str = "static.ext.test";
+const DNS_HOST: &str = "dns.ext.test";
+const NONE_HOST: &str = "none.ext.test";
+
+/// Three external services: STATIC (VIP .1.50 → 127.<net>.2.1:8081), DNS (VIP .1.51, the host
+/// resolves to 127.<net>.2.2, target port 8082) and NONE (the client dials 127.<net>.2.3:8083
+/// itself), and their backends.
+async fn resolutions_mesh(net: Net, policy: OutboundPolicy) -> WaypointMesh {
+    let mut names = HashMap::new();
+    names.insert(DNS_HOST.to_owned(), IpAddr::V4(external(net, 2)));
+    let options = MeshOptions {
+        extra_services: entry_service(net, "static-ext", STATIC_HOST, net.vip(50), 8080)
+            + &entry_service(net, "dns-ext", DNS_HOST, net.vip(51), 8080)
+            + &entry_service(net, "none-ext", NONE_HOST, external(net, 3), 8083),
+        egress: EgressSettings {
+            outbound_policy: policy,
+            resolver: Arc::new(MapResolver(names)),
+            ..EgressSettings::default()
+        },
+        ..MeshOptions::default()
+    };
+    let mesh = WaypointMesh::start_with(net, options).await;
+    for (host, port, name) in [
+        (1, 8081, "ext-static"),
+        (2, 8082, "ext-dns"),
+        (3, 8083, "ext-none"),
+    ] {
+        let addr = SocketAddr::new(IpAddr::V4(external(net, host)), port);
+        mesh.spawn_external_backend(addr, name, None).await;
+    }
+    mesh.apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: static-ext, namespace: default}}
+spec:
+  hosts: [{STATIC_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: "{static_ip}", ports: {{http: 8081}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: dns-ext, namespace: default}}
+spec:
+  hosts: [{DNS_HOST}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: 8082}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: none-ext, namespace: default}}
+spec:
+  hosts: [{NONE_HOST}]
+  addresses: ["{none_ip}"]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{{number: 8083, name: http, protocol: HTTP}}]
+"#,
+        static_ip = external(net, 1),
+        none_ip = external(net, 3),
+    ));
+    mesh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_dns_and_none_service_entries_reach_their_external_backends() {
+    let net = Net(55);
+    let mesh = resolutions_mesh(net, OutboundPolicy::AllowAny).await;
+    let cases = [
+        (
+            STATIC_HOST,
+            SocketAddr::new(IpAddr::V4(net.vip(50)), 8080),
+            "ext-static",
+            "127.55.2.1:8081",
+            cluster(8080, STATIC_HOST),
+        ),
+        (
+            DNS_HOST,
+            SocketAddr::new(IpAddr::V4(net.vip(51)), 8080),
+            "ext-dns",
+            "127.55.2.2:8082",
+            cluster(8080, DNS_HOST),
+        ),
+        (
+            NONE_HOST,
+            SocketAddr::new(IpAddr::V4(external(net, 3)), 8083),
+            "ext-none",
+            "127.55.2.3:8083",
+            cluster(8083, NONE_HOST),
+        ),
+    ];
+    for (host, dst, backend, upstream_host, cluster_name) in &cases {
+        let path = format!("/egress/{backend}");
+        let mut client = mesh.http1(*dst).await;
+        let response = send(&mut client, get(host, &path, &[])).await;
+        assert_eq!(response.0, StatusCode::OK, "{host}: {response:?}");
+        assert_eq!(response.1["x-backend"], *backend, "{host}");
+        let seen = mesh.backends.seen(backend);
+        assert_eq!(seen.len(), 1, "{backend} got exactly the request");
+        assert_eq!(seen[0].path, path);
+        assert_eq!(seen[0].headers["host"], *host);
+        let entry = log_of(&mesh, &path);
+        assert_eq!(entry["upstream_cluster"], cluster_name.as_str());
+        assert_eq!(entry["upstream_host"], *upstream_host);
+        assert_eq!(entry["response_code"], 200);
+    }
+    let metrics = mesh.metrics();
+    for host in [STATIC_HOST, DNS_HOST, NONE_HOST] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("destination_service=\"{host}\""))
+                    && l.contains("response_code=\"200\"")),
+            "no request metric for {host}:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_any_passes_unknown_hosts_through_to_the_original_destination() {
+    let net = Net(56);
+    let mesh = resolutions_mesh(net, OutboundPolicy::AllowAny).await;
+    let dst = SocketAddr::new(IpAddr::V4(external(net, 3)), 8083);
+    let mut client = mesh.http1(dst).await;
+    let response = send(&mut client, get("unknown.example", "/passthrough", &[])).await;
+    assert_eq!(response.0, StatusCode::OK, "{response:?}");
+    let seen = mesh.backends.seen("ext-none");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/passthrough");
+    assert_eq!(seen[0].headers["host"], "unknown.example");
+    let entry = log_of(&mesh, "/passthrough");
+    assert_eq!(entry["upstream_cluster"], "PassthroughCluster");
+    assert_eq!(entry["route_name"], "allow_any");
+    assert_eq!(entry["upstream_host"], "127.56.2.3:8083");
+    let metrics = mesh.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service=\"unknown.example\"")
+                && l.contains("destination_service_name=\"PassthroughCluster\"")
+                && l.contains("response_code=\"200\"")),
+        "no passthrough request metric:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_only_refuses_unknown_hosts_with_502() {
+    let net = Net(57);
+    let mesh = resolutions_mesh(net, OutboundPolicy::RegistryOnly).await;
+    let dst = SocketAddr::new(IpAddr::V4(external(net, 3)), 8083);
+    let mut client = mesh.http1(dst).await;
+    let response = send(&mut client, get("unknown.example", "/blocked", &[])).await;
+    assert_eq!(response.0, StatusCode::BAD_GATEWAY, "{response:?}");
+    assert!(
+        mesh.backends.seen("ext-none").is_empty(),
+        "nothing reaches the backend"
+    );
+    let entry = log_of(&mesh, "/blocked");
+    assert_eq!(entry["upstream_cluster"], "BlackHoleCluster");
+    assert_eq!(entry["route_name"], "block_all");
+    assert_eq!(entry["response_code"], 502);
+    assert!(entry["upstream_host"].is_null(), "{entry}");
+    let metrics = mesh.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service=\"unknown.example\"")
+                && l.contains("destination_service_name=\"BlackHoleCluster\"")
+                && l.contains("response_code=\"502\"")),
+        "no black-hole request metric:\n{metrics}"
+    );
+
+    // The registered host on the same connection still goes through.
+    let response = send(&mut client, get(NONE_HOST, "/allowed", &[])).await;
+    assert_eq!(response.0, StatusCode::OK, "{response:?}");
+    let seen = mesh.backends.seen("ext-none");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/allowed");
+}
+
+/// A CA and a server configuration with a certificate for `names` issued by it.
+struct TestCa {
+    pem: String,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+
+    fn write(&self, path: &Path) {
+        std::fs::write(path, &self.pem).unwrap();
+    }
+
+    fn server(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let issuer = rcgen::Issuer::new(self.params.clone(), &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        Arc::new(config)
+    }
+}
+
+const SECURE_HOST: &str = "secure.ext.test";
+const WRONG_CA_HOST: &str = "wrongca.ext.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_origination_verifies_the_server_against_the_configured_roots() {
+    let net = Net(58);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let other_ca = TestCa::new();
+    let ca_file = dir.path().join("ca.pem");
+    ca.write(&ca_file);
+    let options = MeshOptions {
+        extra_services: entry_service(net, "secure-ext", SECURE_HOST, net.vip(60), 8080)
+            + &entry_service(net, "wrongca-ext", WRONG_CA_HOST, net.vip(61), 8080),
+        egress: EgressSettings {
+            ca_file: Some(ca_file.clone()),
+            ..EgressSettings::default()
+        },
+        ..MeshOptions::default()
+    };
+    let mesh = WaypointMesh::start_with(net, options).await;
+    let secure = SocketAddr::new(IpAddr::V4(external(net, 1)), 8443);
+    let wrong = SocketAddr::new(IpAddr::V4(external(net, 2)), 8443);
+    mesh.spawn_external_backend(secure, "ext-tls", Some(ca.server(SECURE_HOST)))
+        .await;
+    // Valid for its name, but issued by a CA the waypoint does not trust.
+    mesh.spawn_external_backend(wrong, "ext-wrong-ca", Some(other_ca.server(WRONG_CA_HOST)))
+        .await;
+    mesh.apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure-ext, namespace: default}}
+spec:
+  hosts: [{SECURE_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: 8443}}]
+  endpoints: [{{address: "{secure_ip}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure-ext, namespace: default}}
+spec:
+  host: {SECURE_HOST}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 8080}}
+      tls: {{mode: SIMPLE, sni: {SECURE_HOST}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: wrongca-ext, namespace: default}}
+spec:
+  hosts: [{WRONG_CA_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: 8443}}]
+  endpoints: [{{address: "{wrong_ip}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: wrongca-ext, namespace: default}}
+spec:
+  host: {WRONG_CA_HOST}
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: "{ca_path}"}}
+"#,
+        secure_ip = external(net, 1),
+        wrong_ip = external(net, 2),
+        ca_path = ca_file.display(),
+    ));
+
+    // The backend sees the request decrypted, as the client sent it in clear.
+    let mut client = mesh
+        .http1(SocketAddr::new(IpAddr::V4(net.vip(60)), 8080))
+        .await;
+    let response = send(&mut client, get(SECURE_HOST, "/tls/ok", &[])).await;
+    assert_eq!(response.0, StatusCode::OK, "{response:?}");
+    assert_eq!(response.1["x-backend"], "ext-tls");
+    let seen = mesh.backends.seen("ext-tls");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].path, "/tls/ok");
+    assert_eq!(seen[0].headers["host"], SECURE_HOST);
+    let entry = log_of(&mesh, "/tls/ok");
+    assert_eq!(
+        entry["upstream_cluster"],
+        cluster(8080, SECURE_HOST).as_str()
+    );
+    assert_eq!(entry["upstream_host"], "127.58.2.1:8443");
+
+    // A server the configured CA did not issue: 503, the handshake failure as the reason,
+    // and nothing processed by the backend.
+    let mut client = mesh
+        .http1(SocketAddr::new(IpAddr::V4(net.vip(61)), 8080))
+        .await;
+    let response = send(&mut client, get(WRONG_CA_HOST, "/tls/refused", &[])).await;
+    assert_eq!(response.0, StatusCode::SERVICE_UNAVAILABLE, "{response:?}");
+    assert!(mesh.backends.seen("ext-wrong-ca").is_empty());
+    let entry = log_of(&mesh, "/tls/refused");
+    assert_eq!(
+        entry["upstream_cluster"],
+        cluster(8080, WRONG_CA_HOST).as_str()
+    );
+    let flags = entry["response_flags"].as_str().unwrap();
+    assert!(flags.split(',').any(|f| f == "UF"), "{entry}");
+    let reason = entry["upstream_transport_failure_reason"].as_str().unwrap();
+    assert!(reason.starts_with("TLS_error:"), "{entry}");
+    assert!(reason.contains("invalid peer certificate"), "{entry}");
+}
