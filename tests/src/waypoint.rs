@@ -31,6 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use waypoint::run::{CaSource, RunConfig, Running, StateSource};
 use waypoint::source::Sources;
+pub use waypoint::stages::inbound_vip::limits::DownstreamLimits;
 use waypoint::telemetry::{AccessLog, AccessLogFormat, MemoryLog};
 use ztunnel::app::{Node, WorkloadPorts, WorkloadProxy};
 use ztunnel::identity::IdentityManager;
@@ -238,6 +239,8 @@ pub struct MeshOptions {
     /// The local CA's directory, whose root every ztunnel trusts and issues from (an existing
     /// CA is loaded); `None` = a new CA in the mesh's temporary directory.
     pub ca_dir: Option<PathBuf>,
+    /// The waypoint's downstream connection limits.
+    pub downstream: DownstreamLimits,
 }
 
 impl Default for MeshOptions {
@@ -250,6 +253,7 @@ impl Default for MeshOptions {
             jwks: waypoint::authn::JwksSettings::default(),
             waypoint_sources: None,
             ca_dir: None,
+            downstream: DownstreamLimits::default(),
         }
     }
 }
@@ -385,6 +389,7 @@ impl WaypointMesh {
             drain_deadline: Duration::from_secs(1),
             root_namespace: waypoint::authn::policy::DEFAULT_ROOT_NAMESPACE.into(),
             jwks: options.jwks.clone(),
+            downstream: options.downstream,
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

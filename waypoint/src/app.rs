@@ -27,6 +27,7 @@ use crate::config::{ConfigError, ConfigSet};
 use crate::route::{CompileOptions, Compiled, ServicePort, ServiceTarget, cluster_name, compile};
 use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
+use crate::stages::inbound_vip::limits::DownstreamLimits;
 use crate::stages::main_internal::{Bindings, SelfRef};
 use crate::telemetry::{AccessLog, DestinationLabels, RequestMetrics};
 use foldhash::fast::RandomState as FastHash;
@@ -83,6 +84,8 @@ pub struct WaypointOptions {
     pub root_namespace: String,
     /// How `jwksUri` key sets are fetched and kept.
     pub jwks: JwksSettings,
+    /// Limits of the downstream HTTP connections (see [`DownstreamLimits`] for each default).
+    pub downstream: DownstreamLimits,
 }
 
 impl WaypointOptions {
@@ -101,6 +104,7 @@ impl WaypointOptions {
             protocol_detection_timeout: Duration::from_secs(1),
             root_namespace: crate::authn::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             jwks: JwksSettings::default(),
+            downstream: DownstreamLimits::default(),
         }
     }
 }
@@ -226,6 +230,8 @@ pub struct Core {
     clusters: Mutex<HashMap<ClusterKey, ClusterEntry, FastHash>>,
     /// The `jwksUri` key sets in use.
     jwks: JwksRegistry,
+    /// One permit per downstream connection served (`max_connections`).
+    downstream_permits: Arc<tokio::sync::Semaphore>,
     /// Destination labels by the addresses of (service, endpoint), rebuilt after state changes.
     destination_labels: std::sync::RwLock<HashMap<(usize, usize), LabelEntry, FastHash>>,
     /// The `connect_originate` stage.
@@ -260,7 +266,11 @@ impl Core {
             options.identity.clone(),
         ));
         let jwks = JwksRegistry::new(options.jwks.clone());
+        let permits = usize::try_from(options.downstream.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let core = Arc::new(Self {
+            downstream_permits: Arc::new(tokio::sync::Semaphore::new(permits)),
             state,
             options,
             jwks,
@@ -280,6 +290,16 @@ impl Core {
     /// The options.
     pub fn options(&self) -> &WaypointOptions {
         &self.options
+    }
+
+    /// A slot for one more downstream connection, held while it is served; `None` when
+    /// `max_connections` are being served (the overflow is counted).
+    pub fn admit_downstream(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.downstream_permits).try_acquire_owned().ok();
+        if permit.is_none() {
+            self.metrics.count_downstream_overflow();
+        }
+        permit
     }
 
     /// The current mesh state.

@@ -24,6 +24,7 @@ use crate::app::{
     watch_config_dir, watch_state,
 };
 use crate::authn::JwksSettings;
+use crate::stages::inbound_vip::limits::DownstreamLimits;
 pub use crate::source::StateSource;
 use crate::telemetry::{AccessLog, RequestMetrics};
 pub use ztunnel::config::CaSource;
@@ -68,6 +69,9 @@ pub struct RunConfig {
     pub root_namespace: String,
     /// How RequestAuthentication `jwksUri` key sets are fetched and kept.
     pub jwks: JwksSettings,
+    /// Limits of the downstream HTTP connections (header size and count, timeouts,
+    /// connections, HTTP/2 streams and abuse).
+    pub downstream: DownstreamLimits,
 }
 
 /// Errors starting the waypoint.
@@ -178,6 +182,7 @@ pub async fn start(
     options.drain_deadline = config.drain_deadline;
     options.root_namespace = config.root_namespace.clone();
     options.jwks = config.jwks.clone();
+    options.downstream = config.downstream;
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());
