@@ -295,7 +295,9 @@ impl Core {
     /// A slot for one more downstream connection, held while it is served; `None` when
     /// `max_connections` are being served (the overflow is counted).
     pub fn admit_downstream(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = Arc::clone(&self.downstream_permits).try_acquire_owned().ok();
+        let permit = Arc::clone(&self.downstream_permits)
+            .try_acquire_owned()
+            .ok();
         if permit.is_none() {
             self.metrics.count_downstream_overflow();
         }

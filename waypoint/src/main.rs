@@ -128,7 +128,11 @@ struct Cli {
     max_local_error_reset_streams: usize,
     /// Consecutive HTTP/2 frames with an empty payload a client may send; more closes the
     /// connection (Envoy max_consecutive_inbound_frames_with_empty_payload).
-    #[arg(long, env = "MAX_CONSECUTIVE_INBOUND_FRAMES_WITH_EMPTY_PAYLOAD", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "MAX_CONSECUTIVE_INBOUND_FRAMES_WITH_EMPTY_PAYLOAD",
+        default_value_t = 1
+    )]
     max_consecutive_inbound_frames_with_empty_payload: u32,
 }
 

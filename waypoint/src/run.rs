@@ -24,8 +24,8 @@ use crate::app::{
     watch_config_dir, watch_state,
 };
 use crate::authn::JwksSettings;
-use crate::stages::inbound_vip::limits::DownstreamLimits;
 pub use crate::source::StateSource;
+use crate::stages::inbound_vip::limits::DownstreamLimits;
 use crate::telemetry::{AccessLog, RequestMetrics};
 pub use ztunnel::config::CaSource;
 

@@ -40,6 +40,9 @@ pub enum Violation {
     /// An HTTP/1.1 request whose `Content-Length` values disagree or do not parse.
     #[error("request has an invalid or conflicting content-length")]
     InvalidContentLength,
+    /// An HTTP/1.1 request head larger than `max_request_headers_kb`.
+    #[error("request headers too large")]
+    RequestHeadersTooLarge,
     /// A request head did not complete within the request-header deadline.
     #[error("request headers not received within the deadline")]
     RequestHeadersTimeout,
@@ -57,6 +60,7 @@ impl Violation {
             }
             Self::InvalidContentLength => "http1.content_length_not_allowed",
             Self::RequestHeadersTimeout => "request_header_timeout",
+            Self::RequestHeadersTooLarge => "http1.headers_too_large",
             Self::EmptyFrameFlood => "http2.inbound_empty_frames_flood",
         }
     }
@@ -70,7 +74,11 @@ enum H1State {
     /// Skipping a body of this many bytes.
     Body(u64),
     /// Reading a chunk-size line (this many bytes so far).
-    ChunkSize { len: usize, size: Option<u64>, ext: bool },
+    ChunkSize {
+        len: usize,
+        size: Option<u64>,
+        ext: bool,
+    },
     /// Skipping chunk data.
     ChunkData(u64),
     /// Expecting the CRLF after chunk data (`\r` seen or not).
@@ -103,17 +111,25 @@ struct Head {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct H1Framing {
     state: H1State,
+    /// Largest request head, in bytes.
+    max_head: usize,
 }
 
 impl Default for H1Framing {
     fn default() -> Self {
-        Self {
-            state: H1State::Head(Head::default()),
-        }
+        Self::with_max_head(usize::MAX)
     }
 }
 
 impl H1Framing {
+    /// A scanner refusing request heads over `max_head` bytes.
+    pub fn with_max_head(max_head: usize) -> Self {
+        Self {
+            state: H1State::Head(Head::default()),
+            max_head,
+        }
+    }
+
     /// Whether part of a request head has arrived and its end has not.
     pub fn in_head(&self) -> bool {
         matches!(&self.state, H1State::Head(head) if head.bytes > 0)
@@ -154,6 +170,9 @@ impl H1Framing {
                 if b != b'\n' {
                     if b != b'\r' || head.bytes > 0 {
                         head.bytes += 1;
+                        if head.bytes > self.max_head {
+                            return Err(Violation::RequestHeadersTooLarge);
+                        }
                     }
                     if b != b'\r' && head.line.len() < LINE_KEEP {
                         head.line.push(b);
@@ -270,17 +289,19 @@ impl Head {
         if self.upgrade || self.connect {
             return Ok(H1State::Opaque);
         }
-        Ok(match (self.transfer_encoding, self.chunked, self.content_length) {
-            // A non-chunked transfer coding: hyper answers 400.
-            (true, false, _) => H1State::Opaque,
-            (true, true, _) => H1State::ChunkSize {
-                len: 0,
-                size: None,
-                ext: false,
+        Ok(
+            match (self.transfer_encoding, self.chunked, self.content_length) {
+                // A non-chunked transfer coding: hyper answers 400.
+                (true, false, _) => H1State::Opaque,
+                (true, true, _) => H1State::ChunkSize {
+                    len: 0,
+                    size: None,
+                    ext: false,
+                },
+                (false, _, Some(n)) if n > 0 => H1State::Body(n),
+                _ => H1State::Head(Head::default()),
             },
-            (false, _, Some(n)) if n > 0 => H1State::Body(n),
-            _ => H1State::Head(Head::default()),
-        })
+        )
     }
 }
 
@@ -410,6 +431,9 @@ pub struct Guarded<IO> {
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nBad Request";
 
+/// The reply to a request head over the size limit.
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 31\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nRequest Header Fields Too Large";
+
 impl<IO> Guarded<IO> {
     /// Guards `inner` with `scanner`; `header_timeout` applies to HTTP/1.1 request heads.
     pub fn new(inner: IO, scanner: Scanner, header_timeout: Option<Duration>) -> Self {
@@ -474,7 +498,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<IO> {
                     buf.set_filled(before);
                     tracing::info!(error = %violation, details = violation.details(), "downstream connection cut");
                     if matches!(this.scanner, Scanner::H1(_)) {
-                        this.reply = Some((violation, BAD_REQUEST, 0));
+                        let reply = match violation {
+                            Violation::RequestHeadersTooLarge => TOO_LARGE,
+                            _ => BAD_REQUEST,
+                        };
+                        this.reply = Some((violation, reply, 0));
                         return Pin::new(this).poll_read(cx, buf);
                     }
                     this.cut = Some(violation);
@@ -611,6 +639,15 @@ mod tests {
     }
 
     #[test]
+    fn h1_heads_over_the_limit_are_refused() {
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let mut at_limit = H1Framing::with_max_head(head.len() - 1);
+        assert_eq!(at_limit.feed(head), Ok(()));
+        let mut over = H1Framing::with_max_head(head.len() - 2);
+        assert_eq!(over.feed(head), Err(Violation::RequestHeadersTooLarge));
+    }
+
+    #[test]
     fn h1_framing_is_the_same_byte_by_byte() {
         let input = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
         let mut s = H1Framing::default();
@@ -638,12 +675,21 @@ mod tests {
         let cases: Vec<(Vec<Vec<u8>>, bool)> = vec![
             (vec![frame(0, DATA, 0)], true),
             (vec![frame(0, DATA, 0), frame(0, DATA, 0)], false),
-            (vec![frame(0, DATA, 0), frame(5, DATA, 0), frame(0, DATA, 0)], true),
-            (vec![frame(0, DATA, END_STREAM), frame(0, DATA, END_STREAM)], true),
+            (
+                vec![frame(0, DATA, 0), frame(5, DATA, 0), frame(0, DATA, 0)],
+                true,
+            ),
+            (
+                vec![frame(0, DATA, END_STREAM), frame(0, DATA, END_STREAM)],
+                true,
+            ),
             (vec![frame(0, HEADERS, 0), frame(0, CONTINUATION, 0)], false),
             (vec![frame(0, CONTINUATION, END_HEADERS); 3], true),
             // Other frame types neither count nor reset.
-            (vec![frame(0, DATA, 0), settings.clone(), frame(0, DATA, 0)], false),
+            (
+                vec![frame(0, DATA, 0), settings.clone(), frame(0, DATA, 0)],
+                false,
+            ),
         ];
         for (frames, ok) in cases {
             let mut s = H2Frames::new(1);

@@ -128,7 +128,7 @@ async fn serve_http(
             limits.max_consecutive_inbound_frames_with_empty_payload,
         ))
     } else {
-        Scanner::H1(H1Framing::default())
+        Scanner::H1(H1Framing::with_max_head(limits.max_request_header_bytes()))
     };
     let header_timeout = DownstreamLimits::enabled(limits.request_headers_timeout);
     let io = Guarded::new(EndOnDrop(io), scanner, header_timeout);
@@ -154,10 +154,16 @@ async fn serve_http(
 }
 
 /// The HTTP server of the inbound VIP listener, with the downstream limits.
-fn http_builder(limits: &DownstreamLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+fn http_builder(
+    limits: &DownstreamLimits,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let header_bytes = limits.max_request_header_bytes();
     let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
-    let max_headers = usize::try_from(limits.max_headers_count).unwrap_or(usize::MAX);
+    // One spare slot: hyper refuses a head that fills its header slots, and the exact count
+    // is checked per request (431 with `connection: close`).
+    let max_headers = usize::try_from(limits.max_headers_count)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // The request-header deadline is the guard's (it starts at the first byte of a head, not
     // while a kept-alive connection waits for its next request); the idle timeout is ours.
@@ -186,7 +192,10 @@ const MIN_BUF_SIZE: usize = 8192;
 
 /// Resolves once no request has been in flight for `idle`; never when `idle` is `None` or the
 /// connection's listener is gone.
-async fn idle_expired(activity: &mut tokio::sync::watch::Receiver<usize>, idle: Option<std::time::Duration>) {
+async fn idle_expired(
+    activity: &mut tokio::sync::watch::Receiver<usize>,
+    idle: Option<std::time::Duration>,
+) {
     let Some(idle) = idle else {
         return std::future::pending().await;
     };

@@ -110,11 +110,19 @@ impl Listener {
             Err(Refused::Normalization(details)) => {
                 log.local_reply(StatusCode::BAD_REQUEST, None, details)
             }
-            Err(Refused::TooManyHeaders) => log.local_reply(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                None,
-                "too_many_headers",
-            ),
+            Err(Refused::TooManyHeaders) => {
+                let mut reply = log.local_reply(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    None,
+                    "too_many_headers",
+                );
+                if parts.version < Version::HTTP_2 {
+                    reply
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                reply
+            }
         };
         log.response_code = response.status().as_u16();
         if log.grpc {
