@@ -14,6 +14,9 @@ fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     headers
 }
 
+/// Request headers as (name, value) pairs.
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 fn names(headers: &HeaderMap) -> Vec<String> {
     let mut out: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
     out.sort();
@@ -23,7 +26,7 @@ fn names(headers: &HeaderMap) -> Vec<String> {
 #[test]
 fn internal_headers_are_removed() {
     // (request headers, removed count, names left)
-    let cases: &[(&[(&str, &str)], usize, &[&str])] = &[
+    let cases: &[(Pairs<'_>, usize, &[&str])] = &[
         (&[("host", "a")], 0, &["host"]),
         (
             &[
@@ -49,7 +52,7 @@ fn internal_headers_are_removed() {
 #[test]
 fn h2c_upgrades_are_refused() {
     // (request headers, refused, names left)
-    let cases: &[(&[(&str, &str)], bool, &[&str])] = &[
+    let cases: &[(Pairs<'_>, bool, &[&str])] = &[
         (
             &[
                 ("connection", "Upgrade, HTTP2-Settings"),
