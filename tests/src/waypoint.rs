@@ -31,6 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use waypoint::run::{CaSource, RunConfig, Running, StateSource};
 use waypoint::source::Sources;
+pub use waypoint::stages::inbound_vip::limits::DownstreamLimits;
 use waypoint::telemetry::{AccessLog, AccessLogFormat, MemoryLog};
 use ztunnel::app::{Node, WorkloadPorts, WorkloadProxy};
 use ztunnel::identity::IdentityManager;
@@ -243,6 +244,8 @@ pub struct MeshOptions {
     pub extra_services: String,
     /// The waypoint's egress settings (outbound traffic policy, TLS roots, DNS resolver).
     pub egress: waypoint::egress::EgressSettings,
+    /// The waypoint's downstream connection limits.
+    pub downstream: DownstreamLimits,
 }
 
 impl Default for MeshOptions {
@@ -257,6 +260,7 @@ impl Default for MeshOptions {
             ca_dir: None,
             extra_services: String::new(),
             egress: waypoint::egress::EgressSettings::default(),
+            downstream: DownstreamLimits::default(),
         }
     }
 }
@@ -394,6 +398,7 @@ impl WaypointMesh {
             root_namespace: waypoint::authn::policy::DEFAULT_ROOT_NAMESPACE.into(),
             jwks: options.jwks.clone(),
             egress: options.egress.clone(),
+            downstream: options.downstream,
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

@@ -34,6 +34,7 @@ use crate::route::{
 };
 use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
+use crate::stages::inbound_vip::limits::DownstreamLimits;
 use crate::stages::main_internal::{Bindings, SelfRef};
 use crate::telemetry::{AccessLog, DestinationLabels, RequestMetrics};
 use foldhash::fast::RandomState as FastHash;
@@ -93,6 +94,8 @@ pub struct WaypointOptions {
     /// Traffic to destinations outside the mesh: outbound traffic policy, TLS origination
     /// roots, DNS.
     pub egress: EgressSettings,
+    /// Limits of the downstream HTTP connections (see [`DownstreamLimits`] for each default).
+    pub downstream: DownstreamLimits,
 }
 
 impl WaypointOptions {
@@ -112,6 +115,7 @@ impl WaypointOptions {
             root_namespace: crate::authn::policy::DEFAULT_ROOT_NAMESPACE.to_owned(),
             jwks: JwksSettings::default(),
             egress: EgressSettings::default(),
+            downstream: DownstreamLimits::default(),
         }
     }
 }
@@ -239,6 +243,8 @@ pub struct Core {
     clusters: Mutex<HashMap<ClusterKey, ClusterEntry, FastHash>>,
     /// The `jwksUri` key sets in use.
     jwks: JwksRegistry,
+    /// One permit per downstream connection served (`max_connections`).
+    downstream_permits: Arc<tokio::sync::Semaphore>,
     /// Destination labels by the addresses of (service, endpoint), rebuilt after state changes.
     destination_labels: std::sync::RwLock<HashMap<(usize, usize), LabelEntry, FastHash>>,
     /// Resolved names of DNS ServiceEntries.
@@ -288,7 +294,11 @@ impl Core {
             &ClusterPolicy::default(),
             Vec::new(),
         ));
+        let permits = usize::try_from(options.downstream.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let core = Arc::new(Self {
+            downstream_permits: Arc::new(tokio::sync::Semaphore::new(permits)),
             state,
             options,
             jwks,
@@ -311,6 +321,18 @@ impl Core {
     /// The options.
     pub fn options(&self) -> &WaypointOptions {
         &self.options
+    }
+
+    /// A slot for one more downstream connection, held while it is served; `None` when
+    /// `max_connections` are being served (the overflow is counted).
+    pub fn admit_downstream(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.downstream_permits)
+            .try_acquire_owned()
+            .ok();
+        if permit.is_none() {
+            self.metrics.count_downstream_overflow();
+        }
+        permit
     }
 
     /// The current mesh state.

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use waypoint::run::RunConfig;
 use waypoint::source::{SourceFlags, WaypointNode};
+use waypoint::stages::inbound_vip::limits::DownstreamLimits;
 use waypoint::telemetry::{AccessLog, AccessLogFormat};
 
 /// waypoint: the ambient mesh L7 proxy.
@@ -108,6 +109,42 @@ struct Cli {
     /// meshConfig.dnsRefreshRate; Go duration).
     #[arg(long, env = "DNS_REFRESH_RATE", default_value = "60s", value_parser = go_duration)]
     dns_refresh_rate: Duration,
+    /// Largest request header block in KiB; larger → 431 (Envoy max_request_headers_kb).
+    #[arg(long, env = "MAX_REQUEST_HEADERS_KB", default_value_t = 60)]
+    max_request_headers_kb: u32,
+    /// Most request headers; more → 431 (Envoy max_headers_count).
+    #[arg(long, env = "MAX_HEADERS_COUNT", default_value_t = 100)]
+    max_headers_count: u32,
+    /// HTTP/1.1: deadline from the first byte of a request head to its end; 0 disables it
+    /// (Envoy request_headers_timeout; Go duration).
+    #[arg(long, env = "REQUEST_HEADERS_TIMEOUT", default_value = "10s", value_parser = go_duration)]
+    request_headers_timeout: Duration,
+    /// A downstream connection with no request in flight for this long is closed; 0 disables
+    /// it (Envoy idle_timeout; Go duration).
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "1h", value_parser = go_duration)]
+    idle_timeout: Duration,
+    /// Most downstream connections (tunnels) served at once; more are refused with 503.
+    #[arg(long, env = "MAX_DOWNSTREAM_CONNECTIONS", default_value_t = 100_000)]
+    max_downstream_connections: u32,
+    /// Most concurrent streams on one downstream HTTP/2 connection (Envoy
+    /// max_concurrent_streams).
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before they are accepted; more → GOAWAY (rapid
+    /// reset).
+    #[arg(long, env = "MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20)]
+    max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the waypoint may reset for client errors; more → GOAWAY.
+    #[arg(long, env = "MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 1024)]
+    max_local_error_reset_streams: usize,
+    /// Consecutive HTTP/2 frames with an empty payload a client may send; more closes the
+    /// connection (Envoy max_consecutive_inbound_frames_with_empty_payload).
+    #[arg(
+        long,
+        env = "MAX_CONSECUTIVE_INBOUND_FRAMES_WITH_EMPTY_PAYLOAD",
+        default_value_t = 1
+    )]
+    max_consecutive_inbound_frames_with_empty_payload: u32,
 }
 
 /// Parses a Go-style duration (`20m`, `1h30m`, `90s`).
@@ -255,6 +292,18 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
             ca_file: cli.jwks_ca_file,
             dns_refresh_rate: cli.dns_refresh_rate,
             ..waypoint::egress::EgressSettings::default()
+        },
+        downstream: DownstreamLimits {
+            max_request_headers_kb: cli.max_request_headers_kb,
+            max_headers_count: cli.max_headers_count,
+            request_headers_timeout: cli.request_headers_timeout,
+            idle_timeout: cli.idle_timeout,
+            max_connections: cli.max_downstream_connections,
+            max_concurrent_streams: cli.max_concurrent_streams,
+            max_pending_accept_reset_streams: cli.max_pending_accept_reset_streams,
+            max_local_error_reset_streams: cli.max_local_error_reset_streams,
+            max_consecutive_inbound_frames_with_empty_payload: cli
+                .max_consecutive_inbound_frames_with_empty_payload,
         },
     };
     let running = waypoint::run::start(config, Some(log_level), access_log)

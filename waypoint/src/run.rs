@@ -26,6 +26,7 @@ use crate::app::{
 use crate::authn::JwksSettings;
 use crate::egress::EgressSettings;
 pub use crate::source::StateSource;
+use crate::stages::inbound_vip::limits::DownstreamLimits;
 use crate::telemetry::{AccessLog, RequestMetrics};
 pub use ztunnel::config::CaSource;
 
@@ -71,6 +72,9 @@ pub struct RunConfig {
     pub jwks: JwksSettings,
     /// Traffic to destinations outside the mesh (ServiceEntries, outbound traffic policy).
     pub egress: EgressSettings,
+    /// Limits of the downstream HTTP connections (header size and count, timeouts,
+    /// connections, HTTP/2 streams and abuse).
+    pub downstream: DownstreamLimits,
 }
 
 /// Errors starting the waypoint.
@@ -182,6 +186,7 @@ pub async fn start(
     options.root_namespace = config.root_namespace.clone();
     options.jwks = config.jwks.clone();
     options.egress = config.egress.clone();
+    options.downstream = config.downstream;
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());

@@ -39,6 +39,7 @@ mod redirect;
 mod request_id;
 mod retry;
 mod rewrite;
+mod sanitize;
 mod timeout;
 
 pub use cors::{cors_preflight, cors_response_headers, origin_allowed};
@@ -56,6 +57,9 @@ pub use retry::{
     body_retryable, decide_retry, retry_backoff, should_retry,
 };
 pub use rewrite::{ORIGINAL_PATH, apply_rewrite, request_authority, rewrite_authority};
+pub use sanitize::{
+    FORWARDED_CLIENT_CERT, client_cert_details, strip_h2c_upgrade, strip_internal_headers,
+};
 pub use timeout::effective_timeouts;
 
 /// Why a filter could not transform a request.

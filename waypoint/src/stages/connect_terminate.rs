@@ -2,7 +2,9 @@
 //! the mTLS handshake (the waypoint's own certificate; the client proved a SPIFFE identity) and
 //! parsed the `CONNECT`; this stage collects what later stages need into a [`Downstream`] —
 //! peer identity, original destination, baggage, forwarded-for, the source workload — asks
-//! `main_internal` where the tunnel goes, and accepts or refuses it.
+//! `main_internal` where the tunnel goes, and accepts or refuses it. A tunnel over the
+//! downstream connection limit (`max_connections`) is refused with 503 and counted in
+//! `envoy_listener_downstream_cx_overflow`.
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::inbound_pod::TunnelMetadata;
 use super::main_internal::{Dispatch, dispatch};
-use super::{Downstream, MAIN_INTERNAL, inbound_vip};
+use super::{CONNECT_TERMINATE, Downstream, MAIN_INTERNAL, inbound_vip};
 use crate::app::Core;
 
 /// The `connect_terminate` stage: an [`hbone::Handler`].
@@ -51,12 +53,18 @@ impl hbone::Handler for ConnectTerminate {
         });
         let state = self.core.mesh();
         let bindings = self.core.bindings();
-        match dispatch(
+        let dispatched = dispatch(
             &state,
             &self.core.options().network,
             &bindings,
             original_dst,
-        ) {
+        );
+        // Held until the tunnel is done.
+        let permit = match dispatched {
+            Dispatch::Reject(_) => None,
+            Dispatch::Vip(_) | Dispatch::Pod(_) => self.core.admit_downstream(),
+        };
+        match dispatched {
             Dispatch::Reject(reason) => {
                 tracing::info!(
                     stage = MAIN_INTERNAL,
@@ -66,6 +74,15 @@ impl hbone::Handler for ConnectTerminate {
                     "tunnel refused"
                 );
                 responder.reject(reason.status());
+            }
+            Dispatch::Vip(_) | Dispatch::Pod(_) if permit.is_none() => {
+                tracing::info!(
+                    stage = CONNECT_TERMINATE,
+                    peer = %request.peer_identity,
+                    dst = %original_dst,
+                    "downstream connection limit reached: tunnel refused"
+                );
+                responder.reject(StatusCode::SERVICE_UNAVAILABLE);
             }
             Dispatch::Vip(vip) => {
                 let Ok(stream) = responder.accept(HeaderMap::new()) else {

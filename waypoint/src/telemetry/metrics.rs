@@ -44,6 +44,8 @@ pub const REQUEST_BYTES: &str = "istio_request_bytes";
 pub const RESPONSE_BYTES: &str = "istio_response_bytes";
 /// `istio_build`.
 pub const BUILD: &str = "istio_build";
+/// Envoy's listener counter of connections refused over the connection limit.
+pub const DOWNSTREAM_CX_OVERFLOW: &str = "envoy_listener_downstream_cx_overflow";
 
 /// Envoy's default histogram bucket bounds, used by Istio for all its histograms.
 pub const BUCKETS: [f64; 19] = [
@@ -172,6 +174,8 @@ pub struct RequestMetrics {
     clusters: Mutex<HashMap<(ClusterStat, String), Counter>>,
     /// Per-listener HTTP counters by listener name, then stat.
     listeners: RwLock<HashMap<String, HashMap<HttpStat, Counter>>>,
+    /// `envoy_listener_downstream_cx_overflow`: tunnels refused over `max_connections`.
+    downstream_overflow: Counter,
     /// Recordings so far, to schedule upkeep.
     recorded: AtomicU64,
 }
@@ -249,7 +253,21 @@ impl RequestMetrics {
             ],
         );
         recorder.register_gauge(&build, &metadata()).set(1.0);
+        recorder.describe_counter(
+            KeyName::from(DOWNSTREAM_CX_OVERFLOW),
+            None,
+            SharedString::from("Downstream connections refused over the connection limit"),
+        );
+        let overflow = Key::from_parts(
+            DOWNSTREAM_CX_OVERFLOW,
+            vec![Label::new(
+                "listener_address",
+                crate::stages::CONNECT_TERMINATE,
+            )],
+        );
+        let downstream_overflow = recorder.register_counter(&overflow, &metadata());
         Self {
+            downstream_overflow,
             recorder,
             handle,
             cache: RwLock::new(HashMap::default()),
@@ -362,6 +380,12 @@ impl RequestMetrics {
                 self.recorder.register_counter(&key, &metadata())
             })
             .increment(1);
+    }
+
+    /// Counts a tunnel refused over the downstream connection limit
+    /// (`envoy_listener_downstream_cx_overflow{listener_address="connect_terminate"}`).
+    pub fn count_downstream_overflow(&self) {
+        self.downstream_overflow.increment(1);
     }
 
     /// Counts a request rejected by circuit breaking

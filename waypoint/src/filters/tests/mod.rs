@@ -11,6 +11,7 @@ mod redirect;
 mod request_id;
 mod retry;
 mod rewrite;
+mod sanitize;
 mod timeout;
 
 /// Header pairs of a test case.

@@ -71,6 +71,12 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
     }
 }
 
+/// Whether `prefix` (non-empty) is the start of the HTTP/2 connection preface.
+pub fn starts_h2(prefix: &[u8]) -> bool {
+    let n = prefix.len().min(H2_PREFACE.len());
+    n > 0 && prefix[..n] == H2_PREFACE[..n]
+}
+
 /// Whether `prefix` starts like `<method token> SP ('/' | '*')`: `None` while it still could.
 fn request_line(prefix: &[u8]) -> Option<bool> {
     let method = prefix.iter().take_while(|b| is_tchar(**b)).count();
@@ -121,6 +127,13 @@ impl<IO: AsyncRead + Unpin> Prefixed<IO> {
             }
         };
         (verdict, Self { prefix, inner })
+    }
+}
+
+impl<IO> Prefixed<IO> {
+    /// The detected bytes not yet read.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
     }
 }
 

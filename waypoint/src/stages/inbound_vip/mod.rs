@@ -34,17 +34,28 @@
 //! 7. **respond** — response header operations, CORS headers, a consistent-hash cookie.
 //! 8. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
 //!
+//! Before phase 0, client-supplied `x-forwarded-client-cert` and `x-envoy-*` headers are removed
+//! and the waypoint's own `x-forwarded-client-cert` is set; an `h2c` upgrade is refused (served
+//! as HTTP/1.1) — see [`crate::filters::strip_internal_headers`]. The connection itself is
+//! bounded by [`limits::DownstreamLimits`] (header size and count, request-header and idle
+//! timeouts, HTTP/2 streams and abuse) and guarded against request smuggling ([`guard`]).
+//!
+//! Upgrades (WebSocket) are not proxied: the `upgrade` header is hop-by-hop and removed, so the
+//! backend answers the request as plain HTTP and the client gets that answer.
+//!
 //! A tunnel detected as TCP is authorized once, on its L4 attributes, before its TCP route
 //! (see `tcp`): a denied connection is closed.
 
 pub mod detect;
+pub mod guard;
+pub mod limits;
 mod log;
 mod request;
 mod tcp;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hbone::H2Stream;
 use hyper::service::service_fn;
@@ -52,18 +63,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWrite as _;
 
 use self::detect::{Detected, Prefixed};
+use self::guard::{Guarded, H1Framing, H2Frames, Scanner};
+use self::limits::DownstreamLimits;
 use super::inbound_pod::TunnelMetadata;
 use super::{Downstream, PodTarget, VipTarget};
 use crate::app::Core;
 use crate::cluster::{Cluster, PickContext, Picked};
-
-/// Streams multiplexed on one downstream HTTP/2 connection (Istio's `connect_terminate`
-/// value).
-const MAX_CONCURRENT_STREAMS: u32 = 100;
-/// Time allowed for a request's headers to arrive on an HTTP/1.1 connection.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request header block accepted.
-const MAX_HEADER_BYTES: u32 = 64 * 1024;
 
 /// One endpoint of `cluster` for a request of `downstream`, with its tunnel metadata: the
 /// endpoint step shared by HTTP attempts, mirrors and TCP. `None` when no endpoint is
@@ -111,27 +116,103 @@ async fn serve_http(
     downstream: Arc<Downstream>,
     vip: VipTarget,
 ) {
-    let listener = Arc::new(request::Listener::new(core, downstream, vip));
+    let limits = core.options().downstream;
+    let (active, mut activity) = tokio::sync::watch::channel(0usize);
+    let listener = Arc::new(request::Listener::new(core, downstream, vip, active));
     let service = service_fn(move |req| {
         let listener = Arc::clone(&listener);
         async move { Ok::<_, Infallible>(listener.handle(req).await) }
     });
+    let scanner = if detect::starts_h2(io.prefix()) {
+        Scanner::H2(H2Frames::new(
+            limits.max_consecutive_inbound_frames_with_empty_payload,
+        ))
+    } else {
+        Scanner::H1(H1Framing::with_max_head(limits.max_request_header_bytes()))
+    };
+    let header_timeout = DownstreamLimits::enabled(limits.request_headers_timeout);
+    let io = Guarded::new(EndOnDrop(io), scanner, header_timeout);
+    let builder = http_builder(&limits);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let idle = DownstreamLimits::enabled(limits.idle_timeout);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = idle_expired(&mut activity, idle) => {
+            tracing::debug!("downstream HTTP connection idle: closing");
+            connection.as_mut().graceful_shutdown();
+            // HTTP/2 waits for the client to acknowledge the GOAWAY's PING; a client that does
+            // not is closed after the drain time.
+            tokio::time::timeout(IDLE_DRAIN_TIMEOUT, connection)
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}
+
+/// The HTTP server of the inbound VIP listener, with the downstream limits.
+fn http_builder(
+    limits: &DownstreamLimits,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let header_bytes = limits.max_request_header_bytes();
+    let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
+    // One spare slot: hyper refuses a head that fills its header slots, and the exact count
+    // is checked per request (431 with `connection: close`).
+    let max_headers = usize::try_from(limits.max_headers_count)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The request-header deadline is the guard's (it starts at the first byte of a head, not
+    // while a kept-alive connection waits for its next request); the idle timeout is ours.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES as usize * 2);
+        .header_read_timeout(None)
+        .max_headers(max_headers)
+        .max_buf_size(header_bytes.max(MIN_BUF_SIZE));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_BYTES);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(EndOnDrop(io)), service)
-        .await
-    {
-        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(header_list)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams);
+    builder
+}
+
+/// How long an idle connection gets to close after its GOAWAY (Envoy's `drain_timeout`
+/// default).
+const IDLE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// hyper's smallest HTTP/1.1 read buffer.
+const MIN_BUF_SIZE: usize = 8192;
+
+/// Resolves once no request has been in flight for `idle`; never when `idle` is `None` or the
+/// connection's listener is gone.
+async fn idle_expired(
+    activity: &mut tokio::sync::watch::Receiver<usize>,
+    idle: Option<std::time::Duration>,
+) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        // The guards `wait_for` returns are dropped at once: they are not `Send`.
+        let idle_now = activity.wait_for(|n| *n == 0).await.is_ok();
+        if !idle_now {
+            return std::future::pending().await;
+        }
+        let busy_again = tokio::time::timeout(idle, activity.wait_for(|n| *n > 0))
+            .await
+            .map(|woken| woken.is_ok());
+        match busy_again {
+            Err(_) => return,
+            Ok(true) => {}
+            Ok(false) => return std::future::pending().await,
+        }
     }
 }
 

@@ -52,10 +52,33 @@ pub(super) struct Listener {
     source_labels: Arc<WorkloadLabels>,
     /// `inbound-vip|<port>|http|<host>`, the stat prefix of the listener's counters.
     name: String,
+    /// Requests in flight on the connection (the idle timeout runs while there are none).
+    active: tokio::sync::watch::Sender<usize>,
+}
+
+/// One request in flight, from its head to the end of its response body.
+struct InFlight(tokio::sync::watch::Sender<usize>);
+
+impl InFlight {
+    fn start(active: &tokio::sync::watch::Sender<usize>) -> Self {
+        active.send_modify(|n| *n += 1);
+        Self(active.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Listener {
-    pub(super) fn new(core: Arc<Core>, downstream: Arc<Downstream>, vip: VipTarget) -> Self {
+    pub(super) fn new(
+        core: Arc<Core>,
+        downstream: Arc<Downstream>,
+        vip: VipTarget,
+        active: tokio::sync::watch::Sender<usize>,
+    ) -> Self {
         let source_labels = Arc::new(WorkloadLabels::source(
             downstream.source.as_deref(),
             Some(&downstream.peer_identity),
@@ -67,16 +90,30 @@ impl Listener {
             vip,
             source_labels,
             name,
+            active,
         }
     }
 
     /// Runs every phase for one request.
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Observed> {
+        let in_flight = InFlight::start(&self.active);
         let (mut parts, body) = request.into_parts();
+        // Counted before anything is added: HTTP/1.1 heads over the limit never get here
+        // (hyper answers 431), HTTP/2 header lists are counted here.
+        let too_many_headers = self
+            .core
+            .options()
+            .downstream
+            .too_many_headers(parts.headers.len());
+        self.sanitize(&mut parts);
         let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
         // Normalised before anything reads the request: the access log shows the path that
         // was authorised, routed and forwarded.
-        let normalized = normalize(&mut parts);
+        let normalized = if too_many_headers {
+            Err(Refused::TooManyHeaders)
+        } else {
+            normalize(&mut parts).map_err(Refused::Normalization)
+        };
         let mut log = RequestLog::start(
             self.core.access_log.is_enabled(),
             &self.downstream,
@@ -88,7 +125,22 @@ impl Listener {
         let replay = Replay::new(body);
         let response = match normalized {
             Ok(()) => self.phases(&mut parts, &replay, &mut log).await,
-            Err(details) => log.local_reply(StatusCode::BAD_REQUEST, None, details),
+            Err(Refused::Normalization(details)) => {
+                log.local_reply(StatusCode::BAD_REQUEST, None, details)
+            }
+            Err(Refused::TooManyHeaders) => {
+                let mut reply = log.local_reply(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    None,
+                    "too_many_headers",
+                );
+                if parts.version < Version::HTTP_2 {
+                    reply
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                reply
+            }
         };
         log.response_code = response.status().as_u16();
         if log.grpc {
@@ -98,9 +150,30 @@ impl Listener {
         let (head, body) = response.into_parts();
         let observed = Observed::new(
             body,
-            Box::new(move |outcome| log.finish(&core, outcome, replay.bytes_read())),
+            Box::new(move |outcome| {
+                log.finish(&core, outcome, replay.bytes_read());
+                drop(in_flight);
+            }),
         );
         Response::from_parts(head, observed)
+    }
+
+    /// Removes what the client may not send (internal headers, an `h2c` upgrade) and sets the
+    /// waypoint's `x-forwarded-client-cert` (see [`filters::strip_internal_headers`]).
+    fn sanitize(&self, parts: &mut Parts) {
+        let removed = filters::strip_internal_headers(&mut parts.headers);
+        if removed > 0 {
+            tracing::debug!(removed, "client-supplied internal headers removed");
+        }
+        if filters::strip_h2c_upgrade(&mut parts.headers) {
+            tracing::debug!("h2c upgrade refused: served as HTTP/1.1");
+        }
+        if let Some(xfcc) = filters::client_cert_details(
+            &self.core.options().identity,
+            &self.downstream.peer_identity,
+        ) {
+            parts.headers.insert(filters::FORWARDED_CLIENT_CERT, xfcc);
+        }
     }
 
     async fn phases(
@@ -692,6 +765,14 @@ impl Listener {
             }
         });
     }
+}
+
+/// Why a request is answered before its phases run.
+enum Refused {
+    /// More header fields than `max_headers_count` (431).
+    TooManyHeaders,
+    /// The request cannot be normalised (400 with these details).
+    Normalization(&'static str),
 }
 
 /// Normalises the request before any phase reads it: checks the method and normalises the
