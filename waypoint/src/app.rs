@@ -25,7 +25,7 @@ use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
 use crate::config::{ConfigError, ConfigSet};
 use crate::egress::dns::{DnsCache, DnsError};
-use crate::egress::tls::{TlsOrigination, TlsSetupError};
+use crate::egress::tls::TlsResult;
 use crate::egress::{
     EgressSettings, Endpoints, ExternalServices, PASSTHROUGH_CLUSTER, Upstream, UpstreamQuery,
 };
@@ -250,7 +250,7 @@ pub struct Core {
     /// Resolved names of DNS ServiceEntries.
     dns: DnsCache,
     /// The TLS origination of each external cluster, by cluster name; cleared on refresh.
-    egress_tls: Mutex<HashMap<String, Result<Option<Arc<TlsOrigination>>, TlsSetupError>>>,
+    egress_tls: Mutex<HashMap<String, TlsResult>>,
     /// `PassthroughCluster`: requests to the original destination (`ALLOW_ANY`).
     passthrough: Arc<Cluster>,
     /// The `connect_originate` stage.
@@ -564,11 +564,7 @@ impl Core {
 
     /// The TLS the external `cluster` (of `host`) originates, per its DestinationRule policy:
     /// `None` for plain TCP. Built once per configuration.
-    pub fn egress_tls(
-        &self,
-        cluster: &Cluster,
-        host: &str,
-    ) -> Result<Option<Arc<TlsOrigination>>, TlsSetupError> {
+    pub fn egress_tls(&self, cluster: &Cluster, host: &str) -> TlsResult {
         let Some(settings) = &cluster.policy().tls else {
             return Ok(None);
         };

@@ -107,7 +107,16 @@ fn select_upstream_table() {
     let dst = addr("198.51.100.7:80");
     let allow = OutboundPolicy::AllowAny;
     let only = OutboundPolicy::RegistryOnly;
-    let cases: &[(&str, &str, u16, Option<&str>, OutboundPolicy, &str)] = &[
+    // (service dialled, backend host, backend port, Host, policy, expected)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        u16,
+        Option<&'a str>,
+        OutboundPolicy,
+        &'a str,
+    );
+    let cases: &[Case<'_>] = &[
         // STATIC: the endpoints with their port (named port, else target port, else port).
         (
             "api.static.test",

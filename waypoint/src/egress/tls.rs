@@ -52,6 +52,9 @@ pub struct TlsOrigination {
     pub id: u64,
 }
 
+/// The TLS origination of a cluster: `None` for plain TCP, or why it cannot be set up.
+pub type TlsResult = Result<Option<Arc<TlsOrigination>>, TlsSetupError>;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The TLS origination of `settings` toward `host`: `None` when the mode sends in clear
@@ -60,7 +63,7 @@ pub fn origination(
     settings: &ClientTlsSettings,
     host: &str,
     default_ca_file: Option<&Path>,
-) -> Result<Option<Arc<TlsOrigination>>, TlsSetupError> {
+) -> TlsResult {
     match settings.mode {
         TlsMode::Disable => return Ok(None),
         TlsMode::Simple => {}
