@@ -27,7 +27,7 @@
 //! | `PATCH …/<name>` `application/apply-patch+yaml` | server-side apply: `fieldManager` required (else 400); creates the object when missing; merges the patch into the object (maps merge key by key, lists and scalars are replaced); `force` is accepted; no conflict detection (inject a 409 for that) |
 //! | `PATCH …/<name>` `application/merge-patch+json` or `strategic-merge-patch+json` | RFC 7386 merge patch (`null` removes a key) |
 //! | `PATCH …/<name>/status` | the same two patch kinds, applied to `status` only |
-//! | `DELETE …/<name>` | removes the object and, as the garbage collector would, every object whose `ownerReferences` name its uid (recursively); answers a `Success` status |
+//! | `DELETE …/<name>` | removes the object and, as the garbage collector would, every object whose `ownerReferences` name its uid (recursively); answers a `Success` status. An object written with `ownerReferences` none of whose owners exist is deleted right after the write, as the garbage collector would |
 //! | `GET /api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`, `/version` | discovery of the registered types; [`ApiServer::set_group_enabled`] switches a group off (its CRDs "not installed": discovery omits it and its paths answer 404) |
 //!
 //! Writes to the main resource ignore `status`; writes to `/status` change only `status`. A
@@ -831,6 +831,20 @@ impl Store {
         };
         self.objects.insert(k, object.clone());
         self.record_change(rt, namespace, event, object.clone());
+        // As the garbage collector does: an object whose owners are all gone is deleted.
+        let owner_uids: Vec<&str> = object["metadata"]["ownerReferences"]
+            .as_array()
+            .map(|refs| refs.iter().filter_map(|r| r["uid"].as_str()).collect())
+            .unwrap_or_default();
+        if !owner_uids.is_empty()
+            && !self.objects.values().any(|o| {
+                o["metadata"]["uid"]
+                    .as_str()
+                    .is_some_and(|u| owner_uids.contains(&u))
+            })
+        {
+            self.delete(rt, namespace, name);
+        }
         object
     }
 

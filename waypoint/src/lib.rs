@@ -44,6 +44,9 @@
 //! - [`source`]: where the mesh state (a local file or istiod over xDS) and the certificate
 //!   (istiod's CA, a local or plug-in CA) come from, chosen from flags and environment with
 //!   ztunnel's variable names. Inputs of the chain, not a stage.
+//! - [`k8s`]: the waypoint controller (`waypoint controller`): provisions a waypoint
+//!   (ServiceAccount, Deployment, Service) for each Gateway of its class and reports the
+//!   Gateway's status. Before the chain, not a stage.
 //! - [`quickstart`]: the README's first command: a local mesh with a waypoint in front of a
 //!   demo service.
 
@@ -55,6 +58,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod filters;
+pub mod k8s;
 pub mod quickstart;
 pub mod route;
 pub mod run;
