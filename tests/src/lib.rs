@@ -10,6 +10,9 @@
 //! - `waypoint_xds.rs`: the waypoint with its mesh state from a fake istiod over xDS and its
 //!   certificate from istiod's CA (ztunnel's `testing` feature).
 //!
+//! - `k8s_controller.rs`: the waypoint controller against the Kubernetes API server double of
+//!   [`kube`] (real sockets; the double records every request).
+//!
 //! - `netns_harness.rs`: the network-namespace harness of [`netns`] itself (root only).
 //! - `inpod_netns.rs`: in-pod redirection across two namespace "nodes" (root only).
 //!
@@ -22,6 +25,7 @@
 //! agent on such a topology (used by `inpod_netns.rs` and the `inpod` benchmark).
 
 pub mod inpod;
+pub mod kube;
 pub mod netns;
 pub mod waypoint;
 

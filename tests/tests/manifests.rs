@@ -799,6 +799,17 @@ fn check_waypoint_controller(docs: &[Doc], class: &str, controller_name: &str) -
     let config = controller_config(docs);
     assert_eq!(config["gatewayClassName"], class);
     assert_eq!(config["controllerName"], controller_name);
+    // The controller's own parser accepts the file as rendered.
+    let cm = one(docs, "ConfigMap", "waypoint-controller");
+    let parsed =
+        waypoint::k8s::ControllerConfig::from_yaml(cm["data"]["config.yaml"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(parsed.controller_name, controller_name);
+    assert_eq!(parsed.gateway_class_name, class);
+    assert_eq!(
+        Some(parsed.waypoint.image.as_str()),
+        config["waypoint"]["image"].as_str()
+    );
 
     // The waypoints' settings: an environment the waypoint binary reads, a drain shorter than
     // the grace period, the metrics port scraped.

@@ -50,6 +50,9 @@
 //!   ztunnel's variable names. Inputs of the chain, not a stage.
 //! - [`cli`]: `waypoint generate|apply|list|status|delete`, istioctl's `waypoint` commands:
 //!   the Gateway a waypoint is provisioned from, and its status. Before the chain, not a stage.
+//! - [`k8s`]: the waypoint controller (`waypoint controller`): provisions a waypoint
+//!   (ServiceAccount, Deployment, Service) for each Gateway of its class and reports the
+//!   Gateway's status. Before the chain, not a stage.
 //! - [`quickstart`]: the README's first command: a local mesh with a waypoint in front of a
 //!   demo service.
 
@@ -63,6 +66,7 @@ pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod filters;
+pub mod k8s;
 pub mod quickstart;
 pub mod route;
 pub mod run;

@@ -176,6 +176,21 @@ enum Command {
     },
     #[command(flatten)]
     Waypoint(waypoint::cli::Command),
+    /// Runs the waypoint controller: for every Gateway API Gateway whose GatewayClass names
+    /// the configured controller, creates the waypoint's ServiceAccount, Deployment and
+    /// Service (server-side apply) and writes the Gateway's status. Talks to the API server of
+    /// the in-cluster service account, or of KUBECONFIG.
+    Controller {
+        /// The configuration file (the chart's ConfigMap `config.yaml`).
+        #[arg(long, default_value = "/etc/waypoint-controller/config.yaml")]
+        config: PathBuf,
+        /// Readiness server (`/healthz/ready`, ready once the Gateways are listed).
+        #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, waypoint::ports::READINESS)))]
+        readiness_addr: SocketAddr,
+        /// Metrics server (`/stats/prometheus`).
+        #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, waypoint::ports::METRICS)))]
+        metrics_addr: SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -189,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Quickstart { .. }) => "warn,access=info",
         // istioctl's output only: logs on request (RUST_LOG).
         Some(Command::Waypoint(_)) => "off",
+        Some(Command::Controller { .. }) => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
@@ -228,7 +244,44 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Controller {
+            config,
+            readiness_addr,
+            metrics_addr,
+        }) => runtime.block_on(controller(
+            config,
+            waypoint::k8s::ControllerOptions {
+                readiness_addr,
+                metrics_addr,
+            },
+        )),
     }
+}
+
+/// `waypoint controller`: reconciles Gateways until SIGTERM or Ctrl-C.
+async fn controller(
+    config: PathBuf,
+    options: waypoint::k8s::ControllerOptions,
+) -> anyhow::Result<()> {
+    let settings = waypoint::k8s::ControllerConfig::load(&config)
+        .with_context(|| format!("loading the controller configuration {}", config.display()))?;
+    // kube's TLS uses the process-wide rustls provider: the one every other component uses.
+    // An error means one is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server")?;
+    let running = waypoint::k8s::Controller::start(client, settings, options)
+        .await
+        .context("starting the controller")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+    running.shutdown().await;
+    Ok(())
 }
 
 /// The proxy, configured by the flags and environment.
