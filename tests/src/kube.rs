@@ -1253,10 +1253,10 @@ fn route(
             "the server could not find the requested resource",
         )
     };
-    if *method == Method::GET {
-        if let Some(doc) = discovery(shared, &segments) {
-            return Ok(full(200, &doc));
-        }
+    if *method == Method::GET
+        && let Some(doc) = discovery(shared, &segments)
+    {
+        return Ok(full(200, &doc));
     }
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
@@ -1267,8 +1267,8 @@ fn route(
         // `/api/v1/namespaces/<ns>` and `/api/v1/namespaces/<ns>/status` address the
         // Namespace object itself.
         ["namespaces", ns, rest @ ..]
-            if !rest.is_empty()
-                && !(group.is_empty() && matches!(rest, ["status" | "finalize"])) =>
+            if !(rest.is_empty()
+                || group.is_empty() && matches!(rest, ["status" | "finalize"])) =>
         {
             (Some(*ns), rest)
         }
@@ -1563,12 +1563,11 @@ fn body_object(target: &Target, body: &[u8]) -> Result<Value, ApiError> {
     }
     if let (Some(path_name), Some(body_name)) =
         (target.name.as_deref(), object["metadata"]["name"].as_str())
+        && path_name != body_name
     {
-        if path_name != body_name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({body_name}) does not match the name on the URL ({path_name})"
-            )));
-        }
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({path_name})"
+        )));
     }
     Ok(object)
 }
@@ -1579,10 +1578,10 @@ fn scope_write(subresource: Option<&str>, current: Option<&Value>, mut incoming:
         Some(_) => {
             let mut object = current.cloned().unwrap_or_else(|| json!({}));
             object["status"] = incoming.get("status").cloned().unwrap_or(Value::Null);
-            if object["status"].is_null() {
-                if let Some(m) = object.as_object_mut() {
-                    m.remove("status");
-                }
+            if object["status"].is_null()
+                && let Some(m) = object.as_object_mut()
+            {
+                m.remove("status");
             }
             object
         }
@@ -1648,17 +1647,17 @@ fn replace(
         .get(&target_key(target))
         .cloned()
         .ok_or_else(|| ApiError::not_found(&target.rt, &name))?;
-    if let Some(rv) = incoming["metadata"]["resourceVersion"].as_str() {
-        if current["metadata"]["resourceVersion"].as_str() != Some(rv) {
-            return Err(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    qualified(&target.rt)
-                ),
-            ));
-        }
+    if let Some(rv) = incoming["metadata"]["resourceVersion"].as_str()
+        && current["metadata"]["resourceVersion"].as_str() != Some(rv)
+    {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                qualified(&target.rt)
+            ),
+        ));
     }
     let object = scope_write(target.subresource.as_deref(), Some(&current), incoming);
     let stored = store.put(&target.rt, &namespace, &name, object);
