@@ -52,7 +52,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -742,6 +742,12 @@ fn served(object: &Value, rt: &ResourceType) -> Value {
 /// An object without the fields the server sets, to detect no-op writes.
 fn without_server_fields(object: &Value) -> Value {
     let mut object = object.clone();
+    strip_server_fields(&mut object);
+    object
+}
+
+/// Removes the metadata only the server sets (a client cannot write them).
+fn strip_server_fields(object: &mut Value) {
     if let Some(meta) = object["metadata"].as_object_mut() {
         for field in [
             "uid",
@@ -753,7 +759,6 @@ fn without_server_fields(object: &Value) -> Value {
             meta.remove(field);
         }
     }
-    object
 }
 
 /// Everything of an object but `metadata` and `status`: what `generation` tracks.
@@ -912,25 +917,8 @@ impl Store {
 
 /// `2026-12-03T16:50:47Z` for `t`.
 fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    use ztunnel::admin::config_dump::{rfc3339, unix_seconds};
+    rfc3339(unix_seconds(t))
 }
 
 /// Decoded `key=value` pairs of a query string (`+` is a space, `%XX` escapes).
@@ -1783,17 +1771,7 @@ fn patch(
     let mut merged = base.clone();
     // Server-owned metadata cannot be patched.
     let mut incoming = incoming;
-    if let Some(meta) = incoming["metadata"].as_object_mut() {
-        for field in [
-            "uid",
-            "resourceVersion",
-            "generation",
-            "creationTimestamp",
-            "managedFields",
-        ] {
-            meta.remove(field);
-        }
-    }
+    strip_server_fields(&mut incoming);
     if apply {
         apply_merge(&mut merged, &incoming);
     } else {
@@ -1853,6 +1831,7 @@ mod tests {
     use futures_util::{StreamExt, TryStreamExt};
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::Service;
+    use std::time::UNIX_EPOCH;
 
     const LIMIT: Duration = Duration::from_secs(10);
 
