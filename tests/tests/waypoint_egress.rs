@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use ambient_e2e::waypoint::{MeshOptions, Net, WaypointMesh, get, send};
+use ambient_e2e::waypoint::{MeshOptions, Net, WaypointMesh, get, send, series};
 use http::StatusCode;
 use waypoint::egress::dns::{Resolver, Resolving};
 use waypoint::egress::{EgressSettings, OutboundPolicy};
@@ -169,13 +169,15 @@ async fn static_dns_and_none_service_entries_reach_their_external_backends() {
     }
     let metrics = mesh.metrics();
     for host in [STATIC_HOST, DNS_HOST, NONE_HOST] {
-        assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("istio_requests_total{")
-                    && l.contains(&format!("destination_service=\"{host}\""))
-                    && l.contains("response_code=\"200\"")),
-            "no request metric for {host}:\n{metrics}"
+        let service = format!("destination_service=\"{host}\"");
+        assert_eq!(
+            series(
+                &metrics,
+                "istio_requests_total",
+                &[&service, "response_code=\"200\""]
+            ),
+            Some(1.0),
+            "the request metric for {host}:\n{metrics}"
         );
     }
 }
@@ -197,14 +199,18 @@ async fn allow_any_passes_unknown_hosts_through_to_the_original_destination() {
     assert_eq!(entry["route_name"], "allow_any");
     assert_eq!(entry["upstream_host"], "127.56.2.3:8083");
     let metrics = mesh.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_requests_total{")
-                && l.contains("destination_service=\"unknown.example\"")
-                && l.contains("destination_service_name=\"PassthroughCluster\"")
-                && l.contains("response_code=\"200\"")),
-        "no passthrough request metric:\n{metrics}"
+    assert_eq!(
+        series(
+            &metrics,
+            "istio_requests_total",
+            &[
+                "destination_service=\"unknown.example\"",
+                "destination_service_name=\"PassthroughCluster\"",
+                "response_code=\"200\"",
+            ]
+        ),
+        Some(1.0),
+        "the passthrough request metric:\n{metrics}"
     );
 }
 
@@ -226,14 +232,18 @@ async fn registry_only_refuses_unknown_hosts_with_502() {
     assert_eq!(entry["response_code"], 502);
     assert!(entry["upstream_host"].is_null(), "{entry}");
     let metrics = mesh.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_requests_total{")
-                && l.contains("destination_service=\"unknown.example\"")
-                && l.contains("destination_service_name=\"BlackHoleCluster\"")
-                && l.contains("response_code=\"502\"")),
-        "no black-hole request metric:\n{metrics}"
+    assert_eq!(
+        series(
+            &metrics,
+            "istio_requests_total",
+            &[
+                "destination_service=\"unknown.example\"",
+                "destination_service_name=\"BlackHoleCluster\"",
+                "response_code=\"502\"",
+            ]
+        ),
+        Some(1.0),
+        "the black-hole request metric:\n{metrics}"
     );
 
     // The registered host on the same connection still goes through.
