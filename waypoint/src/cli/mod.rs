@@ -46,14 +46,13 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The labels the commands read and write.
 pub mod labels {
-    /// On a Gateway: the traffic its waypoint handles (`--for`).
-    pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+    /// On a Gateway: the traffic its waypoint handles (`--for`). On a namespace: `ambient`
+    /// when its pods are captured by ztunnel. The same labels the controller reads.
+    pub use crate::k8s::labels::{DATAPLANE_MODE, WAYPOINT_FOR};
     /// On a Gateway: the control-plane revision (`--revision`).
     pub const REVISION: &str = "istio.io/rev";
     /// On a namespace: the waypoint its services and workloads use (`--enroll-namespace`).
     pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-    /// On a namespace: `ambient` when its pods are captured by ztunnel.
-    pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
     /// The value of [`DATAPLANE_MODE`] that enrolls a namespace.
     pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 }

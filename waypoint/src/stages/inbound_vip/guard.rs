@@ -315,8 +315,6 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// The HTTP/2 client preface.
-const H2_PREFACE_LEN: usize = 24;
 /// Frame types whose empty payload counts.
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -346,7 +344,7 @@ impl H2Frames {
     pub fn new(max_empty: u32) -> Self {
         Self {
             max_empty,
-            preface: H2_PREFACE_LEN,
+            preface: super::detect::H2_PREFACE.len(),
             header: [0; 9],
             header_len: 0,
             payload: 0,
