@@ -240,7 +240,10 @@ pub async fn serve_connection<H: Handler>(
             .await?;
         Ok::<_, Error>((conn, peer_identity))
     };
-    let (mut conn, peer_identity) = tokio::time::timeout(deadline, handshake)
+    // Boxed, and freed once done: the TLS and HTTP/2 handshakes are large futures, and the
+    // connection's task would otherwise keep room for them beside the connection for its whole
+    // life.
+    let (mut conn, peer_identity) = Box::pin(tokio::time::timeout(deadline, handshake))
         .await
         .map_err(|_| Error::HandshakeTimeout(deadline))??;
 

@@ -173,7 +173,6 @@ pub fn authorize_connection(
         src_identity: src_identity.cloned(),
         src_ip,
         dst: target,
-        dst_network: workload.network.clone(),
     };
     let decision = policy_decision(state, workload, &connection);
     if !decision.allowed {

@@ -401,10 +401,12 @@ async fn scenario() {
 
     let agent = AgentProcess::spawn(&socket, &pods);
     wait_until("the ZDS socket", &agent, || socket.exists()).await;
-    assert!(
-        ns_a.has_rules() && ns_b.has_rules(),
-        "rules before ztunnel connects"
-    );
+    // The agent binds its socket, then installs the rules of the pods in the file before it
+    // serves anyone: they appear without ztunnel connecting.
+    wait_until("rules before ztunnel connects", &agent, || {
+        ns_a.has_rules() && ns_b.has_rules()
+    })
+    .await;
 
     // Connect: replay in uid order, then the snapshot.
     let mut client = Client::start(&socket);

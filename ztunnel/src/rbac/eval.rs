@@ -14,8 +14,6 @@ pub struct Connection {
     pub src_ip: IpAddr,
     /// Original destination: the workload IP and port the client connected to.
     pub dst: SocketAddr,
-    /// Network of the destination address (reported only; policies do not match on it).
-    pub dst_network: String,
 }
 
 impl fmt::Display for Connection {

@@ -21,7 +21,6 @@ fn conn(identity: Option<hbone::Identity>, src: &str, dst: &str) -> Connection {
         src_identity: identity,
         src_ip: src.parse().expect("valid test ip"),
         dst: dst.parse().expect("valid test socket address"),
-        dst_network: String::new(),
     }
 }
 
@@ -1580,7 +1579,6 @@ fn gen_conn(rng: &mut Rng) -> Connection {
         src_identity: identity,
         src_ip,
         dst: SocketAddr::new(dst_ip, rng.pick(PORTS)),
-        dst_network: String::new(),
     }
 }
 
