@@ -439,8 +439,8 @@ fn ext_authz_check_request() {
 
 #[test]
 fn ext_authz_denied_check_response() {
-    use proto::envoy::r#type::v3::{HttpStatus, StatusCode};
     use proto::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, check_response};
+    use proto::envoy::r#type::v3::{HttpStatus, StatusCode};
     let msg = CheckResponse {
         status: Some(Status {
             code: 7,

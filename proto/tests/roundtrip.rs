@@ -619,11 +619,11 @@ fn enum_values_match_upstream() {
 
 #[test]
 fn ext_authz_messages() {
-    use proto::envoy::r#type::v3::{HttpStatus, StatusCode};
     use proto::envoy::service::auth::v3::{
         self as authz, AttributeContext, CheckRequest, CheckResponse, attribute_context as ac,
         check_response,
     };
+    use proto::envoy::r#type::v3::{HttpStatus, StatusCode};
     let header = |k: &str, v: &str| core::HeaderValue {
         key: k.to_string(),
         value: v.to_string(),
