@@ -474,6 +474,19 @@ async fn grpc_authorizer_allows_denies_and_fails() {
         assert!(!http.id.is_empty());
     }
 
+    // A body over maxRequestBytes (64): 413, without asking the authorizer.
+    let request = Request::post("/secure/big")
+        .header("host", REVIEWS)
+        .header("x-ext-authz", "allow")
+        .body(Full::new(Bytes::from(vec![b'x'; 100])))
+        .unwrap();
+    let (status, _, _) = send(&mut reviews, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(authorizer.asked.lock().unwrap().len(), 1);
+    for backend in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert_eq!(mesh.backends.count(backend, "/secure/big"), 0);
+    }
+
     // Denied without a denied_response: 403; with one: its status, headers and body.
     let (status, _, _) = send(&mut reviews, get(REVIEWS, "/secure/b", &[])).await;
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -41,6 +41,8 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub const DENIED_DETAILS: &str = "ext_authz_denied";
 /// The `%RESPONSE_CODE_DETAILS%` of a request refused because the authorizer failed.
 pub const ERROR_DETAILS: &str = "ext_authz_error";
+/// The `%RESPONSE_CODE_DETAILS%` of a request whose body is too long to be checked (413).
+pub const BODY_TOO_LARGE_DETAILS: &str = "request_payload_too_large";
 
 /// One change to a header map, from the authorizer's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,9 @@ pub enum Outcome {
     /// No usable answer, and `failOpen` let the request through
     /// (`ext_authz.error` and `ext_authz.failure_mode_allowed`).
     FailureModeAllowed,
+    /// The request body is longer than `maxRequestBytes` and partial messages are not
+    /// allowed: answered 413 without asking the authorizer (not counted).
+    BodyTooLarge,
 }
 
 /// Why a check got no usable answer.

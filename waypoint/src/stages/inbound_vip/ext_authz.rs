@@ -51,13 +51,7 @@ impl Listener {
             Err(_) => Err(CheckError::Timeout(provider.timeout)),
         };
         match result {
-            Ok(verdict) => {
-                let outcome = match verdict {
-                    Verdict::Allow { .. } => Outcome::Ok,
-                    Verdict::Deny { .. } => Outcome::Denied,
-                };
-                (verdict, outcome)
-            }
+            Ok(decided) => decided,
             Err(error) => {
                 tracing::info!(
                     target: "authz",
@@ -77,17 +71,18 @@ impl Listener {
         provider: &ExtAuthzProvider,
         parts: &Parts,
         replay: &Replay,
-    ) -> Result<Verdict, CheckError> {
+    ) -> Result<(Verdict, Outcome), CheckError> {
         let body = match &provider.body {
             None => None,
             Some(settings) => match buffer_body(replay, settings).await? {
                 Ok(body) => body,
                 Err(()) => {
-                    return Ok(Verdict::Deny {
+                    let verdict = Verdict::Deny {
                         status: StatusCode::PAYLOAD_TOO_LARGE,
                         headers: Vec::new(),
                         body: Bytes::new(),
-                    });
+                    };
+                    return Ok((verdict, Outcome::BodyTooLarge));
                 }
             },
         };
@@ -107,14 +102,14 @@ impl Listener {
             time: SystemTime::now(),
         };
         let (_picked, meta) = self.authorizer_endpoint(provider)?;
-        match &provider.protocol {
+        let verdict = match &provider.protocol {
             ProviderProtocol::Http(settings) => {
                 let request = http_check::check_request(settings, &input)?;
                 let (status, headers, body) = self
                     .send(&meta, UpstreamProtocol::Http1, request)
                     .await
                     .map(|(status, headers, collected)| (status, headers, collected.0))?;
-                Ok(http_check::verdict(settings, status, &headers, body))
+                http_check::verdict(settings, status, &headers, body)
             }
             ProviderProtocol::Grpc => {
                 let message = grpc::check_request(&input, provider.body.as_ref());
@@ -157,9 +152,14 @@ impl Listener {
                         .unwrap_or_default();
                     return Err(CheckError::Grpc { code, message });
                 }
-                Ok(grpc::verdict(grpc::unframe(body)?))
+                grpc::verdict(grpc::unframe(body)?)
             }
-        }
+        };
+        let outcome = match verdict {
+            Verdict::Allow { .. } => Outcome::Ok,
+            Verdict::Deny { .. } => Outcome::Denied,
+        };
+        Ok((verdict, outcome))
     }
 
     /// Sends a check request and reads the whole answer (at most [`MAX_RESPONSE_BYTES`] of

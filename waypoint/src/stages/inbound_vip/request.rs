@@ -506,10 +506,16 @@ impl Listener {
                                     peer = %self.downstream.peer_identity,
                                     "request denied by the external authorizer"
                                 );
-                                let details = if outcome == ext_authz::Outcome::Denied {
-                                    ext_authz::DENIED_DETAILS
-                                } else {
-                                    ext_authz::ERROR_DETAILS
+                                let details = match outcome {
+                                    ext_authz::Outcome::BodyTooLarge => {
+                                        return Err(log.local_reply(
+                                            status,
+                                            None,
+                                            ext_authz::BODY_TOO_LARGE_DETAILS,
+                                        ));
+                                    }
+                                    ext_authz::Outcome::Denied => ext_authz::DENIED_DETAILS,
+                                    _ => ext_authz::ERROR_DETAILS,
                                 };
                                 return Err(log.ext_authz_denied(details, status, headers, body));
                             }
@@ -835,6 +841,7 @@ fn count_ext_authz(
     listener: &str,
 ) {
     let stat = match outcome {
+        ext_authz::Outcome::BodyTooLarge => return,
         ext_authz::Outcome::Ok => HttpStat::ExtAuthzOk,
         ext_authz::Outcome::Denied => HttpStat::ExtAuthzDenied,
         ext_authz::Outcome::Error => HttpStat::ExtAuthzError,
