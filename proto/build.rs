@@ -11,7 +11,11 @@ const PROTOS: &[&str] = &[
     "zds.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "envoy/config/core/v3/base.proto",
+    "envoy/config/core/v3/address.proto",
+    "envoy/service/auth/v3/attribute_context.proto",
+    "envoy/service/auth/v3/external_auth.proto",
     "envoy/type/v3/semantic_version.proto",
+    "envoy/type/v3/http_status.proto",
     "google/rpc/status.proto",
 ];
 
@@ -52,6 +56,7 @@ fn check_outputs(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "istio.security",
         "istio.v1.auth",
         "envoy.service.discovery.v3",
+        "envoy.service.auth.v3",
         "envoy.config.core.v3",
         "envoy.r#type.v3",
         "google.rpc",

@@ -5,6 +5,9 @@
 //! - [`istio::security`]: L4 authorization policies (`Authorization`) pushed by istiod.
 //! - [`envoy::service::discovery::v3`]: Envoy's aggregated discovery service (delta ADS), the
 //!   transport for both of the above, with client and server.
+//! - [`envoy::service::auth::v3`]: Envoy's external authorization service (`Authorization.Check`),
+//!   which a waypoint asks about requests a CUSTOM AuthorizationPolicy matches, with client and
+//!   server.
 //! - [`istio::v1::auth`]: the Istio CA (`IstioCertificateService`), with client and server.
 //! - [`istio::workload::zds`]: ZDS, the in-pod redirection channel between the Istio CNI node
 //!   agent and the node proxy.
@@ -29,6 +32,9 @@ pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Aut
 /// HTTP/2 `:path` of the delta ADS stream, `AggregatedDiscoveryService.DeltaAggregatedResources`.
 pub const DELTA_AGGREGATED_RESOURCES_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// HTTP/2 `:path` of the external authorization call, `Authorization.Check`.
+pub const AUTHORIZATION_CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// HTTP/2 `:path` of the Istio CA call, `IstioCertificateService.CreateCertificate`.
 pub const CREATE_CERTIFICATE_PATH: &str =
@@ -73,13 +79,22 @@ pub mod envoy {
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
             }
         }
+
+        /// Packages under `envoy.service.auth`.
+        pub mod auth {
+            /// Package `envoy.service.auth.v3`: external authorization (`Authorization.Check`).
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+            }
+        }
     }
 
     /// Packages under `envoy.config`.
     pub mod config {
         /// Packages under `envoy.config.core`.
         pub mod core {
-            /// Package `envoy.config.core.v3`: the node description and related types.
+            /// Package `envoy.config.core.v3`: the node description, addresses, headers and
+            /// related types.
             pub mod v3 {
                 include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
             }
@@ -88,7 +103,7 @@ pub mod envoy {
 
     /// Packages under `envoy.type`.
     pub mod r#type {
-        /// Package `envoy.type.v3`: common value types.
+        /// Package `envoy.type.v3`: common value types (versions, HTTP status).
         pub mod v3 {
             include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
         }

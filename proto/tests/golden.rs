@@ -398,3 +398,75 @@ fn unknown_fields_are_skipped() {
     let decoded = wl::Workload::decode(bytes.as_slice()).expect("decode with unknown field");
     assert_eq!(decoded.uid, "u");
 }
+
+#[test]
+fn ext_authz_check_request() {
+    use proto::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+    let msg = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                principal: "p".to_string(),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".to_string(),
+                    path: "/".to_string(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    };
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        // CheckRequest.attributes = 1, 17 bytes
+        0x0a, 0x11,
+        // AttributeContext.source = 1, 3 bytes: Peer.principal = 4 (0x22) "p"
+        0x0a, 0x03, 0x22, 0x01, b'p',
+        // AttributeContext.request = 4 (0x22), 10 bytes
+        0x22, 0x0a,
+        // Request.http = 2 (0x12), 8 bytes
+        0x12, 0x08,
+        // HttpRequest.method = 2 (0x12) "GET"
+        0x12, 0x03, b'G', b'E', b'T',
+        // HttpRequest.path = 4 (0x22) "/"
+        0x22, 0x01, b'/',
+    ];
+    assert_wire(&msg, expected);
+}
+
+#[test]
+fn ext_authz_denied_check_response() {
+    use proto::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, check_response};
+    use proto::envoy::r#type::v3::{HttpStatus, StatusCode};
+    let msg = CheckResponse {
+        status: Some(Status {
+            code: 7,
+            ..Default::default()
+        }),
+        http_response: Some(check_response::HttpResponse::DeniedResponse(
+            DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: StatusCode::Forbidden.into(),
+                }),
+                headers: Vec::new(),
+                body: "no".to_string(),
+            },
+        )),
+        dynamic_metadata: None,
+    };
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        // CheckResponse.status = 1: Status.code = 1 (varint) 7
+        0x0a, 0x02, 0x08, 0x07,
+        // CheckResponse.denied_response = 2, 9 bytes
+        0x12, 0x09,
+        // DeniedHttpResponse.status = 1: HttpStatus.code = 1, varint 403 = 93 03
+        0x0a, 0x03, 0x08, 0x93, 0x03,
+        // DeniedHttpResponse.body = 3 (0x1a) "no"
+        0x1a, 0x02, b'n', b'o',
+    ];
+    assert_wire(&msg, expected);
+}

@@ -616,3 +616,130 @@ fn enum_values_match_upstream() {
         assert_eq!(actual, expected, "entry {index}");
     }
 }
+
+#[test]
+fn ext_authz_messages() {
+    use proto::envoy::service::auth::v3::{
+        self as authz, AttributeContext, CheckRequest, CheckResponse, attribute_context as ac,
+        check_response,
+    };
+    use proto::envoy::r#type::v3::{HttpStatus, StatusCode};
+    let header = |k: &str, v: &str| core::HeaderValue {
+        key: k.to_string(),
+        value: v.to_string(),
+        raw_value: v.as_bytes().to_vec(),
+    };
+    let option = |k: &str, v: &str| core::HeaderValueOption {
+        header: Some(header(k, v)),
+        append: Some(true),
+        append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExists.into(),
+        keep_empty_value: true,
+    };
+    let peer = |ip: &str, port: u32, principal: &str| ac::Peer {
+        address: Some(core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                protocol: core::socket_address::Protocol::Udp.into(),
+                address: ip.to_string(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                resolver_name: "r".to_string(),
+                ipv4_compat: true,
+            })),
+        }),
+        service: "svc".to_string(),
+        labels: HashMap::from([("app".to_string(), "a".to_string())]),
+        principal: principal.to_string(),
+        certificate: "cert".to_string(),
+    };
+    let metadata = core::Metadata {
+        filter_metadata: HashMap::from([("f".to_string(), string_struct("k", "v"))]),
+        typed_filter_metadata: HashMap::new(),
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("10.0.0.1", 40000, "spiffe://cluster.local/ns/a/sa/b")),
+            destination: Some(peer("10.0.0.2", 9080, "spiffe://cluster.local/ns/w/sa/w")),
+            request: Some(ac::Request {
+                time: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 5,
+                }),
+                http: Some(ac::HttpRequest {
+                    id: "id".to_string(),
+                    method: "POST".to_string(),
+                    headers: HashMap::from([(":path".to_string(), "/x?y".to_string())]),
+                    path: "/x?y".to_string(),
+                    host: "reviews".to_string(),
+                    scheme: "http".to_string(),
+                    query: "q".to_string(),
+                    fragment: "f".to_string(),
+                    size: 3,
+                    protocol: "HTTP/1.1".to_string(),
+                    body: "abc".to_string(),
+                    raw_body: b"abc".to_vec(),
+                    header_map: Some(core::HeaderMap {
+                        headers: vec![header("a", "1"), header("a", "2")],
+                    }),
+                }),
+            }),
+            context_extensions: HashMap::from([("k".to_string(), "v".to_string())]),
+            metadata_context: Some(metadata.clone()),
+            route_metadata_context: Some(metadata),
+            tls_session: Some(ac::TlsSession {
+                sni: "reviews".to_string(),
+            }),
+        }),
+    };
+    roundtrip(&request);
+    let pipe = core::Address {
+        address: Some(core::address::Address::Pipe(core::Pipe {
+            path: "/run/s".to_string(),
+            mode: 0o600,
+        })),
+    };
+    roundtrip(&pipe);
+    let ok = CheckResponse {
+        status: Some(Status {
+            code: 0,
+            message: "fine".to_string(),
+            details: Vec::new(),
+        }),
+        http_response: Some(check_response::HttpResponse::OkResponse(
+            authz::OkHttpResponse {
+                headers: vec![option("x-user", "u")],
+                dynamic_metadata: Some(string_struct("k", "v")),
+                headers_to_remove: vec!["authorization".to_string()],
+                response_headers_to_add: vec![option("x-trace", "t")],
+            },
+        )),
+        dynamic_metadata: Some(string_struct("a", "b")),
+    };
+    roundtrip(&ok);
+    let denied = CheckResponse {
+        status: Some(Status {
+            code: 7,
+            message: "no".to_string(),
+            details: Vec::new(),
+        }),
+        http_response: Some(check_response::HttpResponse::DeniedResponse(
+            authz::DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: StatusCode::Unauthorized.into(),
+                }),
+                headers: vec![option("www-authenticate", "Bearer")],
+                body: "denied".to_string(),
+            },
+        )),
+        dynamic_metadata: None,
+    };
+    roundtrip(&denied);
+    assert_eq!(
+        CheckRequest::type_url(),
+        "type.googleapis.com/envoy.service.auth.v3.CheckRequest"
+    );
+    assert_eq!(StatusCode::Forbidden as i32, 403);
+    assert_eq!(StatusCode::TooManyRequests as i32, 429);
+    assert_eq!(
+        core::header_value_option::HeaderAppendAction::OverwriteIfExists as i32,
+        3
+    );
+}

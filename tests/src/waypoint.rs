@@ -279,6 +279,8 @@ pub struct WaypointMesh {
     pub socks5: SocketAddr,
     /// The waypoint's L7 configuration directory.
     pub config_dir: PathBuf,
+    /// The waypoint's mesh config file (absent until [`WaypointMesh::apply_mesh_config`]).
+    pub mesh_config: PathBuf,
     /// The local CA's directory (every proxy's certificates come from it).
     pub ca_dir: PathBuf,
     /// The client's node proxy (its metrics show the client's connections).
@@ -310,6 +312,7 @@ impl WaypointMesh {
         std::fs::write(&state_path, state_yaml).expect("write the mesh state");
         let config_dir = dir.path().join("l7");
         std::fs::create_dir_all(&config_dir).expect("config dir");
+        let mesh_config = dir.path().join("meshconfig");
         let ca_dir = options
             .ca_dir
             .clone()
@@ -383,6 +386,7 @@ impl WaypointMesh {
         let config = RunConfig {
             state,
             config_dir: Some(config_dir.clone()),
+            mesh_config: Some(mesh_config.clone()),
             namespace: "default".into(),
             name: "waypoint".into(),
             service_account: "waypoint".into(),
@@ -418,6 +422,7 @@ impl WaypointMesh {
             backends,
             socks5,
             config_dir,
+            mesh_config,
             ca_dir,
             node_a,
             node_b,
@@ -433,6 +438,16 @@ impl WaypointMesh {
     pub fn apply(&self, yaml: &str) {
         std::fs::write(self.config_dir.join("config.yaml"), yaml).expect("write L7 config");
         waypoint::app::load_config_dir(&self.waypoint.core, &self.config_dir);
+    }
+
+    /// Replaces the waypoint's mesh config (Istio `meshConfig` YAML, e.g. its
+    /// `extensionProviders`) with `yaml` and applies it at once.
+    ///
+    /// # Panics
+    /// When the file cannot be written.
+    pub fn apply_mesh_config(&self, yaml: &str) {
+        std::fs::write(&self.mesh_config, yaml).expect("write the mesh config");
+        waypoint::app::load_mesh_config(&self.waypoint.core, &self.mesh_config);
     }
 
     /// A TCP stream from the client to `dst` through the mesh.

@@ -23,6 +23,7 @@ use ztunnel::state::{MeshState, StateHandle};
 use crate::authn::{AuthnContext, AuthnTable, JwksRegistry, JwksSettings};
 use crate::authz::{AuthzOptions, AuthzTable};
 use crate::cluster::{Cluster, ClusterEndpoint};
+use crate::config::mesh::ExtensionProviders;
 use crate::config::{ConfigError, ConfigSet};
 use crate::egress::dns::{DnsCache, DnsError};
 use crate::egress::tls::TlsResult;
@@ -135,6 +136,9 @@ pub struct L7State {
     pub authn: AuthnTable,
     /// The AuthorizationPolicies that apply to each of them.
     pub authz: AuthzTable,
+    /// The external authorizers of the mesh config (`extensionProviders`), which CUSTOM
+    /// policies name.
+    pub providers: Arc<ExtensionProviders>,
     /// The `MESH_EXTERNAL` ServiceEntries.
     pub externals: ExternalServices,
 }
@@ -239,6 +243,8 @@ pub struct Core {
     bindings: ArcSwap<Bindings>,
     l7: ArcSwap<L7State>,
     config: Mutex<(ConfigSet, Vec<ConfigError>)>,
+    /// The external authorizers of the mesh config.
+    providers: Mutex<Arc<ExtensionProviders>>,
     /// The clusters by what names them; looked up without building the name.
     clusters: Mutex<HashMap<ClusterKey, ClusterEntry, FastHash>>,
     /// The `jwksUri` key sets in use.
@@ -308,6 +314,7 @@ impl Core {
             bindings: ArcSwap::from_pointee(Bindings::default()),
             l7: ArcSwap::from_pointee(L7State::default()),
             config: Mutex::new((ConfigSet::default(), Vec::new())),
+            providers: Mutex::default(),
             clusters: Mutex::new(HashMap::default()),
             destination_labels: std::sync::RwLock::new(HashMap::default()),
             originate,
@@ -360,6 +367,7 @@ impl Core {
         options
             .root_namespace
             .clone_from(&self.options.root_namespace);
+        options.providers = Arc::clone(&lock(&self.providers));
         options
     }
 
@@ -374,6 +382,12 @@ impl Core {
             tracing::warn!(%error, "L7 configuration object ignored");
         }
         *lock(&self.config) = (config, errors);
+        self.refresh();
+    }
+
+    /// Replaces the external authorizers of the mesh config and recompiles.
+    pub fn set_extension_providers(&self, providers: ExtensionProviders) {
+        *lock(&self.providers) = Arc::new(providers);
         self.refresh();
     }
 
@@ -402,7 +416,8 @@ impl Core {
             },
             &self.jwks,
         );
-        let authz = crate::authz::compile(&config, &services, &self.authz_options());
+        let authz_options = self.authz_options();
+        let authz = crate::authz::compile(&config, &services, &authz_options);
         for warning in authz.warnings() {
             tracing::warn!(%warning, "L7 authorization");
         }
@@ -419,6 +434,7 @@ impl Core {
             services,
             authn,
             authz,
+            providers: authz_options.providers,
             externals,
         });
         self.l7.store(Arc::clone(&l7));
@@ -800,6 +816,52 @@ pub fn load_config_dir(core: &Core, dir: &Path) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot read the L7 configuration directory; keeping the previous one");
         }
     }
+}
+
+/// Loads the mesh config file at `path` into `core`: its `extensionProviders`. A missing
+/// file is no providers; a file that cannot be read or parsed keeps the previous ones.
+pub fn load_mesh_config(core: &Core, path: &Path) {
+    match ExtensionProviders::load(path) {
+        Ok((providers, errors)) => {
+            for error in &errors {
+                tracing::warn!(path = %path.display(), %error, "extension provider ignored");
+            }
+            tracing::info!(
+                path = %path.display(),
+                providers = providers.len(),
+                errors = errors.len(),
+                "mesh config loaded"
+            );
+            core.set_extension_providers(providers);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the mesh config; keeping the previous extension providers");
+        }
+    }
+}
+
+/// Watches the mesh config file at `path` and reloads it when it changes. The first load
+/// happens before this returns.
+pub fn watch_mesh_config(core: Arc<Core>, path: PathBuf, interval: Duration) -> JoinHandle<()> {
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last = stamp(&path);
+    load_mesh_config(&core, &path);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                load_mesh_config(&core, &path);
+            }
+        }
+    })
 }
 
 /// Names, sizes and modification times of the files of `dir`.

@@ -22,6 +22,8 @@
 //! - [`authz`]: L7 authorization (AuthorizationPolicy), pure: which policies apply to each
 //!   served service, their evaluation per request, and the path normalisation that precedes
 //!   authorization and routing in the inbound VIP listener.
+//! - [`ext_authz`]: external authorization for CUSTOM policies, pure: the HTTP and gRPC
+//!   check requests built from a request, and the verdict of the authorizer's answer.
 //! - [`route`]: the compiled, pure route model. Its [`RouteTable`](route::RouteTable) is what
 //!   the inbound VIP listener consults per request ([`select_route`](route::select_route): the
 //!   logical stage); its [`DestinationPolicies`](route::DestinationPolicies) configure the
@@ -65,6 +67,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod egress;
+pub mod ext_authz;
 pub mod filters;
 pub mod k8s;
 pub mod quickstart;

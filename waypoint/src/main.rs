@@ -36,6 +36,11 @@ struct Cli {
     /// HTTPRoute, GRPCRoute, RequestAuthentication), hot-reloaded.
     #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Istio's mesh config (the `meshConfig` YAML of the `istio` ConfigMap), read for its
+    /// `extensionProviders`: the external authorizers CUSTOM AuthorizationPolicies name.
+    /// Hot-reloaded; a missing file means no providers. Empty disables it.
+    #[arg(long, env = "MESH_CONFIG_FILE", default_value = waypoint::config::mesh::DEFAULT_MESH_CONFIG_PATH)]
+    mesh_config: PathBuf,
     /// The waypoint's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -321,6 +326,7 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
     let config = RunConfig {
         state: sources.state,
         config_dir: cli.config_dir,
+        mesh_config: (!cli.mesh_config.as_os_str().is_empty()).then_some(cli.mesh_config),
         service_account,
         namespace: cli.namespace,
         name: cli.name,

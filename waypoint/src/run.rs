@@ -21,7 +21,7 @@ use ztunnel::xds::AdsClient;
 use crate::admin::{AdminInputs, Server, StateOrigin};
 use crate::app::{
     CONFIG_POLL_INTERVAL, Core, ListenAddrs, Waypoint, WaypointOptions, load_config_dir,
-    watch_config_dir, watch_state,
+    watch_config_dir, watch_mesh_config, watch_state,
 };
 use crate::authn::JwksSettings;
 use crate::egress::EgressSettings;
@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub state: StateSource,
     /// The directory of L7 configuration (Kubernetes YAML); none = default routes only.
     pub config_dir: Option<PathBuf>,
+    /// Istio's mesh config file, read for its `extensionProviders` (the external authorizers
+    /// of CUSTOM AuthorizationPolicies) and watched for changes; none = no providers.
+    pub mesh_config: Option<PathBuf>,
     /// The waypoint's namespace.
     pub namespace: String,
     /// The waypoint's name (its Gateway and Service).
@@ -245,6 +248,13 @@ pub async fn start(
         tasks.push(watch_config_dir(
             Arc::clone(&core),
             dir.clone(),
+            CONFIG_POLL_INTERVAL,
+        ));
+    }
+    if let Some(path) = &config.mesh_config {
+        tasks.push(watch_mesh_config(
+            Arc::clone(&core),
+            path.clone(),
             CONFIG_POLL_INTERVAL,
         ));
     }

@@ -91,7 +91,8 @@ pub enum Reason<'a> {
     AllowedBy(PolicyMatch<'a>),
     /// Denied: an invalid policy applies.
     Invalid(PolicyMatch<'a>),
-    /// Denied: this CUSTOM policy matched and its provider is not available.
+    /// Denied: this CUSTOM policy matched and its provider cannot be asked (on the TCP
+    /// chain, or when the provider is not defined in the mesh config).
     Custom(PolicyMatch<'a>),
     /// Denied: this DENY policy matched.
     DeniedBy(PolicyMatch<'a>),
@@ -106,6 +107,19 @@ impl<'a> Reason<'a> {
             self,
             Self::NoPolicies | Self::NoAllowPolicies | Self::AllowedBy(_)
         )
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for a denial:
+    /// `rbac_access_denied_matched_policy[<policy id>]`, with `none` when no policy matched;
+    /// `None` when the request is allowed.
+    pub fn response_code_details(&self) -> Option<String> {
+        if self.is_allowed() {
+            return None;
+        }
+        Some(match self.policy() {
+            Some(m) => format!("rbac_access_denied_matched_policy[{m}]"),
+            None => "rbac_access_denied_matched_policy[none]".to_owned(),
+        })
     }
 
     /// The policy that decided, if one did.
@@ -144,26 +158,28 @@ pub struct Decision<'a> {
     pub reason: Reason<'a>,
     /// The AUDIT policies that matched, in order.
     pub audited: Vec<PolicyMatch<'a>>,
+    /// The CUSTOM policy that matched, when one did and no invalid policy applies: its
+    /// provider decides first (`reason` is then [`Reason::Custom`], the decision when the
+    /// provider cannot be asked).
+    pub custom: Option<PolicyMatch<'a>>,
+    /// The decision of the DENY and ALLOW policies alone: what applies once the CUSTOM
+    /// provider allowed the request.
+    pub after_custom: Reason<'a>,
 }
 
 impl Decision<'_> {
-    /// Envoy's `%RESPONSE_CODE_DETAILS%` for a denial:
-    /// `rbac_access_denied_matched_policy[<policy id>]`, with `none` when no policy matched.
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for a denial (see [`Reason::response_code_details`]).
     pub fn response_code_details(&self) -> Option<String> {
-        if self.allowed {
-            return None;
-        }
-        Some(match self.reason.policy() {
-            Some(m) => format!("rbac_access_denied_matched_policy[{m}]"),
-            None => "rbac_access_denied_matched_policy[none]".to_owned(),
-        })
+        self.reason.response_code_details()
     }
 }
 
 /// Evaluates `policies` (those that apply to the request's service) in Istio's order:
 ///
 /// 1. an applicable invalid policy denies ([`Reason::Invalid`]);
-/// 2. a matching CUSTOM policy denies, its provider being unavailable ([`Reason::Custom`]);
+/// 2. a matching CUSTOM policy sends the request to its provider ([`Decision::custom`]);
+///    [`Reason::Custom`] is the decision when the provider cannot be asked, and
+///    [`Decision::after_custom`] the one that applies when it allows;
 /// 3. a matching DENY policy denies ([`Reason::DeniedBy`]);
 /// 4. with ALLOW policies present, one must match ([`Reason::AllowedBy`], else
 ///    [`Reason::NotAllowed`]); without, the request is allowed.
@@ -210,11 +226,7 @@ pub fn evaluate<'a>(policies: &'a [Arc<Policy>], request: &RequestAttributes<'_>
             None => audited.push(found),
         }
     }
-    let reason = if let Some(m) = invalid {
-        Reason::Invalid(m)
-    } else if let Some(m) = custom {
-        Reason::Custom(m)
-    } else if let Some(m) = denied {
+    let after_custom = if let Some(m) = denied {
         Reason::DeniedBy(m)
     } else if let Some(m) = allowed {
         Reason::AllowedBy(m)
@@ -225,10 +237,17 @@ pub fn evaluate<'a>(policies: &'a [Arc<Policy>], request: &RequestAttributes<'_>
     } else {
         Reason::NoAllowPolicies
     };
+    let reason = match (invalid, custom) {
+        (Some(m), _) => Reason::Invalid(m),
+        (None, Some(m)) => Reason::Custom(m),
+        (None, None) => after_custom,
+    };
     Decision {
         allowed: reason.is_allowed(),
         reason,
         audited,
+        custom: if invalid.is_some() { None } else { custom },
+        after_custom,
     }
 }
 

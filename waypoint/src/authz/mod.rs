@@ -66,6 +66,7 @@ use crate::config::authz::{
     Action, Attachment, AuthorizationPolicySpec, ROOT_NAMESPACE, RejectedPolicy, Rule, TargetKind,
     TargetRef, WAYPOINT_GATEWAY_CLASS,
 };
+use crate::config::mesh::ExtensionProviders;
 use crate::config::{ConfigSet, Object};
 use crate::route::ServiceTarget;
 
@@ -79,8 +80,9 @@ pub struct Policy {
     pub name: String,
     /// Action (as written; an invalid policy denies whatever its action).
     pub action: Action,
-    /// The provider of a CUSTOM policy. No external authorizer is available to this waypoint
-    /// yet, so a CUSTOM policy denies the requests it matches.
+    /// The provider of a CUSTOM policy: the name of an external authorizer of the mesh
+    /// config (`extensionProviders`). A policy whose provider is not defined there denies the
+    /// requests it matches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     /// The rules (none: the policy matches nothing).
@@ -136,6 +138,9 @@ pub struct AuthzOptions {
     pub root_namespace: String,
     /// The cluster's DNS domain, to tell Kubernetes services from ServiceEntry hosts.
     pub domain_suffix: String,
+    /// The external authorizers of the mesh config, to warn about CUSTOM policies naming
+    /// another provider (none by default).
+    pub providers: Arc<ExtensionProviders>,
 }
 
 impl AuthzOptions {
@@ -147,6 +152,7 @@ impl AuthzOptions {
             waypoint_namespace: namespace.to_owned(),
             root_namespace: ROOT_NAMESPACE.to_owned(),
             domain_suffix: "cluster.local".to_owned(),
+            providers: Arc::default(),
         }
     }
 }
@@ -177,7 +183,7 @@ pub struct PolicyEntry {
     /// Why it applies to none of them, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_applied: Option<&'static str>,
-    /// A warning for operators (a CUSTOM policy whose provider is not available).
+    /// A warning for operators (a CUSTOM policy whose provider is not defined).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
@@ -200,7 +206,7 @@ impl AuthzTable {
         &self.entries
     }
 
-    /// Problems worth a warning: applicable CUSTOM policies (their provider is not available)
+    /// Problems worth a warning: applicable CUSTOM policies whose provider is not defined,
     /// and applicable invalid policies.
     pub fn warnings(&self) -> impl Iterator<Item = String> + '_ {
         self.entries.iter().filter_map(|e| {
@@ -290,9 +296,15 @@ pub fn compile(
                 .is_empty()
                 .then_some("no service served by this waypoint is targeted")
         });
-        let warning = (policy.action == Action::Custom && policy.invalid.is_none()).then(|| {
+        let warning = (policy.action == Action::Custom
+            && policy.invalid.is_none()
+            && policy
+                .provider
+                .as_deref()
+                .is_none_or(|p| options.providers.get(p).is_none()))
+        .then(|| {
             format!(
-                "CUSTOM AuthorizationPolicy {}: extension provider {:?} is not available; requests it matches are denied",
+                "CUSTOM AuthorizationPolicy {}: extension provider {:?} is not available (not in meshConfig.extensionProviders); requests it matches are denied",
                 policy.key(),
                 policy.provider.as_deref().unwrap_or_default()
             )

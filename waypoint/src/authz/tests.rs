@@ -1193,9 +1193,79 @@ fn custom_fails_closed_for_what_it_matches() {
     assert_eq!(
         warnings,
         [
-            "CUSTOM AuthorizationPolicy default/ext: extension provider \"my-ext-authz\" is not available; requests it matches are denied"
+            "CUSTOM AuthorizationPolicy default/ext: extension provider \"my-ext-authz\" is not available (not in meshConfig.extensionProviders); requests it matches are denied"
         ]
     );
+}
+
+/// CUSTOM comes first: a matching CUSTOM policy hands the request to its provider
+/// (`custom`), and `after_custom` is what the DENY and ALLOW policies decide once the
+/// provider allowed; an invalid policy denies before any provider is asked.
+#[test]
+fn custom_is_checked_before_deny_and_allow() {
+    let custom = gateway_policy(
+        "ext",
+        "  action: CUSTOM\n  provider: {name: my-ext-authz}\n  rules: [{to: [{operation: {paths: [\"/secure*\"]}}]}]\n",
+    );
+    let deny = gateway_policy(
+        "deny-admin",
+        "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/secure/admin\"]}}]}]\n",
+    );
+    let allow = gateway_policy(
+        "allow-get",
+        "  rules: [{to: [{operation: {methods: [GET]}}]}]\n",
+    );
+    let broken = gateway_policy(
+        "broken",
+        "  action: DENY\n  rules: [{when: [{key: nope, values: [x]}]}]\n",
+    );
+    let t = table(&[custom.clone(), deny, allow].join("---\n"));
+    // (method, path, provider asked, decision after the provider allowed)
+    let cases: &[(&str, &str, bool, &str)] = &[
+        (
+            "GET",
+            "/open",
+            false,
+            "allowed by ns[default]-policy[allow-get]-rule[0]",
+        ),
+        ("POST", "/open", false, "denied: no allow policy matched"),
+        (
+            "GET",
+            "/secure/x",
+            true,
+            "allowed by ns[default]-policy[allow-get]-rule[0]",
+        ),
+        ("POST", "/secure/x", true, "denied: no allow policy matched"),
+        (
+            "GET",
+            "/secure/admin",
+            true,
+            "denied by ns[default]-policy[deny-admin]-rule[0]",
+        ),
+    ];
+    for (method, path, asked, after) in cases {
+        let req = Req::new().method(method).path(path);
+        let d = evaluate(t.policies(REVIEWS), &req.attributes());
+        assert_eq!(d.custom.is_some(), *asked, "{method} {path}");
+        assert_eq!(d.after_custom.to_string(), *after, "{method} {path}");
+        if *asked {
+            // The decision when the provider cannot be asked: denied by the CUSTOM policy.
+            assert!(matches!(d.reason, Reason::Custom(_)), "{method} {path}");
+            assert_eq!(
+                d.custom.unwrap().to_string(),
+                "ns[default]-policy[ext]-rule[0]"
+            );
+        } else {
+            assert_eq!(d.reason.to_string(), *after, "{method} {path}");
+        }
+    }
+    let t = table(&[custom, broken].join("---\n"));
+    let d = evaluate(
+        t.policies(REVIEWS),
+        &Req::new().path("/secure/x").attributes(),
+    );
+    assert!(d.custom.is_none());
+    assert!(matches!(d.reason, Reason::Invalid(_)));
 }
 
 #[test]

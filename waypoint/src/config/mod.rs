@@ -30,6 +30,7 @@ mod error;
 pub mod gateway;
 pub mod istio;
 mod loader;
+pub mod mesh;
 
 use std::collections::BTreeMap;
 use std::fmt;

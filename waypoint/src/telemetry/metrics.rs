@@ -129,11 +129,28 @@ pub enum HttpStat {
     RbacDenied,
     /// `envoy_http_rbac_logged`: requests an AUDIT policy matched.
     RbacLogged,
+    /// `envoy_http_ext_authz_ok`: requests a CUSTOM policy's provider allowed.
+    ExtAuthzOk,
+    /// `envoy_http_ext_authz_denied`: requests a CUSTOM policy's provider denied.
+    ExtAuthzDenied,
+    /// `envoy_http_ext_authz_error`: checks that got no usable answer (timeout, connection
+    /// failure, malformed answer).
+    ExtAuthzError,
+    /// `envoy_http_ext_authz_failure_mode_allowed`: failed checks let through by `failOpen`.
+    ExtAuthzFailureModeAllowed,
 }
 
 impl HttpStat {
     /// Every stat, in rendering order.
-    pub const ALL: [Self; 3] = [Self::RbacAllowed, Self::RbacDenied, Self::RbacLogged];
+    pub const ALL: [Self; 7] = [
+        Self::RbacAllowed,
+        Self::RbacDenied,
+        Self::RbacLogged,
+        Self::ExtAuthzOk,
+        Self::ExtAuthzDenied,
+        Self::ExtAuthzError,
+        Self::ExtAuthzFailureModeAllowed,
+    ];
 
     /// The metric name.
     pub fn name(self) -> &'static str {
@@ -141,6 +158,10 @@ impl HttpStat {
             Self::RbacAllowed => "envoy_http_rbac_allowed",
             Self::RbacDenied => "envoy_http_rbac_denied",
             Self::RbacLogged => "envoy_http_rbac_logged",
+            Self::ExtAuthzOk => "envoy_http_ext_authz_ok",
+            Self::ExtAuthzDenied => "envoy_http_ext_authz_denied",
+            Self::ExtAuthzError => "envoy_http_ext_authz_error",
+            Self::ExtAuthzFailureModeAllowed => "envoy_http_ext_authz_failure_mode_allowed",
         }
     }
 
@@ -150,6 +171,12 @@ impl HttpStat {
             Self::RbacAllowed => "Requests allowed by AuthorizationPolicies",
             Self::RbacDenied => "Requests denied by AuthorizationPolicies",
             Self::RbacLogged => "Requests matched by AUDIT AuthorizationPolicies",
+            Self::ExtAuthzOk => "Requests the external authorizer of a CUSTOM policy allowed",
+            Self::ExtAuthzDenied => "Requests the external authorizer of a CUSTOM policy denied",
+            Self::ExtAuthzError => "External authorization checks that got no usable answer",
+            Self::ExtAuthzFailureModeAllowed => {
+                "Requests allowed by failOpen after a failed external authorization check"
+            }
         }
     }
 }

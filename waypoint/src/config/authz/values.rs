@@ -278,7 +278,7 @@ impl Pattern {
         }
     }
 
-    pub(super) fn into_lowercase(self) -> Self {
+    pub(crate) fn into_lowercase(self) -> Self {
         match self {
             Self::Exact(s) => Self::Exact(s.to_ascii_lowercase()),
             Self::Prefix(s) => Self::Prefix(s.to_ascii_lowercase()),

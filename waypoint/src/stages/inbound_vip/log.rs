@@ -145,6 +145,35 @@ impl RequestLog {
         local_body(StatusCode::FORBIDDEN, RBAC_DENIED_BODY, self.grpc)
     }
 
+    /// The reply to a request the external authorizer denied (or that its failure refused):
+    /// its status, headers and body (gRPC: trailers-only, the status mapped to a gRPC code,
+    /// the body as message), flag `UAEX`.
+    pub(super) fn ext_authz_denied(
+        &mut self,
+        details: &'static str,
+        status: StatusCode,
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+        body: bytes::Bytes,
+    ) -> Response<ResponseBody> {
+        use http_body_util::{BodyExt, Full};
+        self.flags.insert(ResponseFlag::UnauthorizedExternalService);
+        self.details = Cow::Borrowed(details);
+        let mut response = if self.grpc {
+            let code = crate::filters::http_to_grpc_status(status.as_u16());
+            crate::filters::grpc_trailers_only(code, &String::from_utf8_lossy(&body))
+        } else {
+            let mut response = Response::new(body);
+            *response.status_mut() = status;
+            response
+        };
+        for (name, value) in headers {
+            if !response.headers().contains_key(&name) || !self.grpc {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response.map(|b| Full::new(b).map_err(|never| match never {}).boxed())
+    }
+
     /// Reports the request: `istio_requests_total` and the histograms, and the access log.
     pub(super) fn finish(mut self, core: &Core, body: BodyOutcome, request_bytes: u64) {
         if !body.complete && self.response_code != 0 {

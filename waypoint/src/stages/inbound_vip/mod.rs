@@ -20,7 +20,12 @@
 //!    logged), with the authenticated principal for `requestPrincipals` and
 //!    `request.auth.*`: a denial is answered 403 `RBAC: access denied` with
 //!    `rbac_access_denied_matched_policy[…]` as details, counted in `envoy_http_rbac_denied`,
-//!    and nothing is sent upstream.
+//!    and nothing is sent upstream. A request a CUSTOM policy matches is first checked by
+//!    the policy's external authorizer (`ext_authz`, [`crate::ext_authz`]): its denial is
+//!    the client's reply (`UAEX`, `ext_authz_denied`; `ext_authz_error` with
+//!    `statusOnError` when it fails), its approval edits the request's headers and lets the
+//!    DENY and ALLOW policies decide; counted in `envoy_http_ext_authz_*`. A provider not
+//!    defined in the mesh config denies as an RBAC denial.
 //! 3. **route** — the service port's [`CompiledRoutes`](crate::route::CompiledRoutes): first
 //!    match wins ([`select_route`]); no match → 404 `NR`. A CORS preflight is answered here.
 //!    The route's action resolves to a weighted backend, a redirect or a direct response.
@@ -31,7 +36,8 @@
 //! 6. **send** — through the inbound pod listener (tunnel metadata) and `connect_originate`,
 //!    with the route's per-try timeout and retries (`URX` when they run out) inside the
 //!    route's timeout (504 `UT`); mirrors are sent fire-and-forget.
-//! 7. **respond** — response header operations, CORS headers, a consistent-hash cookie.
+//! 7. **respond** — response header operations, CORS headers, a consistent-hash cookie, the
+//!    headers an external authorizer asked for.
 //! 8. **log** — when the response body ends: `istio_requests_total` and friends, the access log.
 //!
 //! Before phase 0, client-supplied `x-forwarded-client-cert` and `x-envoy-*` headers are removed
@@ -47,6 +53,7 @@
 //! (see `tcp`): a denied connection is closed.
 
 pub mod detect;
+mod ext_authz;
 pub mod guard;
 pub mod limits;
 mod log;

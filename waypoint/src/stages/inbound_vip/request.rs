@@ -20,6 +20,7 @@ use crate::body::{Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext, Picked};
 use crate::egress::tls::TlsOrigination;
 use crate::egress::{self, Upstream, UpstreamQuery};
+use crate::ext_authz::{self, HeaderEdit, Verdict};
 use crate::filters::{self, AttemptOutcome};
 use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamBody, UpstreamProtocol};
@@ -46,12 +47,12 @@ pub(super) type ResponseBody = BoxBody<Bytes, BoxError>;
 
 /// The inbound VIP listener of one tunnel.
 pub(super) struct Listener {
-    core: Arc<Core>,
-    downstream: Arc<Downstream>,
+    pub(super) core: Arc<Core>,
+    pub(super) downstream: Arc<Downstream>,
     vip: VipTarget,
     source_labels: Arc<WorkloadLabels>,
     /// `inbound-vip|<port>|http|<host>`, the stat prefix of the listener's counters.
-    name: String,
+    pub(super) name: String,
     /// Requests in flight on the connection (the idle timeout runs while there are none).
     active: tokio::sync::watch::Sender<usize>,
 }
@@ -189,9 +190,10 @@ impl Listener {
         }
 
         // 2. Authorize.
-        if let Some(denied) = self.authorize(&l7, parts, log) {
-            return denied;
-        }
+        let authorizer_edits = match self.authorize(&l7, parts, replay, log).await {
+            Ok(edits) => edits,
+            Err(denied) => return denied,
+        };
 
         // 3. Route.
         let host = self.vip.service.hostname.as_str();
@@ -367,6 +369,7 @@ impl Listener {
                 .headers_mut()
                 .append(http::header::SET_COOKIE, cookie);
         }
+        ext_authz::apply_edits(&authorizer_edits, response.headers_mut());
         filters::strip_hop_by_hop(response.headers_mut());
         log.details = "via_upstream".into();
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
@@ -424,17 +427,20 @@ impl Listener {
         }
     }
 
-    /// The authorize phase: evaluates the AuthorizationPolicies of the service. Returns the
-    /// 403 to answer when the request is denied; counts the outcome and logs AUDIT matches.
-    fn authorize(
+    /// The authorize phase: evaluates the AuthorizationPolicies of the service, asking a
+    /// matching CUSTOM policy's external authorizer first. Returns the edits the authorizer
+    /// asked for on the client's response, or the reply when the request is denied; counts
+    /// the outcome and logs AUDIT matches.
+    async fn authorize(
         &self,
         l7: &L7State,
-        parts: &Parts,
+        parts: &mut Parts,
+        replay: &Replay,
         log: &mut RequestLog,
-    ) -> Option<Response<ResponseBody>> {
+    ) -> Result<Vec<HeaderEdit>, Response<ResponseBody>> {
         let policies = l7.authz.policies(&self.vip.service.hostname);
         if policies.is_empty() {
-            return None;
+            return Ok(Vec::new());
         }
         let source_ip = self.downstream.client_addr().ip();
         let attributes = RequestAttributes {
@@ -466,19 +472,79 @@ impl Listener {
                 "request audited"
             );
         }
-        let Some(details) = decision.response_code_details() else {
+        let mut response_edits = Vec::new();
+        let reason = match decision.custom {
+            None => decision.reason,
+            Some(custom) => {
+                let name = custom.policy.provider.as_deref().unwrap_or_default();
+                match l7.providers.get(name) {
+                    None => {
+                        tracing::info!(
+                            target: "authz",
+                            listener = %self.name,
+                            policy = %custom,
+                            provider = name,
+                            "request denied: the CUSTOM policy's extension provider is not defined in meshConfig.extensionProviders"
+                        );
+                        decision.reason
+                    }
+                    Some(provider) => {
+                        let (verdict, outcome) = self.ext_authz(provider, parts, replay).await;
+                        count_ext_authz(metrics, outcome, &self.name);
+                        match verdict {
+                            Verdict::Deny {
+                                status,
+                                headers,
+                                body,
+                            } => {
+                                tracing::debug!(
+                                    target: "authz",
+                                    listener = %self.name,
+                                    policy = %custom,
+                                    provider = name,
+                                    status = status.as_u16(),
+                                    peer = %self.downstream.peer_identity,
+                                    "request denied by the external authorizer"
+                                );
+                                let details = match outcome {
+                                    ext_authz::Outcome::BodyTooLarge => {
+                                        return Err(log.local_reply(
+                                            status,
+                                            None,
+                                            ext_authz::BODY_TOO_LARGE_DETAILS,
+                                        ));
+                                    }
+                                    ext_authz::Outcome::Denied => ext_authz::DENIED_DETAILS,
+                                    _ => ext_authz::ERROR_DETAILS,
+                                };
+                                return Err(log.ext_authz_denied(details, status, headers, body));
+                            }
+                            Verdict::Allow {
+                                upstream,
+                                downstream,
+                            } => {
+                                ext_authz::apply_edits(&upstream, &mut parts.headers);
+                                response_edits = downstream;
+                                decision.after_custom
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let Some(details) = reason.response_code_details() else {
             metrics.count_http(HttpStat::RbacAllowed, &self.name);
-            return None;
+            return Ok(response_edits);
         };
         metrics.count_http(HttpStat::RbacDenied, &self.name);
         tracing::debug!(
             target: "authz",
             listener = %self.name,
-            reason = %decision.reason,
+            reason = %reason,
             peer = %self.downstream.peer_identity,
             "request denied"
         );
-        Some(log.authz_denied(details))
+        Err(log.authz_denied(details))
     }
 
     /// The cluster a request goes to, and how its endpoints are reached; the reply instead
@@ -765,6 +831,26 @@ impl Listener {
             }
         });
     }
+}
+
+/// Counts one external authorization check (`envoy_http_ext_authz_*`); a check that failed
+/// open counts as an error too, as Envoy's do.
+fn count_ext_authz(
+    metrics: &crate::telemetry::RequestMetrics,
+    outcome: ext_authz::Outcome,
+    listener: &str,
+) {
+    let stat = match outcome {
+        ext_authz::Outcome::BodyTooLarge => return,
+        ext_authz::Outcome::Ok => HttpStat::ExtAuthzOk,
+        ext_authz::Outcome::Denied => HttpStat::ExtAuthzDenied,
+        ext_authz::Outcome::Error => HttpStat::ExtAuthzError,
+        ext_authz::Outcome::FailureModeAllowed => {
+            metrics.count_http(HttpStat::ExtAuthzError, listener);
+            HttpStat::ExtAuthzFailureModeAllowed
+        }
+    };
+    metrics.count_http(stat, listener);
 }
 
 /// Why a request is answered before its phases run.
