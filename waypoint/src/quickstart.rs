@@ -327,6 +327,7 @@ pub async fn start(opts: &Options) -> Result<Quickstart, QuickstartError> {
     let config = RunConfig {
         state: StateSource::File(mesh_file.clone()),
         config_dir: Some(l7_dir),
+        kubernetes: None,
         namespace: namespace.into(),
         name: name.into(),
         service_account: service_account.into(),
