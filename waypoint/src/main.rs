@@ -347,9 +347,9 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
             client: {
                 // As for the controller: kube's TLS uses the process-wide rustls provider.
                 let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-                kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API server (WAYPOINT_CONFIG_SOURCE=k8s://)")?
+                kube::Client::try_default().await.context(
+                    "connecting to the Kubernetes API server (WAYPOINT_CONFIG_SOURCE=k8s://)",
+                )?
             },
             settings: waypoint::config::kubernetes::KubeSourceSettings {
                 namespaces: cli.config_namespaces,

@@ -149,7 +149,10 @@ where
     let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
+        // Each namespace once: a namespace watched twice would report its objects as
+        // duplicates.
+        let unique: BTreeSet<&String> = settings.namespaces.iter().collect();
+        unique.into_iter().cloned().map(Some).collect()
     };
     let streams: Vec<Stream> = Kind::ALL
         .into_iter()
@@ -278,9 +281,9 @@ async fn run_stream(
                         group = kind.group(),
                         "the API server does not serve this kind (CRD not installed?); its objects are not loaded until it does"
                     );
+                    shared.replace(id, BTreeMap::new());
                     reported = true;
                 }
-                shared.replace(id, BTreeMap::new());
                 tokio::time::sleep(rediscover).await;
             }
             Err(e) => {
@@ -400,7 +403,10 @@ mod tests {
             ),
             (
                 Kind::VirtualService,
-                &[("v1alpha3", "VirtualService"), ("v1beta1", "VirtualService")],
+                &[
+                    ("v1alpha3", "VirtualService"),
+                    ("v1beta1", "VirtualService"),
+                ],
                 Some("v1beta1"),
             ),
             (

@@ -223,7 +223,11 @@ fn describe(value: &serde_yaml_ng::Value) -> String {
     let kind = text(value.get("kind"));
     let namespace = text(metadata.and_then(|m| m.get("namespace")));
     let name = text(metadata.and_then(|m| m.get("name")));
-    let kind = if kind.is_empty() { "object".to_owned() } else { kind };
+    let kind = if kind.is_empty() {
+        "object".to_owned()
+    } else {
+        kind
+    };
     let namespace = if namespace.is_empty() {
         DEFAULT_NAMESPACE.to_owned()
     } else {

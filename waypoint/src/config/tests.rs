@@ -774,14 +774,24 @@ fn malformed_request_authentications_are_reported() {
 #[test]
 fn objects_load_like_files_and_are_named_by_kind_and_name() {
     let value = |yaml: &str| -> serde_yaml_ng::Value { serde_yaml_ng::from_str(yaml).unwrap() };
-    let good = vs("reviews", "  - route: [{destination: {host: reviews, subset: v2}}]\n");
-    let bad = vs("bad", "  - timeout: 3 seconds\n    route: [{destination: {host: a}}]\n");
+    let good = vs(
+        "reviews",
+        "  - route: [{destination: {host: reviews, subset: v2}}]\n",
+    );
+    let bad = vs(
+        "bad",
+        "  - timeout: 3 seconds\n    route: [{destination: {host: a}}]\n",
+    );
     let objects = vec![
         value(&good),
         value(&bad),
         value("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: skipped}\n"),
-        value("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {namespace: x}\nspec: {}\n"),
-        value("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-typo, namespace: default}\nspec: {action: DENYY}\n"),
+        value(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {namespace: x}\nspec: {}\n",
+        ),
+        value(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-typo, namespace: default}\nspec: {action: DENYY}\n",
+        ),
     ];
     let mut set = ConfigSet::default();
     let errors = set.add_objects(&objects);
@@ -803,7 +813,13 @@ fn objects_load_like_files_and_are_named_by_kind_and_name() {
 
     let found: Vec<(String, Option<String>, Option<ObjectRef>)> = errors
         .iter()
-        .map(|e| (e.file.display().to_string(), e.field.clone(), e.object.clone()))
+        .map(|e| {
+            (
+                e.file.display().to_string(),
+                e.field.clone(),
+                e.object.clone(),
+            )
+        })
         .collect();
     assert_eq!(
         found,
