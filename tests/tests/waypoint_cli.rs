@@ -6,9 +6,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambient_e2e::binaries::{self, Process};
 use ambient_e2e::kube::resources::{GATEWAY, GATEWAY_GROUP, NAMESPACE};
 use ambient_e2e::kube::{ApiServer, RecordedRequest};
 use serde_json::{Value, json};
@@ -67,20 +69,23 @@ impl Cluster {
     }
 }
 
-/// Runs the `waypoint` binary (built first if needed) off the runtime's threads, so that the
-/// double keeps serving meanwhile.
+/// Runs the `waypoint` binary (see `ambient_e2e::binaries`) off the runtime's threads, so
+/// that the double keeps serving meanwhile. The process is killed if it outlives the bound.
 async fn waypoint(args: &[&str], kubeconfig: Option<&Path>) -> Run {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let kubeconfig = kubeconfig.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(ambient_e2e::binaries::binary(
-            "waypoint", "waypoint",
-        ));
-        cmd.args(&args).env_remove("RUST_LOG").env_remove("KUBECONFIG");
+        let mut cmd = std::process::Command::new(binaries::binary("waypoint", "waypoint"));
+        cmd.args(&args)
+            .env_remove("RUST_LOG")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(path) = kubeconfig {
             cmd.env("KUBECONFIG", path);
         }
-        let out = cmd.output().unwrap();
+        let out = Process::spawn(&mut cmd).output(Duration::from_secs(120));
         Run {
             code: out.status.code(),
             stdout: String::from_utf8(out.stdout).unwrap(),
@@ -121,13 +126,18 @@ fn programmed() -> Value {
     ])
 }
 
-/// `METHOD path[?query]` of each request.
+/// `METHOD path[?query]` of each request. kube-rs starts a query with `&` when the request
+/// has no parameter of its own before the options (`?&fieldManager=istioctl`); that empty
+/// pair is dropped here, the parameters are kept as sent.
 fn lines(requests: &[RecordedRequest]) -> Vec<String> {
     requests
         .iter()
-        .map(|r| match r.query.is_empty() {
-            true => format!("{} {}", r.method, r.path),
-            false => format!("{} {}?{}", r.method, r.path, r.query),
+        .map(|r| {
+            let query = r.query.trim_start_matches('&');
+            match query.is_empty() {
+                true => format!("{} {}", r.method, r.path),
+                false => format!("{} {}?{query}", r.method, r.path),
+            }
         })
         .collect()
 }
@@ -137,9 +147,19 @@ fn assert_apply(request: &RecordedRequest, ns: &str, body: Value) {
     assert_eq!(request.method, "PATCH");
     assert_eq!(
         request.path,
-        format!("{GATEWAYS}/namespaces/{ns}/gateways/{}", body["metadata"]["name"].as_str().unwrap())
+        format!(
+            "{GATEWAYS}/namespaces/{ns}/gateways/{}",
+            body["metadata"]["name"].as_str().unwrap()
+        )
     );
-    assert_eq!(request.query, "fieldManager=istioctl");
+    assert_eq!(
+        request.query.trim_start_matches('&'),
+        "fieldManager=istioctl"
+    );
+    assert_eq!(
+        request.query_param("fieldManager").as_deref(),
+        Some("istioctl")
+    );
     assert_eq!(
         request.content_type.as_deref(),
         Some("application/apply-patch+yaml")
@@ -152,7 +172,10 @@ fn assert_apply(request: &RecordedRequest, ns: &str, body: Value) {
 async fn apply_enrolls_the_namespace_once_the_waypoint_is_programmed() {
     let cluster = Cluster::start().await;
     let api = cluster.api.clone();
-    api.seed(namespace("bookinfo", json!({"istio.io/dataplane-mode": "ambient"})));
+    api.seed(namespace(
+        "bookinfo",
+        json!({"istio.io/dataplane-mode": "ambient"}),
+    ));
     // The controller's part: once the Gateway exists, it reports it Programmed.
     let controller = tokio::spawn(async move {
         api.wait_for(Duration::from_secs(60), |api| {
@@ -166,8 +189,13 @@ async fn apply_enrolls_the_namespace_once_the_waypoint_is_programmed() {
     });
     let run = cluster
         .run(&[
-            "apply", "-n", "bookinfo", "--enroll-namespace", "--wait",
-            "--waypoint-timeout", "60s",
+            "apply",
+            "-n",
+            "bookinfo",
+            "--enroll-namespace",
+            "--wait",
+            "--waypoint-timeout",
+            "60s",
         ])
         .await;
     controller.await.unwrap();
@@ -217,7 +245,10 @@ async fn apply_enrolls_the_namespace_once_the_waypoint_is_programmed() {
         json!({"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "waypoint"})
     );
     let ns = cluster.api.get(&NAMESPACE, "", "bookinfo").unwrap();
-    assert_eq!(ns["metadata"]["labels"]["istio.io/use-waypoint"], "waypoint");
+    assert_eq!(
+        ns["metadata"]["labels"]["istio.io/use-waypoint"],
+        "waypoint"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +271,9 @@ async fn apply_warns_about_enrollment_and_keeps_an_enrolled_waypoint() {
     // The namespace now uses a waypoint: another one is not enrolled without --overwrite,
     // and nothing is written.
     api.clear_requests();
-    let run = cluster.run(&["apply", "--enroll-namespace", "--name", "other"]).await;
+    let run = cluster
+        .run(&["apply", "--enroll-namespace", "--name", "other"])
+        .await;
     assert_eq!(
         run,
         Run::ok(
@@ -254,8 +287,17 @@ async fn apply_warns_about_enrollment_and_keeps_an_enrolled_waypoint() {
     api.clear_requests();
     let run = cluster
         .run(&[
-            "apply", "--enroll-namespace", "--name", "other", "--overwrite", "--for", "workload",
-            "-r", "canary", "--gateway-class", "ambient-waypoint",
+            "apply",
+            "--enroll-namespace",
+            "--name",
+            "other",
+            "--overwrite",
+            "--for",
+            "workload",
+            "-r",
+            "canary",
+            "--gateway-class",
+            "ambient-waypoint",
         ])
         .await;
     assert_eq!(
@@ -281,7 +323,10 @@ async fn apply_warns_about_enrollment_and_keeps_an_enrolled_waypoint() {
         }),
     );
     let ns = api.get(&NAMESPACE, "", "default").unwrap();
-    assert_eq!(ns["metadata"]["labels"], json!({"istio.io/use-waypoint": "other"}));
+    assert_eq!(
+        ns["metadata"]["labels"],
+        json!({"istio.io/use-waypoint": "other"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +383,12 @@ async fn apply_errors() {
     let writes = api.writes();
     assert_eq!(
         (lines(&writes), writes[0].status),
-        (vec![format!("PATCH {GATEWAYS}/namespaces/default/gateways/second?fieldManager=istioctl")], 404)
+        (
+            vec![format!(
+                "PATCH {GATEWAYS}/namespaces/default/gateways/second?fieldManager=istioctl"
+            )],
+            404
+        )
     );
 }
 
@@ -352,8 +402,20 @@ fn seed_gateways(api: &ApiServer) {
         json!({"istio.io/rev": "canary", "istio.io/waypoint-for": "all"}),
         programmed(),
     ));
-    api.seed(gateway("default", "w2", "istio-waypoint", json!({}), Value::Null));
-    api.seed(gateway("default", "ingress", "istio", json!({}), programmed()));
+    api.seed(gateway(
+        "default",
+        "w2",
+        "istio-waypoint",
+        json!({}),
+        Value::Null,
+    ));
+    api.seed(gateway(
+        "default",
+        "ingress",
+        "istio",
+        json!({}),
+        programmed(),
+    ));
     api.seed(gateway(
         "bookinfo",
         "waypoint",
@@ -387,7 +449,12 @@ async fn list_prints_istioctl_tables() {
     );
     assert_eq!(
         cluster
-            .run(&["list", "--all-namespaces", "--gateway-class", "ambient-waypoint"])
+            .run(&[
+                "list",
+                "--all-namespaces",
+                "--gateway-class",
+                "ambient-waypoint"
+            ])
             .await,
         Run::ok(
             "NAMESPACE     NAME         REVISION     TRAFFIC TYPE     PROGRAMMED\n\
@@ -484,7 +551,10 @@ async fn delete_by_name_all_and_revision() {
     );
     assert_eq!(
         cluster.run(&["delete", "a", "--all"]).await,
-        Run::error("", "cannot specify waypoint names when deleting all waypoints")
+        Run::error(
+            "",
+            "cannot specify waypoint names when deleting all waypoints"
+        )
     );
     assert!(api.requests().is_empty());
 
@@ -524,7 +594,13 @@ async fn delete_by_name_all_and_revision() {
     );
 
     // A failed delete is reported after the others, in Go's multierror format.
-    api.seed(gateway("default", "d", "istio-waypoint", json!({}), Value::Null));
+    api.seed(gateway(
+        "default",
+        "d",
+        "istio-waypoint",
+        json!({}),
+        Value::Null,
+    ));
     let d = format!("{GATEWAYS}/namespaces/default/gateways/d");
     api.fail_next(http::Method::DELETE, &d, 500, 1);
     assert_eq!(
@@ -552,7 +628,15 @@ async fn kubeconfig_flag_context_and_namespace() {
                  waypoint     default      service          True\n";
     assert_eq!(
         waypoint(
-            &["list", "--kubeconfig", kubeconfig, "--context", "double", "--gateway-class", "ambient-waypoint"],
+            &[
+                "list",
+                "--kubeconfig",
+                kubeconfig,
+                "--context",
+                "double",
+                "--gateway-class",
+                "ambient-waypoint"
+            ],
             None
         )
         .await,

@@ -82,7 +82,12 @@ async fn request(mesh: &WaypointMesh, host: &str, path: &str) -> (StatusCode, St
 }
 
 /// Sends `GET host path` until the answer is `expected`, at most for [`LIMIT`].
-async fn wait_for_answer(mesh: &WaypointMesh, host: &str, path: &str, expected: (StatusCode, &str)) {
+async fn wait_for_answer(
+    mesh: &WaypointMesh,
+    host: &str,
+    path: &str,
+    expected: (StatusCode, &str),
+) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         let (status, backend) = request(mesh, host, path).await;
@@ -124,12 +129,9 @@ async fn virtual_service_from_the_api_server_routes_and_follows_updates_and_dele
     assert_eq!(mesh.backends.count("reviews-v1", "/"), 0);
 
     // Updating the VirtualService in the API server changes the routing.
-    api.update(
-        &resources::VIRTUAL_SERVICE,
-        "default",
-        "reviews",
-        |vs| vs["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("v3"),
-    )
+    api.update(&resources::VIRTUAL_SERVICE, "default", "reviews", |vs| {
+        vs["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("v3")
+    })
     .unwrap();
     wait_for_answer(&mesh, REVIEWS, "/a/2", (StatusCode::OK, "reviews-v3")).await;
     for _ in 0..5 {
@@ -166,7 +168,10 @@ async fn virtual_service_from_the_api_server_routes_and_follows_updates_and_dele
     assert!(reached >= 1);
 
     // The waypoint only reads: it never wrote to the API server.
-    assert!(api.writes().is_empty(), "the waypoint wrote to the API server");
+    assert!(
+        api.writes().is_empty(),
+        "the waypoint wrote to the API server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,11 +217,16 @@ async fn malformed_object_is_reported_and_a_missing_group_holds_nothing() {
     let errors: Vec<String> = l7.errors.iter().map(ToString::to_string).collect();
     assert_eq!(l7.errors.len(), 1, "{errors:?}");
     let error = &l7.errors[0];
-    assert_eq!(error.file.display().to_string(), "VirtualService default/broken");
+    assert_eq!(
+        error.file.display().to_string(),
+        "VirtualService default/broken"
+    );
     assert_eq!(error.field.as_deref(), Some("spec.http[0].timeout"));
     assert_eq!(error.object.as_ref().unwrap().name, "broken");
     assert!(
-        errors[0].starts_with("VirtualService default/broken: VirtualService default/broken: spec.http[0].timeout: "),
+        errors[0].starts_with(
+            "VirtualService default/broken: VirtualService default/broken: spec.http[0].timeout: "
+        ),
         "{errors:?}"
     );
     assert_eq!(l7.config.virtual_services.len(), 1);
@@ -228,7 +238,9 @@ async fn malformed_object_is_reported_and_a_missing_group_holds_nothing() {
     let seen = mesh.backends.seen("ratings-v1");
     let seen_v2 = mesh.backends.seen("ratings-v2");
     assert!(
-        seen.iter().chain(&seen_v2).all(|s| s.headers.get("x-from").is_none()),
+        seen.iter()
+            .chain(&seen_v2)
+            .all(|s| s.headers.get("x-from").is_none()),
         "no HTTPRoute applies yet"
     );
 
@@ -236,7 +248,10 @@ async fn malformed_object_is_reported_and_a_missing_group_holds_nothing() {
     api.set_group_enabled(resources::GATEWAY_GROUP, true);
     let deadline = tokio::time::Instant::now() + LIMIT;
     while mesh.waypoint.core.l7().config.http_routes.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "HTTPRoute never applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HTTPRoute never applied"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     mesh.backends.clear();
