@@ -391,7 +391,13 @@ mod tests {
 
     #[test]
     fn preferred_version_is_the_first_served() {
-        let cases: &[(Kind, &[(&str, &str)], Option<&str>)] = &[
+        /// The kind, the `(version, kind)` pairs served, the version expected.
+        type Case = (
+            Kind,
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
             (
                 Kind::VirtualService,
                 &[
