@@ -273,6 +273,8 @@ async fn run_stream(
                 reported = false;
                 tracing::info!(%kind, api_version = %ar.api_version, "watching");
                 watch_stream(&client, &stream, &ar, id, &shared).await;
+                // Gone while discovery still lists it: do not ask again at once.
+                tokio::time::sleep(DISCOVERY_RETRY).await;
             }
             Ok(Discovered::NotServed) => {
                 if !reported {
