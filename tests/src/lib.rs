@@ -12,6 +12,9 @@
 //!
 //! - `k8s_controller.rs`: the waypoint controller against the Kubernetes API server double of
 //!   [`kube`] (real sockets; the double records every request).
+//! - `waypoint_kube_config.rs`: the waypoint's L7 configuration watched on that double.
+//! - `waypoint_cli.rs`: the `waypoint` binary's istioctl-style commands against that double,
+//!   run as processes ([`binaries`] finds the binary).
 //!
 //! - `netns_harness.rs`: the network-namespace harness of [`netns`] itself (root only).
 //! - `inpod_netns.rs`: in-pod redirection across two namespace "nodes" (root only).
@@ -24,6 +27,7 @@
 //! the real in-pod data path. [`inpod`] starts a node's ztunnel in in-pod mode and its node
 //! agent on such a topology (used by `inpod_netns.rs` and the `inpod` benchmark).
 
+pub mod binaries;
 pub mod inpod;
 pub mod kube;
 pub mod netns;

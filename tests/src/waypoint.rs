@@ -246,6 +246,10 @@ pub struct MeshOptions {
     pub egress: waypoint::egress::EgressSettings,
     /// The waypoint's downstream connection limits.
     pub downstream: DownstreamLimits,
+    /// Read the waypoint's L7 configuration from the Kubernetes API server (e.g. the double of
+    /// [`crate::kube`]) instead of [`WaypointMesh::config_dir`]; [`WaypointMesh::start_with`]
+    /// then returns once the waypoint is ready (its first configuration applied).
+    pub kubernetes: Option<waypoint::run::KubeSource>,
 }
 
 impl Default for MeshOptions {
@@ -261,6 +265,7 @@ impl Default for MeshOptions {
             extra_services: String::new(),
             egress: waypoint::egress::EgressSettings::default(),
             downstream: DownstreamLimits::default(),
+            kubernetes: None,
         }
     }
 }
@@ -387,6 +392,7 @@ impl WaypointMesh {
             state,
             config_dir: Some(config_dir.clone()),
             mesh_config: Some(mesh_config.clone()),
+            kubernetes: options.kubernetes.clone(),
             namespace: "default".into(),
             name: "waypoint".into(),
             service_account: "waypoint".into(),
@@ -415,6 +421,11 @@ impl WaypointMesh {
                 .expect("waypoint start task")
                 .expect("waypoint"),
         };
+        if options.kubernetes.is_some() {
+            tokio::time::timeout(Duration::from_secs(30), waypoint.ready.wait())
+                .await
+                .expect("the waypoint is ready within 30 s (its configuration listed)");
+        }
         Self {
             net,
             waypoint,

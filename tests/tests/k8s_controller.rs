@@ -449,3 +449,143 @@ async fn an_api_error_on_apply_is_retried_until_applied() {
     assert_eq!(errors, 2.0, "{metrics}");
     controller.shutdown().await;
 }
+
+/// A loopback address with a port free at the time of the call (for a spawned binary, whose
+/// bound port cannot be read back).
+fn free_loopback_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `/healthz/ready` answered 200, tried until the server is up (bounded by [`LIMIT`]).
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/healthz/ready")
+                .await
+                .starts_with("HTTP/1.1 200")
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never answered 200"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real `waypoint controller --config <file>` process, talking to the double through
+/// KUBECONFIG: it provisions a Gateway of its class, reports it Programmed once the Service
+/// has an address, answers readiness, and exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_binary_provisions_a_gateway_and_stops_on_sigterm() {
+    use ambient_e2e::binaries::{self, Process};
+    use std::process::Stdio;
+
+    let server = ApiServer::start().await;
+    server.seed(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "ambient-waypoint"},
+        "spec": {"controllerName": MANAGER},
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let readiness = free_loopback_addr();
+    let metrics = free_loopback_addr();
+    let mut command = std::process::Command::new(binaries::binary("waypoint", "waypoint"));
+    command
+        .arg("controller")
+        .arg("--config")
+        .arg(&config)
+        .args(["--readiness-addr", &readiness.to_string()])
+        .args(["--metrics-addr", &metrics.to_string()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut process = Process::spawn(&mut command);
+
+    // Ready once the Gateways are listed.
+    wait_ready(readiness).await;
+    let listed = server
+        .requests()
+        .into_iter()
+        .any(|r| r.method == "GET" && r.path == resources::GATEWAY.collection_path(None));
+    assert!(listed, "ready before listing: {:#?}", server.requests());
+
+    server.seed(gateway("waypoint", "ambient-waypoint", hbone()));
+    let owned = server
+        .wait_for(LIMIT, |s| {
+            let sa = s.get(&resources::SERVICE_ACCOUNT, "default", "waypoint")?;
+            let deployment = s.get(&resources::DEPLOYMENT, "default", "waypoint")?;
+            let service = s.get(&resources::SERVICE, "default", "waypoint")?;
+            Some((sa, deployment, service))
+        })
+        .await;
+    let (_, deployment, service) = owned.unwrap_or_else(|| {
+        panic!("nothing provisioned: {:#?}", server.writes());
+    });
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "localhost/ambient/waypoint:test"
+    );
+    assert_eq!(
+        service["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "waypoint"
+    );
+
+    // The API server assigns the Service its address: the Gateway becomes Programmed.
+    server.update(&resources::SERVICE, "default", "waypoint", |svc| {
+        svc["spec"]["clusterIP"] = json!("10.96.0.11");
+        svc["spec"]["clusterIPs"] = json!(["10.96.0.11"]);
+    });
+    let programmed = server
+        .wait_for(LIMIT, |s| {
+            s.get(&resources::GATEWAY, "default", "waypoint")
+                .filter(|g| condition(g, "Programmed").0 == "True")
+        })
+        .await
+        .expect("Programmed=True");
+    assert_eq!(
+        condition(&programmed, "Programmed"),
+        (
+            "True".into(),
+            "Programmed".into(),
+            "Resource programmed, assigned to service(s) waypoint.default.svc.cluster.local:15008"
+                .into()
+        )
+    );
+    assert!(
+        http_get(readiness, "/healthz/ready")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // SIGTERM: a clean exit, 0.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(process.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.wait_timeout(LIMIT);
+        (status, process)
+    })
+    .await
+    .unwrap();
+    let (status, process) = status;
+    let status = status.expect("the controller exits after SIGTERM");
+    let output = process.output(Duration::from_secs(1));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

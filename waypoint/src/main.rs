@@ -33,14 +33,22 @@ struct Cli {
     #[arg(long, env = "LOCAL_XDS_PATH")]
     state: Option<String>,
     /// A directory of Kubernetes YAML (VirtualService, DestinationRule, ServiceEntry,
-    /// HTTPRoute, GRPCRoute, RequestAuthentication), hot-reloaded.
-    #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
+    /// HTTPRoute, GRPCRoute, RequestAuthentication, AuthorizationPolicy), hot-reloaded.
+    #[arg(long, env = "WAYPOINT_CONFIG_DIR", conflicts_with = "config_source")]
     config_dir: Option<PathBuf>,
     /// Istio's mesh config (the `meshConfig` YAML of the `istio` ConfigMap), read for its
     /// `extensionProviders`: the external authorizers CUSTOM AuthorizationPolicies name.
     /// Hot-reloaded; a missing file means no providers. Empty disables it.
     #[arg(long, env = "MESH_CONFIG_FILE", default_value = waypoint::config::mesh::DEFAULT_MESH_CONFIG_PATH)]
     mesh_config: PathBuf,
+    /// Where the L7 configuration comes from instead of a directory, as an address of
+    /// Istio's meshConfig.configSources: `k8s://` watches the same kinds on the Kubernetes
+    /// API server (in-cluster config or KUBECONFIG). Default: none (the directory, if any).
+    #[arg(long, env = "WAYPOINT_CONFIG_SOURCE", value_parser = parse_config_source)]
+    config_source: Option<ConfigSourceKind>,
+    /// With `k8s://`: the namespaces whose objects are read (comma-separated). Default: all.
+    #[arg(long, env = "WAYPOINT_CONFIG_NAMESPACES", value_delimiter = ',')]
+    config_namespaces: Vec<String>,
     /// The waypoint's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -289,6 +297,22 @@ async fn controller(
     Ok(())
 }
 
+/// The L7 configuration sources other than a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConfigSourceKind {
+    /// `k8s://`: the Kubernetes API server.
+    Kubernetes,
+}
+
+fn parse_config_source(address: &str) -> Result<ConfigSourceKind, String> {
+    match address {
+        "k8s://" => Ok(ConfigSourceKind::Kubernetes),
+        other => Err(format!(
+            "unsupported config source {other:?}: the supported address is k8s:// (use --config-dir for a directory)"
+        )),
+    }
+}
+
 /// The proxy, configured by the flags and environment.
 async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::Result<()> {
     let service_account = cli.service_account.unwrap_or_else(|| cli.name.clone());
@@ -323,10 +347,27 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
             AccessLog::writer(format, file)
         }
     };
+    let kubernetes = match cli.config_source {
+        Some(ConfigSourceKind::Kubernetes) => Some(waypoint::run::KubeSource {
+            client: {
+                // As for the controller: kube's TLS uses the process-wide rustls provider.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                kube::Client::try_default().await.context(
+                    "connecting to the Kubernetes API server (WAYPOINT_CONFIG_SOURCE=k8s://)",
+                )?
+            },
+            settings: waypoint::config::kubernetes::KubeSourceSettings {
+                namespaces: cli.config_namespaces,
+                ..Default::default()
+            },
+        }),
+        None => None,
+    };
     let config = RunConfig {
         state: sources.state,
         config_dir: cli.config_dir,
         mesh_config: (!cli.mesh_config.as_os_str().is_empty()).then_some(cli.mesh_config),
+        kubernetes,
         service_account,
         namespace: cli.namespace,
         name: cli.name,

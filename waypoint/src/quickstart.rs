@@ -328,6 +328,7 @@ pub async fn start(opts: &Options) -> Result<Quickstart, QuickstartError> {
         state: StateSource::File(mesh_file.clone()),
         config_dir: Some(l7_dir),
         mesh_config: None,
+        kubernetes: None,
         namespace: namespace.into(),
         name: name.into(),
         service_account: service_account.into(),

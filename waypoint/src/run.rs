@@ -1,6 +1,7 @@
 //! The waypoint as a process: certificates (istiod's CA, a local or a plug-in CA), the mesh
 //! state (a local file in Istio ztunnel's schema, hot-reloaded, or istiod over delta xDS; see
-//! [`crate::source`]), the L7 configuration directory (hot-reloaded), the chain's HBONE listener
+//! [`crate::source`]), the L7 configuration (a directory, hot-reloaded, or watched on the
+//! Kubernetes API server: [`crate::config::kubernetes`]), the chain's HBONE listener
 //! and the admin, metrics and readiness servers. Readiness turns green once the state (from
 //! istiod: its first full push), the configuration and the waypoint's certificate are loaded.
 
@@ -24,6 +25,7 @@ use crate::app::{
     watch_config_dir, watch_mesh_config, watch_state,
 };
 use crate::authn::JwksSettings;
+use crate::config::kubernetes::{self, KubeSourceSettings};
 use crate::egress::EgressSettings;
 pub use crate::source::StateSource;
 use crate::stages::inbound_vip::limits::DownstreamLimits;
@@ -45,6 +47,9 @@ pub struct RunConfig {
     /// Istio's mesh config file, read for its `extensionProviders` (the external authorizers
     /// of CUSTOM AuthorizationPolicies) and watched for changes; none = no providers.
     pub mesh_config: Option<PathBuf>,
+    /// Watch the L7 configuration on the Kubernetes API server instead of a directory;
+    /// `None` (the default) = `config_dir`.
+    pub kubernetes: Option<KubeSource>,
     /// The waypoint's namespace.
     pub namespace: String,
     /// The waypoint's name (its Gateway and Service).
@@ -78,6 +83,24 @@ pub struct RunConfig {
     /// Limits of the downstream HTTP connections (header size and count, timeouts,
     /// connections, HTTP/2 streams and abuse).
     pub downstream: DownstreamLimits,
+}
+
+/// The Kubernetes source of the L7 configuration: a client of the API server and what to
+/// watch (see [`crate::config::kubernetes`]).
+#[derive(Clone)]
+pub struct KubeSource {
+    /// The API server's client (in-cluster config or KUBECONFIG).
+    pub client: kube::Client,
+    /// Namespaces and timing.
+    pub settings: KubeSourceSettings,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Errors starting the waypoint.
@@ -243,22 +266,34 @@ pub async fn start(
             origin
         }
     };
-    if let Some(dir) = &config.config_dir {
-        load_config_dir(&core, dir);
-        tasks.push(watch_config_dir(
-            Arc::clone(&core),
-            dir.clone(),
-            CONFIG_POLL_INTERVAL,
-        ));
-    }
     if let Some(path) = &config.mesh_config {
+        // Loaded before readiness: the first load happens before this returns.
         tasks.push(watch_mesh_config(
             Arc::clone(&core),
             path.clone(),
             CONFIG_POLL_INTERVAL,
         ));
     }
-    config_task.done();
+    if let Some(source) = &config.kubernetes {
+        // Ready once every kind is listed and the first configuration applied.
+        let core = Arc::clone(&core);
+        tasks.extend(kubernetes::watch(
+            source.client.clone(),
+            &source.settings,
+            move |config, errors| core.set_config(config, errors),
+            Some(config_task),
+        ));
+    } else {
+        if let Some(dir) = &config.config_dir {
+            load_config_dir(&core, dir);
+            tasks.push(watch_config_dir(
+                Arc::clone(&core),
+                dir.clone(),
+                CONFIG_POLL_INTERVAL,
+            ));
+        }
+        config_task.done();
+    }
 
     let waypoint = Waypoint::bind(
         Arc::clone(&core),

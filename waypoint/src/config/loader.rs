@@ -1,4 +1,6 @@
-//! Reading a config directory: files, YAML documents, typed objects, errors with locations.
+//! Reading L7 configuration: files of a config directory or objects from the Kubernetes API
+//! server, YAML documents, typed objects, errors with locations. Both sources go through
+//! [`ConfigSet::add_documents`], so an object means the same wherever it comes from.
 
 use std::path::{Path, PathBuf};
 
@@ -88,76 +90,150 @@ impl ConfigSet {
         }
         let starts = document_starts(content);
         let lines_known = !syntax_error && starts.len() == values.len();
-        let start_line = |i: usize| {
-            if lines_known {
-                starts.get(i).copied()
-            } else {
-                None
-            }
-        };
+        let documents = serde_yaml_ng::Deserializer::from_str(content)
+            .zip(&values)
+            .enumerate()
+            .map(|(i, (typed, value))| Parsed {
+                origin: file.to_owned(),
+                line: if lines_known {
+                    starts.get(i).copied()
+                } else {
+                    None
+                },
+                value,
+                typed,
+            })
+            .collect();
+        errors.extend(self.add_documents(documents));
+        errors
+    }
 
+    /// Adds objects read from the Kubernetes API server to the set; returns the problems
+    /// found. Each object is decoded exactly as a document of a file, and named
+    /// `<kind> <namespace>/<name>` where a file name would be. Objects of kinds the loader does
+    /// not read are skipped.
+    pub fn add_objects(&mut self, objects: &[serde_yaml_ng::Value]) -> Vec<ConfigError> {
+        let documents = objects
+            .iter()
+            .map(|value| Parsed {
+                origin: PathBuf::from(describe(value)),
+                line: None,
+                value,
+                typed: value,
+            })
+            .collect();
+        self.add_documents(documents)
+    }
+
+    /// The one path from generic documents to typed objects, for every source: identifies
+    /// each document (kind and name), then decodes the ones the loader reads into the set.
+    /// A document with a problem is left out and reported; the others are kept.
+    fn add_documents<'de, D>(&mut self, documents: Vec<Parsed<'_, D>>) -> Vec<ConfigError>
+    where
+        D: serde::Deserializer<'de, Error = serde_yaml_ng::Error>,
+    {
+        let mut errors = Vec::new();
         // First pass: identify each document (kind and name) from its generic value.
-        let mut identified: Vec<Option<ObjectRef>> = Vec::with_capacity(values.len());
-        for (i, value) in values.iter().enumerate() {
-            match identify(value) {
+        let mut identified: Vec<Option<ObjectRef>> = Vec::with_capacity(documents.len());
+        for document in &documents {
+            match identify(document.value) {
                 Ok(found) => identified.push(found),
                 Err((object, field, kind)) => {
-                    let mut error = ConfigError::new(file, kind)
-                        .with_line(start_line(i))
+                    let mut error = ConfigError::new(&document.origin, kind)
+                        .with_line(document.line)
                         .with_object(object);
                     if let Some(field) = field {
                         error = error.with_field(field);
                     }
-                    self.reject_policy(value, &error);
+                    self.reject_policy(document.value, &error);
                     errors.push(error);
                     identified.push(None);
                 }
             }
         }
 
-        // Second pass: typed decoding straight from the text, for field paths and lines.
-        let documents = serde_yaml_ng::Deserializer::from_str(content);
-        for ((i, document), object) in documents.enumerate().zip(identified) {
+        // Second pass: typed decoding (from the text for files, for field paths and lines).
+        for (document, object) in documents.into_iter().zip(identified) {
             let Some(object) = object else { continue };
+            let Parsed {
+                origin,
+                line,
+                value,
+                typed,
+            } = document;
             let source = Source {
-                file: file.to_owned(),
-                line: start_line(i),
+                file: origin.clone(),
+                line,
             };
             if let Some(first) = self.seen.get(&object) {
                 let kind = ConfigErrorKind::Duplicate(first.display().to_string());
                 errors.push(
-                    ConfigError::new(file, kind)
-                        .with_line(source.line)
+                    ConfigError::new(&origin, kind)
+                        .with_line(line)
                         .with_object(Some(object)),
                 );
                 continue;
             }
             let added = match object.kind {
-                Kind::VirtualService => decode(document, source, &mut self.virtual_services),
-                Kind::DestinationRule => decode(document, source, &mut self.destination_rules),
-                Kind::ServiceEntry => decode(document, source, &mut self.service_entries),
-                Kind::HttpRoute => decode(document, source, &mut self.http_routes),
-                Kind::GrpcRoute => decode(document, source, &mut self.grpc_routes),
+                Kind::VirtualService => decode(typed, source, &mut self.virtual_services),
+                Kind::DestinationRule => decode(typed, source, &mut self.destination_rules),
+                Kind::ServiceEntry => decode(typed, source, &mut self.service_entries),
+                Kind::HttpRoute => decode(typed, source, &mut self.http_routes),
+                Kind::GrpcRoute => decode(typed, source, &mut self.grpc_routes),
                 Kind::RequestAuthentication => {
-                    decode(document, source, &mut self.request_authentications)
+                    decode(typed, source, &mut self.request_authentications)
                 }
-                Kind::AuthorizationPolicy => decode_policy(document, source, self),
+                Kind::AuthorizationPolicy => decode_policy(typed, source, self),
             };
             match added {
                 Ok(()) => {
-                    self.seen.insert(object, file.to_owned());
+                    self.seen.insert(object, origin);
                 }
                 Err(error) => {
-                    let error = error.into_config_error(file, object);
-                    if let Some(value) = values.get(i) {
-                        self.reject_policy(value, &error);
-                    }
+                    let error = error.into_config_error(&origin, object);
+                    self.reject_policy(value, &error);
                     errors.push(error);
                 }
             }
         }
         errors
     }
+}
+
+/// One document for [`ConfigSet::add_documents`].
+struct Parsed<'a, D> {
+    /// Where it was read: its file, or `<kind> <namespace>/<name>` for an API server object.
+    origin: PathBuf,
+    /// The 1-based line its document starts at, when known.
+    line: Option<usize>,
+    /// The document as a generic value.
+    value: &'a serde_yaml_ng::Value,
+    /// A deserializer of the same document, for the typed decoding.
+    typed: D,
+}
+
+/// Names an object as `<kind> <namespace>/<name>` from whatever of those it has.
+fn describe(value: &serde_yaml_ng::Value) -> String {
+    let text = |v: Option<&serde_yaml_ng::Value>| {
+        v.and_then(serde_yaml_ng::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let metadata = value.get("metadata");
+    let kind = text(value.get("kind"));
+    let namespace = text(metadata.and_then(|m| m.get("namespace")));
+    let name = text(metadata.and_then(|m| m.get("name")));
+    let kind = if kind.is_empty() {
+        "object".to_owned()
+    } else {
+        kind
+    };
+    let namespace = if namespace.is_empty() {
+        DEFAULT_NAMESPACE.to_owned()
+    } else {
+        namespace
+    };
+    format!("{kind} {namespace}/{name}")
 }
 
 impl ConfigSet {
@@ -191,8 +267,8 @@ impl ConfigSet {
 }
 
 /// Decodes an AuthorizationPolicy and checks what depends on its namespace.
-fn decode_policy(
-    document: serde_yaml_ng::Deserializer<'_>,
+fn decode_policy<'de, D: serde::Deserializer<'de, Error = serde_yaml_ng::Error>>(
+    document: D,
     source: Source,
     config: &mut ConfigSet,
 ) -> Result<(), DecodeError> {
@@ -228,11 +304,15 @@ impl DecodeError {
     }
 }
 
-fn decode<S: DeserializeOwned>(
-    document: serde_yaml_ng::Deserializer<'_>,
+fn decode<'de, S, D>(
+    document: D,
     source: Source,
     into: &mut Vec<Object<S>>,
-) -> Result<(), DecodeError> {
+) -> Result<(), DecodeError>
+where
+    S: DeserializeOwned,
+    D: serde::Deserializer<'de, Error = serde_yaml_ng::Error>,
+{
     match serde_path_to_error::deserialize::<_, Document<S>>(document) {
         Ok(doc) => {
             let mut meta = doc.metadata;

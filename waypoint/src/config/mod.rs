@@ -1,5 +1,5 @@
 //! L7 configuration: the Kubernetes objects a user would `kubectl apply`, loaded from a
-//! directory of YAML files.
+//! directory of YAML files or watched on the Kubernetes API server ([`kubernetes`]).
 //!
 //! This is the waypoint's input, not yet a stage of the chain. [`route`](crate::route) compiles
 //! it into the tables the chain consults: VirtualService, HTTPRoute and GRPCRoute rules become
@@ -29,6 +29,7 @@ pub mod duration;
 mod error;
 pub mod gateway;
 pub mod istio;
+pub mod kubernetes;
 mod loader;
 pub mod mesh;
 
@@ -79,31 +80,48 @@ impl Kind {
         }
     }
 
+    /// Every kind the loader reads, in the order their objects are compiled.
+    pub const ALL: [Self; 7] = [
+        Self::VirtualService,
+        Self::DestinationRule,
+        Self::ServiceEntry,
+        Self::HttpRoute,
+        Self::GrpcRoute,
+        Self::RequestAuthentication,
+        Self::AuthorizationPolicy,
+    ];
+
+    /// The API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Self::VirtualService | Self::DestinationRule | Self::ServiceEntry => {
+                "networking.istio.io"
+            }
+            Self::HttpRoute | Self::GrpcRoute => "gateway.networking.k8s.io",
+            Self::RequestAuthentication | Self::AuthorizationPolicy => "security.istio.io",
+        }
+    }
+
+    /// The API versions read, most preferred first.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            Self::VirtualService | Self::DestinationRule | Self::ServiceEntry => {
+                &["v1", "v1beta1", "v1alpha3"]
+            }
+            Self::HttpRoute => &["v1", "v1beta1"],
+            Self::GrpcRoute => &["v1", "v1alpha2"],
+            Self::RequestAuthentication | Self::AuthorizationPolicy => &["v1", "v1beta1"],
+        }
+    }
+
     /// Identifies a kind from `apiVersion` and `kind`: `None` when the loader does not read
     /// this kind at all, `Some(Err(kind))` when it does but not in this API version.
     pub fn from_type(api_version: &str, kind: &str) -> Option<Result<Self, Self>> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let (this, versions): (Self, &[&str]) = match (group, kind) {
-            ("networking.istio.io", "VirtualService") => {
-                (Self::VirtualService, &["v1", "v1beta1", "v1alpha3"])
-            }
-            ("networking.istio.io", "DestinationRule") => {
-                (Self::DestinationRule, &["v1", "v1beta1", "v1alpha3"])
-            }
-            ("networking.istio.io", "ServiceEntry") => {
-                (Self::ServiceEntry, &["v1", "v1beta1", "v1alpha3"])
-            }
-            ("gateway.networking.k8s.io", "HTTPRoute") => (Self::HttpRoute, &["v1", "v1beta1"]),
-            ("gateway.networking.k8s.io", "GRPCRoute") => (Self::GrpcRoute, &["v1", "v1alpha2"]),
-            ("security.istio.io", "RequestAuthentication") => {
-                (Self::RequestAuthentication, &["v1", "v1beta1"])
-            }
-            ("security.istio.io", "AuthorizationPolicy") => {
-                (Self::AuthorizationPolicy, &["v1", "v1beta1"])
-            }
-            _ => return None,
-        };
-        Some(if versions.contains(&version) {
+        let this = Self::ALL
+            .into_iter()
+            .find(|k| k.group() == group && k.as_str() == kind)?;
+        Some(if this.versions().contains(&version) {
             Ok(this)
         } else {
             Err(this)
@@ -155,7 +173,8 @@ pub struct ObjectMeta {
 /// Where an object came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// The file.
+    /// The file; for an object read from the Kubernetes API server, `<kind>
+    /// <namespace>/<name>`.
     pub file: PathBuf,
     /// The 1-based line its document starts at, when known.
     pub line: Option<usize>,

@@ -768,3 +768,98 @@ fn malformed_request_authentications_are_reported() {
         assert!(errors[0].line.is_some(), "{spec}");
     }
 }
+
+/// Objects from the API server go through the same decoding as files, each named
+/// `<kind> <namespace>/<name>` where the file would be.
+#[test]
+fn objects_load_like_files_and_are_named_by_kind_and_name() {
+    let value = |yaml: &str| -> serde_yaml_ng::Value { serde_yaml_ng::from_str(yaml).unwrap() };
+    let good = vs(
+        "reviews",
+        "  - route: [{destination: {host: reviews, subset: v2}}]\n",
+    );
+    let bad = vs(
+        "bad",
+        "  - timeout: 3 seconds\n    route: [{destination: {host: a}}]\n",
+    );
+    let objects = vec![
+        value(&good),
+        value(&bad),
+        value("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: skipped}\n"),
+        value(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {namespace: x}\nspec: {}\n",
+        ),
+        value(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-typo, namespace: default}\nspec: {action: DENYY}\n",
+        ),
+    ];
+    let mut set = ConfigSet::default();
+    let errors = set.add_objects(&objects);
+
+    let (from_file, file_errors) = parse(&good);
+    assert_eq!(file_errors, vec![]);
+    assert_eq!(set.virtual_services.len(), 1);
+    assert_eq!(
+        format!("{:?}", set.virtual_services[0].spec),
+        format!("{:?}", from_file.virtual_services[0].spec)
+    );
+    assert_eq!(
+        set.virtual_services[0].source,
+        Source {
+            file: "VirtualService default/reviews".into(),
+            line: None
+        }
+    );
+
+    let found: Vec<(String, Option<String>, Option<ObjectRef>)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e.file.display().to_string(),
+                e.field.clone(),
+                e.object.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                "VirtualService x/".to_owned(),
+                Some("metadata.name".to_owned()),
+                Some(ObjectRef {
+                    kind: Kind::VirtualService,
+                    namespace: "x".into(),
+                    name: String::new(),
+                }),
+            ),
+            (
+                "VirtualService default/bad".to_owned(),
+                Some("spec.http[0].timeout".to_owned()),
+                vs_ref("bad"),
+            ),
+            (
+                "AuthorizationPolicy default/deny-typo".to_owned(),
+                Some("spec.action".to_owned()),
+                Some(ObjectRef {
+                    kind: Kind::AuthorizationPolicy,
+                    namespace: "default".into(),
+                    name: "deny-typo".into(),
+                }),
+            ),
+        ]
+    );
+    assert!(errors.iter().all(|e| e.line.is_none()));
+    // The rejected policy is kept aside so that what it covers is denied.
+    assert_eq!(set.rejected_authorization_policies.len(), 1);
+    assert_eq!(set.len(), 1);
+
+    // The same object twice (e.g. listed at two versions) is a duplicate.
+    let errors = set.add_objects(&objects[..1]);
+    assert_eq!(
+        errors.iter().map(|e| &e.kind).collect::<Vec<_>>(),
+        vec![&ConfigErrorKind::Duplicate(
+            "VirtualService default/reviews".into()
+        )]
+    );
+}
