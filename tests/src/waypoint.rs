@@ -246,6 +246,8 @@ pub struct MeshOptions {
     pub egress: waypoint::egress::EgressSettings,
     /// The waypoint's downstream connection limits.
     pub downstream: DownstreamLimits,
+    /// The waypoint's trace sampling and span export.
+    pub tracing: waypoint::telemetry::TracingSettings,
 }
 
 impl Default for MeshOptions {
@@ -261,6 +263,7 @@ impl Default for MeshOptions {
             extra_services: String::new(),
             egress: waypoint::egress::EgressSettings::default(),
             downstream: DownstreamLimits::default(),
+            tracing: waypoint::telemetry::TracingSettings::default(),
         }
     }
 }
@@ -399,6 +402,7 @@ impl WaypointMesh {
             jwks: options.jwks.clone(),
             egress: options.egress.clone(),
             downstream: options.downstream,
+            tracing: options.tracing.clone(),
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

@@ -27,7 +27,7 @@ use crate::authn::JwksSettings;
 use crate::egress::EgressSettings;
 pub use crate::source::StateSource;
 use crate::stages::inbound_vip::limits::DownstreamLimits;
-use crate::telemetry::{AccessLog, RequestMetrics};
+use crate::telemetry::{AccessLog, RequestMetrics, TracingSettings};
 pub use ztunnel::config::CaSource;
 
 /// How often the state file is checked for changes.
@@ -75,6 +75,8 @@ pub struct RunConfig {
     /// Limits of the downstream HTTP connections (header size and count, timeouts,
     /// connections, HTTP/2 streams and abuse).
     pub downstream: DownstreamLimits,
+    /// Trace sampling and OTLP span export (default: 1% sampling, no export).
+    pub tracing: TracingSettings,
 }
 
 /// Errors starting the waypoint.
@@ -187,6 +189,7 @@ pub async fn start(
     options.jwks = config.jwks.clone();
     options.egress = config.egress.clone();
     options.downstream = config.downstream;
+    options.tracing = config.tracing.clone();
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());
