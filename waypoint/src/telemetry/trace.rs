@@ -711,7 +711,7 @@ mod tests {
             (format!("{}-{SPAN}", &TRACE[..20]), None),
             (format!("{TRACE}-{}", "0".repeat(16)), None),
             (format!("{}-{SPAN}", "0".repeat(32)), None),
-            (format!("{TRACE}"), None),
+            (TRACE.to_owned(), None),
             (String::new(), None),
         ];
         for (value, expected) in cases {
