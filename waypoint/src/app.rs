@@ -340,7 +340,7 @@ impl Core {
             &options.tracing,
             options.span_attributes(),
             vec![("k8s.namespace.name", options.self_ref.namespace.clone())],
-            metrics.span_counters(),
+            || metrics.span_counters(),
         );
         let core = Arc::new(Self {
             tracer,

@@ -520,18 +520,19 @@ pub struct Tracer {
 
 impl Tracer {
     /// A tracer with `settings`; with an OTLP endpoint the export task is started (on the
-    /// current runtime). `common` are the attributes of every span and `resource` the
-    /// resource attributes besides `service.name`.
+    /// current runtime). `common` are the attributes of every span, `resource` the resource
+    /// attributes besides `service.name`; `counters` registers the export counters (only
+    /// when exporting).
     pub fn new(
         settings: &TracingSettings,
         common: Vec<(&'static str, String)>,
         resource: Vec<(&'static str, String)>,
-        counters: SpanCounters,
+        counters: impl FnOnce() -> SpanCounters,
     ) -> Self {
         let exporter = settings
             .otlp
             .clone()
-            .map(|otlp| SpanExporter::start(otlp, resource, counters).0);
+            .map(|otlp| SpanExporter::start(otlp, resource, counters()).0);
         Self {
             sampling: settings.sampling,
             exporter,
