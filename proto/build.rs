@@ -17,6 +17,10 @@ const PROTOS: &[&str] = &[
     "envoy/type/v3/semantic_version.proto",
     "envoy/type/v3/http_status.proto",
     "google/rpc/status.proto",
+    "opentelemetry/proto/common/v1/common.proto",
+    "opentelemetry/proto/resource/v1/resource.proto",
+    "opentelemetry/proto/trace/v1/trace.proto",
+    "opentelemetry/proto/collector/trace/v1/trace_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,6 +64,10 @@ fn check_outputs(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "envoy.config.core.v3",
         "envoy.r#type.v3",
         "google.rpc",
+        "opentelemetry.proto.common.v1",
+        "opentelemetry.proto.resource.v1",
+        "opentelemetry.proto.trace.v1",
+        "opentelemetry.proto.collector.trace.v1",
     ] {
         let file = out_dir.join(format!("{package}.rs"));
         if !file.exists() {

@@ -11,6 +11,9 @@
 //! - [`istio::v1::auth`]: the Istio CA (`IstioCertificateService`), with client and server.
 //! - [`istio::workload::zds`]: ZDS, the in-pod redirection channel between the Istio CNI node
 //!   agent and the node proxy.
+//! - [`opentelemetry::proto::collector::trace::v1`]: OTLP/gRPC trace export
+//!   (`TraceService.Export`), with client and server, and the OTLP trace, resource and common
+//!   types it carries (the parts of OTLP the waypoint's spans use).
 //!
 //! Every module mirrors its protobuf package and holds only code generated at build time from the
 //! `.proto` files in this crate's `proto/` directory; `google.protobuf` types come from
@@ -106,6 +109,61 @@ pub mod envoy {
         /// Package `envoy.type.v3`: common value types (versions, HTTP status).
         pub mod v3 {
             include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+        }
+    }
+}
+
+/// HTTP/2 `:path` of the OTLP trace export call, `TraceService.Export`.
+pub const OTLP_TRACE_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Generated code for packages under `opentelemetry.proto` (OTLP).
+#[allow(missing_docs, clippy::all, clippy::unwrap_used)]
+pub mod opentelemetry {
+    /// Packages under `opentelemetry.proto`.
+    pub mod proto {
+        /// Packages under `opentelemetry.proto.common`.
+        pub mod common {
+            /// Package `opentelemetry.proto.common.v1`: attributes and scopes.
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.common.v1.rs"
+                ));
+            }
+        }
+
+        /// Packages under `opentelemetry.proto.resource`.
+        pub mod resource {
+            /// Package `opentelemetry.proto.resource.v1`: the producing entity.
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/opentelemetry.proto.resource.v1.rs"
+                ));
+            }
+        }
+
+        /// Packages under `opentelemetry.proto.trace`.
+        pub mod trace {
+            /// Package `opentelemetry.proto.trace.v1`: spans.
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.trace.v1.rs"));
+            }
+        }
+
+        /// Packages under `opentelemetry.proto.collector`.
+        pub mod collector {
+            /// Packages under `opentelemetry.proto.collector.trace`.
+            pub mod trace {
+                /// Package `opentelemetry.proto.collector.trace.v1`: `TraceService.Export`.
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/opentelemetry.proto.collector.trace.v1.rs"
+                    ));
+                }
+            }
         }
     }
 }

@@ -470,3 +470,55 @@ fn ext_authz_denied_check_response() {
     ];
     assert_wire(&msg, expected);
 }
+
+#[test]
+fn otlp_span_field_numbers() {
+    use proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
+    use proto::opentelemetry::proto::trace::v1::{Span, Status, span, status};
+
+    // trace_id = 1 (bytes), kind = 6 (varint), start_time_unix_nano = 7 (fixed64),
+    // status = 15 (message) with code = 3.
+    let span = Span {
+        trace_id: vec![0xaa],
+        kind: span::SpanKind::Server.into(),
+        start_time_unix_nano: 1,
+        status: Some(Status {
+            message: String::new(),
+            code: status::StatusCode::Error.into(),
+        }),
+        ..Span::default()
+    };
+    assert_wire(
+        &span,
+        &[
+            0x0a, 0x01, 0xaa, // trace_id
+            0x30, 0x02, // kind SERVER
+            0x39, 1, 0, 0, 0, 0, 0, 0, 0, // start_time_unix_nano
+            0x7a, 0x02, 0x18, 0x02, // status { code ERROR }
+        ],
+    );
+    // flags = 16 (fixed32): a two-byte key.
+    let flags = Span {
+        flags: 0x301,
+        ..Span::default()
+    };
+    assert_wire(&flags, &[0x85, 0x01, 0x01, 0x03, 0x00, 0x00]);
+    // parent_span_id = 4, attributes = 9: KeyValue { key = 1, value = 2 { string_value = 1 } }.
+    let attributes = Span {
+        parent_span_id: vec![0xcc],
+        attributes: vec![KeyValue {
+            key: "k".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("v".into())),
+            }),
+        }],
+        ..Span::default()
+    };
+    assert_wire(
+        &attributes,
+        &[
+            0x22, 0x01, 0xcc, // parent_span_id
+            0x4a, 0x08, 0x0a, 0x01, b'k', 0x12, 0x03, 0x0a, 0x01, b'v', // attributes
+        ],
+    );
+}

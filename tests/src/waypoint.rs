@@ -250,6 +250,8 @@ pub struct MeshOptions {
     /// [`crate::kube`]) instead of [`WaypointMesh::config_dir`]; [`WaypointMesh::start_with`]
     /// then returns once the waypoint is ready (its first configuration applied).
     pub kubernetes: Option<waypoint::run::KubeSource>,
+    /// The waypoint's trace sampling and span export.
+    pub tracing: waypoint::telemetry::TracingSettings,
 }
 
 impl Default for MeshOptions {
@@ -266,6 +268,7 @@ impl Default for MeshOptions {
             egress: waypoint::egress::EgressSettings::default(),
             downstream: DownstreamLimits::default(),
             kubernetes: None,
+            tracing: waypoint::telemetry::TracingSettings::default(),
         }
     }
 }
@@ -409,6 +412,7 @@ impl WaypointMesh {
             jwks: options.jwks.clone(),
             egress: options.egress.clone(),
             downstream: options.downstream,
+            tracing: options.tracing.clone(),
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

@@ -37,7 +37,7 @@ use crate::stages::connect_originate::ConnectOriginate;
 use crate::stages::connect_terminate::ConnectTerminate;
 use crate::stages::inbound_vip::limits::DownstreamLimits;
 use crate::stages::main_internal::{Bindings, SelfRef};
-use crate::telemetry::{AccessLog, DestinationLabels, RequestMetrics};
+use crate::telemetry::{AccessLog, DestinationLabels, RequestMetrics, Tracer, TracingSettings};
 use foldhash::fast::RandomState as FastHash;
 
 /// Cached destination label sets before the cache starts over.
@@ -97,6 +97,8 @@ pub struct WaypointOptions {
     pub egress: EgressSettings,
     /// Limits of the downstream HTTP connections (see [`DownstreamLimits`] for each default).
     pub downstream: DownstreamLimits,
+    /// Trace sampling and span export (see [`TracingSettings`] for each default).
+    pub tracing: TracingSettings,
 }
 
 impl WaypointOptions {
@@ -117,7 +119,42 @@ impl WaypointOptions {
             jwks: JwksSettings::default(),
             egress: EgressSettings::default(),
             downstream: DownstreamLimits::default(),
+            tracing: TracingSettings::default(),
         }
+    }
+
+    /// Envoy's `node_id` of the waypoint, as istiod knows it:
+    /// `waypoint~<first instance IP>~<pod>.<namespace>~<namespace>.svc.cluster.local` (the pod
+    /// name defaults to the waypoint's name).
+    pub fn node_id(&self) -> String {
+        let ip = self
+            .self_ref
+            .instance_ips
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let name = self
+            .tracing
+            .pod_name
+            .as_deref()
+            .unwrap_or(&self.self_ref.service_name);
+        let ns = &self.self_ref.namespace;
+        format!("waypoint~{ip}~{name}.{ns}~{ns}.svc.cluster.local")
+    }
+
+    /// The attributes of every span the waypoint reports (Istio's custom tags).
+    fn span_attributes(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("node_id", self.node_id()),
+            ("zone", String::new()),
+            ("component", "proxy".to_owned()),
+            (
+                "istio.canonical_service",
+                self.self_ref.service_name.clone(),
+            ),
+            ("istio.mesh_id", self.identity.trust_domain().to_owned()),
+            ("istio.namespace", self.self_ref.namespace.clone()),
+        ]
     }
 }
 
@@ -265,6 +302,8 @@ pub struct Core {
     pub metrics: Arc<RequestMetrics>,
     /// The access log.
     pub access_log: AccessLog,
+    /// Sampling and span export.
+    pub tracer: Tracer,
 }
 
 impl std::fmt::Debug for Core {
@@ -303,7 +342,14 @@ impl Core {
         let permits = usize::try_from(options.downstream.max_connections)
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let tracer = Tracer::new(
+            &options.tracing,
+            options.span_attributes(),
+            vec![("k8s.namespace.name", options.self_ref.namespace.clone())],
+            || metrics.span_counters(),
+        );
         let core = Arc::new(Self {
+            tracer,
             downstream_permits: Arc::new(tokio::sync::Semaphore::new(permits)),
             state,
             options,

@@ -158,6 +158,47 @@ struct Cli {
         default_value_t = 1
     )]
     max_consecutive_inbound_frames_with_empty_payload: u32,
+    /// Percentage (0-100) of requests traced when the caller sent no sampling decision
+    /// (Istio's meshConfig.defaultConfig.tracing.sampling). An incoming sampled flag
+    /// (traceparent flags, x-b3-sampled, b3) is always honoured.
+    #[arg(long, env = "PILOT_TRACE_SAMPLING", default_value_t = waypoint::telemetry::trace::DEFAULT_SAMPLING_PERCENT, value_parser = sampling_percent)]
+    trace_sampling: f64,
+    /// OpenTelemetry collector receiving sampled spans over OTLP/gRPC, `http://host:port`
+    /// (port 4317 by default; plaintext). Unset: no spans are exported, trace headers are
+    /// still propagated.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = otlp_endpoint)]
+    otlp_traces_endpoint: Option<http::Uri>,
+    /// The waypoint's pod name, part of the spans' `node_id` (default: the name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// `service.name` of the exported spans (default: <name>.<namespace>).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    otel_service_name: Option<String>,
+    /// Most spans waiting for export; more are dropped and counted.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2048)]
+    otel_bsp_max_queue_size: usize,
+    /// Longest wait, in milliseconds, before a partial batch of spans is exported.
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5000)]
+    otel_bsp_schedule_delay: u64,
+    /// Most spans per export call.
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
+    otel_bsp_max_export_batch_size: usize,
+    /// Deadline, in milliseconds, of one export call.
+    #[arg(long, env = "OTEL_BSP_EXPORT_TIMEOUT", default_value_t = 30000)]
+    otel_bsp_export_timeout: u64,
+}
+
+/// A sampling percentage in [0, 100].
+fn sampling_percent(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage between 0 and 100")),
+    }
+}
+
+/// An OTLP/gRPC collector endpoint.
+fn otlp_endpoint(s: &str) -> Result<http::Uri, String> {
+    waypoint::telemetry::otlp::parse_endpoint(s).map_err(|e| e.to_string())
 }
 
 /// Parses a Go-style duration (`20m`, `1h30m`, `90s`).
@@ -363,6 +404,22 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
         }),
         None => None,
     };
+    let tracing = waypoint::telemetry::TracingSettings {
+        sampling: cli.trace_sampling,
+        pod_name: cli.pod_name.clone(),
+        otlp: cli.otlp_traces_endpoint.map(|endpoint| {
+            let service_name = cli
+                .otel_service_name
+                .unwrap_or_else(|| format!("{}.{}", cli.name, cli.namespace));
+            waypoint::telemetry::otlp::OtlpSettings {
+                max_queue_size: cli.otel_bsp_max_queue_size,
+                schedule_delay: Duration::from_millis(cli.otel_bsp_schedule_delay),
+                max_export_batch_size: cli.otel_bsp_max_export_batch_size,
+                export_timeout: Duration::from_millis(cli.otel_bsp_export_timeout),
+                ..waypoint::telemetry::otlp::OtlpSettings::new(endpoint, service_name)
+            }
+        }),
+    };
     let config = RunConfig {
         state: sources.state,
         config_dir: cli.config_dir,
@@ -393,6 +450,7 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
             dns_refresh_rate: cli.dns_refresh_rate,
             ..waypoint::egress::EgressSettings::default()
         },
+        tracing,
         downstream: DownstreamLimits {
             max_request_headers_kb: cli.max_request_headers_kb,
             max_headers_count: cli.max_headers_count,

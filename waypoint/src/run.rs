@@ -29,7 +29,7 @@ use crate::config::kubernetes::{self, KubeSourceSettings};
 use crate::egress::EgressSettings;
 pub use crate::source::StateSource;
 use crate::stages::inbound_vip::limits::DownstreamLimits;
-use crate::telemetry::{AccessLog, RequestMetrics};
+use crate::telemetry::{AccessLog, RequestMetrics, TracingSettings};
 pub use ztunnel::config::CaSource;
 
 /// How often the state file is checked for changes.
@@ -83,6 +83,8 @@ pub struct RunConfig {
     /// Limits of the downstream HTTP connections (header size and count, timeouts,
     /// connections, HTTP/2 streams and abuse).
     pub downstream: DownstreamLimits,
+    /// Trace sampling and OTLP span export (default: 1% sampling, no export).
+    pub tracing: TracingSettings,
 }
 
 /// The Kubernetes source of the L7 configuration: a client of the API server and what to
@@ -213,6 +215,7 @@ pub async fn start(
     options.jwks = config.jwks.clone();
     options.egress = config.egress.clone();
     options.downstream = config.downstream;
+    options.tracing = config.tracing.clone();
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());

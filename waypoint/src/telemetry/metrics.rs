@@ -47,6 +47,26 @@ pub const BUILD: &str = "istio_build";
 /// Envoy's listener counter of connections refused over the connection limit.
 pub const DOWNSTREAM_CX_OVERFLOW: &str = "envoy_listener_downstream_cx_overflow";
 
+/// Envoy's OpenTelemetry tracer counter of spans sent to the collector.
+pub const TRACING_SPANS_SENT: &str = "envoy_tracing_opentelemetry_spans_sent";
+/// Spans dropped before export: the export queue was full, or the export failed.
+pub const TRACING_SPANS_DROPPED: &str = "envoy_tracing_opentelemetry_spans_dropped";
+
+/// The span export counters ([`RequestMetrics::span_counters`]).
+#[derive(Clone)]
+pub struct SpanCounters {
+    /// Spans the collector accepted.
+    pub sent: Counter,
+    /// Spans dropped (queue full, export failed or timed out).
+    pub dropped: Counter,
+}
+
+impl std::fmt::Debug for SpanCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanCounters").finish_non_exhaustive()
+    }
+}
+
 /// Envoy's default histogram bucket bounds, used by Istio for all its histograms.
 pub const BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -413,6 +433,24 @@ impl RequestMetrics {
     /// (`envoy_listener_downstream_cx_overflow{listener_address="connect_terminate"}`).
     pub fn count_downstream_overflow(&self) {
         self.downstream_overflow.increment(1);
+    }
+
+    /// The span export counters, registered (at 0) on first call.
+    pub fn span_counters(&self) -> SpanCounters {
+        let register = |name: &'static str, help: &'static str| {
+            self.recorder
+                .describe_counter(KeyName::from(name), None, SharedString::from(help));
+            self.recorder
+                .register_counter(&Key::from_static_name(name), &metadata())
+        };
+        let sent = register(TRACING_SPANS_SENT, "Spans the OTLP collector accepted");
+        let dropped = register(
+            TRACING_SPANS_DROPPED,
+            "Spans dropped: export queue full, export failed or timed out",
+        );
+        sent.increment(0);
+        dropped.increment(0);
+        SpanCounters { sent, dropped }
     }
 
     /// Counts a request rejected by circuit breaking

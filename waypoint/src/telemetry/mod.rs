@@ -1,4 +1,4 @@
-//! Request telemetry of the waypoint: Istio request metrics and the access log.
+//! Request telemetry of the waypoint: Istio request metrics, the access log and traces.
 //!
 //! This is the **log phase** of the inbound VIP listener `inbound-vip|<port>|http|<host>`: the
 //! last step of each request's pipeline (`route → authorize → filters → select_backend → send
@@ -23,17 +23,22 @@
 //!   [`RequestMetrics`] (no global recorder), rendered by the admin server.
 //! - [`access_log`]: the per-request [`AccessLogEntry`] in Istio's JSON and TEXT formats and
 //!   the [`AccessLog`] sink (stdout, any writer, memory for tests, or disabled).
+//! - [`trace`]: W3C `traceparent` / B3 propagation, sampling and the per-request span
+//!   ([`Tracer`]); [`otlp`]: the batching OTLP/gRPC span exporter.
 
 pub mod access_log;
 pub mod labels;
 pub mod metrics;
+pub mod otlp;
+pub mod trace;
 
 pub use access_log::{AccessLog, AccessLogEntry, AccessLogFormat, MemoryLog, UnknownFormat};
 pub use labels::{
     DestinationLabels, RequestLabels, RequestProtocol, ResponseFlag, ResponseFlags, SecurityPolicy,
     WorkloadLabels,
 };
-pub use metrics::{ClusterStat, HttpStat, RequestMetrics};
+pub use metrics::{ClusterStat, HttpStat, RequestMetrics, SpanCounters};
+pub use trace::{Tracer, TracingSettings};
 
 #[cfg(test)]
 mod tests;

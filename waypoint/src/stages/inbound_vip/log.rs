@@ -16,6 +16,8 @@ use super::request::{ResponseBody, local_body};
 use super::{Downstream, VipTarget};
 use crate::app::Core;
 use crate::body::BodyOutcome;
+use crate::telemetry::access_log::protocol_str;
+use crate::telemetry::trace::{RequestTrace, SpanRecord, operation_name, span_status};
 use crate::telemetry::{
     AccessLogEntry, DestinationLabels, RequestLabels, ResponseFlag, ResponseFlags, WorkloadLabels,
 };
@@ -49,6 +51,62 @@ pub(super) struct RequestLog {
     destination_labels: Option<Arc<DestinationLabels>>,
     /// Things that must live as long as the request (circuit-breaker permits).
     guards: Vec<Box<dyn Any + Send + Sync>>,
+    /// The request's trace context (propagated upstream in the filters phase).
+    pub(super) trace: RequestTrace,
+    /// What the span needs from the request head; only when the span will be exported.
+    span: Option<SpanStart>,
+}
+
+/// The span of a sampled request, as its head arrived.
+struct SpanStart {
+    start: SystemTime,
+    name: String,
+    attributes: Vec<(&'static str, String)>,
+}
+
+impl SpanStart {
+    /// Envoy's request tags of the span.
+    fn new(
+        downstream: &Downstream,
+        vip: &VipTarget,
+        parts: &Parts,
+        request_id: &HeaderValue,
+    ) -> Self {
+        let header = |name: &str| {
+            parts.headers.get(name).map_or_else(
+                || "-".to_owned(),
+                |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        };
+        let authority = crate::filters::request_authority(parts).unwrap_or_default();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let attributes = vec![
+            ("http.method", parts.method.as_str().to_owned()),
+            ("http.url", format!("http://{authority}{path}")),
+            ("http.protocol", protocol_str(parts.version).to_owned()),
+            ("user_agent", header("user-agent")),
+            (
+                "guid:x-request-id",
+                String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            ),
+            (
+                "downstream_cluster",
+                header("x-envoy-downstream-service-cluster"),
+            ),
+            ("peer.address", downstream.client_addr().ip().to_string()),
+        ];
+        Self {
+            start: SystemTime::now(),
+            name: operation_name(&vip.service.hostname, vip.port),
+            attributes,
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl RequestLog {
@@ -60,8 +118,10 @@ impl RequestLog {
         source_labels: &Arc<WorkloadLabels>,
         vip: &VipTarget,
         parts: &Parts,
-        request_id: HeaderValue,
+        (request_id, trace, exporting): (HeaderValue, RequestTrace, bool),
     ) -> Self {
+        let span = (exporting && trace.sampled)
+            .then(|| SpanStart::new(downstream, vip, parts, &request_id));
         let grpc = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -99,6 +159,8 @@ impl RequestLog {
             set_cookie: None,
             destination_labels: None,
             guards: Vec::new(),
+            trace,
+            span,
         }
     }
 
@@ -200,6 +262,41 @@ impl RequestLog {
         }
         core.metrics
             .record(&labels, duration, request_bytes, body.bytes);
+        if let Some(span) = self.span.take() {
+            let mut attributes = span.attributes;
+            let cluster = self
+                .upstream_cluster
+                .clone()
+                .unwrap_or_else(|| "-".to_owned());
+            attributes.extend([
+                ("http.status_code", self.response_code.to_string()),
+                ("response_flags", self.flags.to_string()),
+                ("upstream_cluster", cluster.clone()),
+                ("upstream_cluster.name", cluster),
+                ("request_size", request_bytes.to_string()),
+                ("response_size", body.bytes.to_string()),
+            ]);
+            let status = span_status(self.response_code);
+            if status == crate::telemetry::trace::SpanStatus::Error {
+                attributes.push(("error", "true".to_owned()));
+            }
+            let record = SpanRecord {
+                context: self.trace.context,
+                parent_span_id: self.trace.parent_span_id,
+                tracestate: self
+                    .trace
+                    .tracestate
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                name: span.name,
+                start_unix_nanos: unix_nanos(span.start),
+                end_unix_nanos: unix_nanos(SystemTime::now()),
+                attributes,
+                status,
+            };
+            core.tracer.finish(record, self.trace.sampled);
+        }
         if let Some(mut entry) = self.entry {
             entry.route_name = self.route_name;
             entry.response_code = self.response_code;

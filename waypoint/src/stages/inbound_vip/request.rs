@@ -108,6 +108,7 @@ impl Listener {
             .too_many_headers(parts.headers.len());
         self.sanitize(&mut parts);
         let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
+        let trace = self.core.tracer.start(&parts.headers);
         // Normalised before anything reads the request: the access log shows the path that
         // was authorised, routed and forwarded.
         let normalized = if too_many_headers {
@@ -121,7 +122,7 @@ impl Listener {
             &self.source_labels,
             &self.vip,
             &parts,
-            request_id,
+            (request_id, trace, self.core.tracer.is_exporting()),
         );
         let replay = Replay::new(body);
         let response = match normalized {
@@ -279,6 +280,8 @@ impl Listener {
             return log.local_reply(StatusCode::BAD_REQUEST, None, "rewrite_failed");
         }
         filters::strip_hop_by_hop(&mut parts.headers);
+        // The upstream continues the trace from the waypoint's span.
+        log.trace.inject(&mut parts.headers);
 
         // 5. Select backend: the inbound VIP cluster of a mesh service or a ServiceEntry,
         //    PassthroughCluster or BlackHoleCluster.
