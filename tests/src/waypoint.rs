@@ -53,6 +53,9 @@ pub const BACKENDS: &[(&str, &str, &str, u8)] = &[
 /// The port every backend and service uses.
 pub const APP_PORT: u16 = 9080;
 
+/// The backends of the `reviews` service, one per version.
+pub const REVIEWS_BACKENDS: &[&str] = &["reviews-v1", "reviews-v2", "reviews-v3"];
+
 /// What a backend received.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -96,6 +99,21 @@ impl Backends {
             .iter()
             .filter(|s| s.path.starts_with(prefix))
             .count()
+    }
+
+    /// The requests any of `backends` received for paths starting with `prefix`, backend by
+    /// backend in the order given.
+    pub fn seen_by(&self, backends: &[&str], prefix: &str) -> Vec<Seen> {
+        backends
+            .iter()
+            .flat_map(|b| self.seen(b))
+            .filter(|s| s.path.starts_with(prefix))
+            .collect()
+    }
+
+    /// How many requests `backends` together received for paths starting with `prefix`.
+    pub fn count_by(&self, backends: &[&str], prefix: &str) -> usize {
+        backends.iter().map(|b| self.count(b, prefix)).sum()
     }
 
     /// TCP connections accepted so far by all backends together (each one is a connection

@@ -123,6 +123,22 @@ fn condition(gw: &Value, type_: &str) -> (String, String, String) {
     (s("status"), s("reason"), s("message"))
 }
 
+/// Plays the API server assigning Service `default/waypoint` its cluster IP `ip`; returns the
+/// Gateway `default/waypoint` once the controller has marked it `Programmed=True`.
+async fn assign_address(server: &ApiServer, ip: &str) -> Value {
+    server.update(&resources::SERVICE, "default", "waypoint", |svc| {
+        svc["spec"]["clusterIP"] = json!(ip);
+        svc["spec"]["clusterIPs"] = json!([ip]);
+    });
+    server
+        .wait_for(LIMIT, |s| {
+            s.get(&resources::GATEWAY, "default", "waypoint")
+                .filter(|g| condition(g, "Programmed").0 == "True")
+        })
+        .await
+        .expect("Programmed=True")
+}
+
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
@@ -243,17 +259,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
     );
 
     // The API server assigns the address: the Gateway becomes programmed with it.
-    server.update(&resources::SERVICE, "default", "waypoint", |svc| {
-        svc["spec"]["clusterIP"] = json!("10.96.0.10");
-        svc["spec"]["clusterIPs"] = json!(["10.96.0.10"]);
-    });
-    let programmed = server
-        .wait_for(LIMIT, |s| {
-            s.get(&resources::GATEWAY, "default", "waypoint")
-                .filter(|g| condition(g, "Programmed").0 == "True")
-        })
-        .await
-        .expect("Programmed=True");
+    let programmed = assign_address(&server, "10.96.0.10").await;
     assert_eq!(
         condition(&programmed, "Programmed"),
         (
@@ -544,17 +550,7 @@ async fn the_controller_binary_provisions_a_gateway_and_stops_on_sigterm() {
     );
 
     // The API server assigns the Service its address: the Gateway becomes Programmed.
-    server.update(&resources::SERVICE, "default", "waypoint", |svc| {
-        svc["spec"]["clusterIP"] = json!("10.96.0.11");
-        svc["spec"]["clusterIPs"] = json!(["10.96.0.11"]);
-    });
-    let programmed = server
-        .wait_for(LIMIT, |s| {
-            s.get(&resources::GATEWAY, "default", "waypoint")
-                .filter(|g| condition(g, "Programmed").0 == "True")
-        })
-        .await
-        .expect("Programmed=True");
+    let programmed = assign_address(&server, "10.96.0.11").await;
     assert_eq!(
         condition(&programmed, "Programmed"),
         (

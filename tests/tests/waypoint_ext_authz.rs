@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambient_e2e::waypoint::{Net, WaypointMesh, get, send, series};
+use ambient_e2e::waypoint::{Net, REVIEWS_BACKENDS, WaypointMesh, get, send, series};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -173,11 +173,7 @@ async fn http_authorizer_allows_denies_and_fails() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-authz-session"], "s1");
-    let seen: Vec<_> = ["reviews-v1", "reviews-v2", "reviews-v3"]
-        .iter()
-        .flat_map(|b| mesh.backends.seen(b))
-        .filter(|s| s.path.starts_with("/secure/a"))
-        .collect();
+    let seen = mesh.backends.seen_by(REVIEWS_BACKENDS, "/secure/a");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-authz-user"], "alice");
     assert_eq!(seen[0].headers["x-ext-authz-check-result"], "allowed");
@@ -204,9 +200,7 @@ async fn http_authorizer_allows_denies_and_fails() {
     assert_eq!(body, DENIED_BODY);
     assert_eq!(headers["x-ext-authz-check-result"], "denied");
     assert!(headers.get("x-internal").is_none());
-    for backend in ["reviews-v1", "reviews-v2", "reviews-v3"] {
-        assert_eq!(mesh.backends.count(backend, "/secure/b"), 0);
-    }
+    assert_eq!(mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/b"), 0);
     {
         let asked = asked.lock().unwrap();
         assert_eq!(asked.len(), 2);
@@ -243,9 +237,7 @@ async fn http_authorizer_allows_denies_and_fails() {
     let (status, _, body) = send(&mut reviews, get(REVIEWS, "/secure/c", &[])).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.is_empty(), "{body:?}");
-    for backend in ["reviews-v1", "reviews-v2", "reviews-v3"] {
-        assert_eq!(mesh.backends.count(backend, "/secure/c"), 0);
-    }
+    assert_eq!(mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/c"), 0);
     let log = mesh.access_log();
     let entry = log.iter().find(|l| l["path"] == "/secure/c").unwrap();
     assert_eq!(entry["response_code_details"], "ext_authz_error");
@@ -255,10 +247,7 @@ async fn http_authorizer_allows_denies_and_fails() {
     mesh.apply(&custom("down-open"));
     let (status, _, _) = send(&mut reviews, get(REVIEWS, "/secure/d", &[])).await;
     assert_eq!(status, StatusCode::OK);
-    let reached: usize = ["reviews-v1", "reviews-v2", "reviews-v3"]
-        .iter()
-        .map(|b| mesh.backends.count(b, "/secure/d"))
-        .sum();
+    let reached = mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/d");
     assert_eq!(reached, 1);
 
     // No answer within the timeout: statusOnError 504.
@@ -434,11 +423,7 @@ async fn grpc_authorizer_allows_denies_and_fails() {
     let (status, headers, _) = send(&mut reviews, request).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-trace"], "t1");
-    let seen: Vec<_> = ["reviews-v1", "reviews-v2", "reviews-v3"]
-        .iter()
-        .flat_map(|b| mesh.backends.seen(b))
-        .filter(|s| s.path.starts_with("/secure/a"))
-        .collect();
+    let seen = mesh.backends.seen_by(REVIEWS_BACKENDS, "/secure/a");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-authz-user"], "bob");
     assert!(seen[0].headers.get("x-remove-me").is_none());
@@ -483,9 +468,7 @@ async fn grpc_authorizer_allows_denies_and_fails() {
     let (status, _, _) = send(&mut reviews, request).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(authorizer.asked.lock().unwrap().len(), 1);
-    for backend in ["reviews-v1", "reviews-v2", "reviews-v3"] {
-        assert_eq!(mesh.backends.count(backend, "/secure/big"), 0);
-    }
+    assert_eq!(mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/big"), 0);
 
     // Denied without a denied_response: 403; with one: its status, headers and body.
     let (status, _, _) = send(&mut reviews, get(REVIEWS, "/secure/b", &[])).await;
@@ -494,10 +477,11 @@ async fn grpc_authorizer_allows_denies_and_fails() {
     assert_eq!(status.as_u16(), 418);
     assert_eq!(headers["x-reason"], "teapot");
     assert_eq!(body, "short and stout");
-    for backend in ["reviews-v1", "reviews-v2", "reviews-v3"] {
-        assert_eq!(mesh.backends.count(backend, "/secure/b"), 0);
-        assert_eq!(mesh.backends.count(backend, "/secure/teapot"), 0);
-    }
+    assert_eq!(mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/b"), 0);
+    assert_eq!(
+        mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/teapot"),
+        0
+    );
     assert_eq!(authorizer.asked.lock().unwrap().len(), 3);
 
     // The authorizer is down: statusOnError.
@@ -508,9 +492,7 @@ async fn grpc_authorizer_allows_denies_and_fails() {
     )
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    for backend in ["reviews-v1", "reviews-v2", "reviews-v3"] {
-        assert_eq!(mesh.backends.count(backend, "/secure/c"), 0);
-    }
+    assert_eq!(mesh.backends.count_by(REVIEWS_BACKENDS, "/secure/c"), 0);
 
     let metrics = prometheus(&mesh).await;
     assert_eq!(counter(&metrics, "envoy_http_ext_authz_ok"), 1.0);

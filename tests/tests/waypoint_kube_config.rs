@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ambient_e2e::kube::{ApiServer, resources};
-use ambient_e2e::waypoint::{MeshOptions, Net, WaypointMesh, get, send};
+use ambient_e2e::waypoint::{MeshOptions, Net, REVIEWS_BACKENDS, WaypointMesh, get, send};
 use http::StatusCode;
 use serde_json::{Value, json};
 use waypoint::config::kubernetes::KubeSourceSettings;
@@ -161,10 +161,7 @@ async fn virtual_service_from_the_api_server_routes_and_follows_updates_and_dele
     assert!(l7.config.virtual_services.is_empty());
     assert_eq!(l7.config.destination_rules.len(), 1);
     assert!(l7.errors.is_empty(), "{:?}", l7.errors);
-    let reached: usize = ["reviews-v1", "reviews-v2", "reviews-v3"]
-        .iter()
-        .map(|b| mesh.backends.count(b, "/b"))
-        .sum();
+    let reached = mesh.backends.count_by(REVIEWS_BACKENDS, "/b");
     assert!(reached >= 1);
 
     // The waypoint only reads: it never wrote to the API server.
