@@ -408,3 +408,296 @@ spec:
     assert!(reason.starts_with("TLS_error:"), "{entry}");
     assert!(reason.contains("invalid peer certificate"), "{entry}");
 }
+
+/// A TCP service outside the mesh: optionally behind TLS, it greets each client first with
+/// `greeting` (a server-first protocol, like a database) when set, then echoes until the
+/// client half-closes, and closes. Returns how many connections it completed (TLS included).
+async fn spawn_tcp_external(
+    addr: SocketAddr,
+    greeting: Option<&'static [u8]>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, greeting: Option<&[u8]>) {
+        if let Some(g) = greeting {
+            s.write_all(g).await.unwrap();
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.write_all(&buf[..n]).await.unwrap(),
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let counter = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                match tls {
+                    Some(config) => {
+                        let Ok(s) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                        else {
+                            return;
+                        };
+                        serve(s, greeting).await;
+                    }
+                    None => serve(tcp, greeting).await,
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    served
+}
+
+/// The connections `counter` has completed once it reaches `want` (or after an upper bound).
+async fn completed(counter: &std::sync::atomic::AtomicUsize, want: usize) -> usize {
+    let count = || counter.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..250 {
+        if count() >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    count()
+}
+
+/// The waypoint's metrics once the `name` series with `labels` reached `want` (or after an
+/// upper bound): connections are reported when the waypoint has finished them, just after
+/// the client saw them end.
+async fn settled_metrics(mesh: &WaypointMesh, name: &str, labels: &[&str], want: f64) -> String {
+    for _ in 0..250 {
+        let metrics = mesh.metrics();
+        if series(&metrics, name, labels) == Some(want) {
+            return metrics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    mesh.metrics()
+}
+
+/// Reads until end of stream, within an upper bound.
+async fn read_to_end(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    got
+}
+
+const DB_HOST: &str = "db.ext.test";
+const CACHE_HOST: &str = "cache.ext.test";
+const GREETING: &[u8] = b"220 db ready\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_service_entries_reach_static_and_dns_endpoints_without_protocol_detection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let net = Net(80);
+    let mut names = HashMap::new();
+    names.insert(CACHE_HOST.to_owned(), IpAddr::V4(external(net, 2)));
+    let options = MeshOptions {
+        extra_services: entry_service(net, "db-ext", DB_HOST, net.vip(52), 5432)
+            + &entry_service(net, "cache-ext", CACHE_HOST, net.vip(53), 6379),
+        egress: EgressSettings {
+            resolver: Arc::new(MapResolver(names)),
+            ..EgressSettings::default()
+        },
+        ..MeshOptions::default()
+    };
+    let mesh = WaypointMesh::start_with(net, options).await;
+    let db = spawn_tcp_external(
+        SocketAddr::new(IpAddr::V4(external(net, 1)), 15432),
+        Some(GREETING),
+        None,
+    )
+    .await;
+    let cache = spawn_tcp_external(
+        SocketAddr::new(IpAddr::V4(external(net, 2)), 16379),
+        None,
+        None,
+    )
+    .await;
+    // The database port declares TCP; the cache's protocol comes from its port name.
+    mesh.apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db-ext, namespace: default}}
+spec:
+  hosts: [{DB_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 5432, name: db, protocol: TCP, targetPort: 15432}}]
+  endpoints: [{{address: "{db_ip}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cache-ext, namespace: default}}
+spec:
+  hosts: [{CACHE_HOST}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 6379, name: redis-main, targetPort: 16379}}]
+"#,
+        db_ip = external(net, 1),
+    ));
+    let db_vip = SocketAddr::new(IpAddr::V4(net.vip(52)), 5432);
+
+    // A server-first protocol: the greeting arrives before the client says anything.
+    let mut client = mesh.connect(db_vip).await;
+    let mut greeting = [0u8; GREETING.len()];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.read_exact(&mut greeting),
+    )
+    .await
+    .expect("greeting within the bound")
+    .unwrap();
+    assert_eq!(&greeting, GREETING);
+    let payload: Vec<u8> = (0..=255u8).cycle().take(300 * 1024).collect();
+    let writer = {
+        let payload = payload.clone();
+        let (mut rd, mut wr) = client.into_split();
+        let w = tokio::spawn(async move {
+            wr.write_all(&payload).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        let mut echoed = Vec::new();
+        rd.read_to_end(&mut echoed).await.unwrap();
+        w.await.unwrap();
+        echoed
+    };
+    assert_eq!(writer, payload, "every byte echoed back, in order");
+
+    // A client that half-closes before sending anything still reaches the server: the port
+    // is not sniffed, so an empty stream is not mistaken for a closed one.
+    let mut client = mesh.connect(db_vip).await;
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, GREETING);
+
+    // DNS resolution, TCP from the port name.
+    let mut client = mesh
+        .connect(SocketAddr::new(IpAddr::V4(net.vip(53)), 6379))
+        .await;
+    client.write_all(b"PING\r\n").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, b"PING\r\n");
+
+    // Both backends saw their connections end.
+    assert_eq!(completed(&db, 2).await, 2);
+    assert_eq!(completed(&cache, 1).await, 1);
+    // Reported by the waypoint as TCP: counters per connection and bytes each way.
+    let db_service = format!("destination_service=\"{DB_HOST}\"");
+    let tcp = [
+        "reporter=\"waypoint\"",
+        "request_protocol=\"tcp\"",
+        db_service.as_str(),
+    ];
+    let sent = (payload.len() + 2 * GREETING.len()) as f64;
+    let metrics = settled_metrics(&mesh, "istio_tcp_connections_closed_total", &tcp, 2.0).await;
+    assert_eq!(
+        series(&metrics, "istio_tcp_connections_opened_total", &tcp),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "istio_tcp_received_bytes_total", &tcp),
+        Some(payload.len() as f64)
+    );
+    assert_eq!(
+        series(&metrics, "istio_tcp_sent_bytes_total", &tcp),
+        Some(sent)
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_") && l.contains("response_code")),
+        "TCP metrics carry no response code: {metrics}"
+    );
+    let db_cluster = format!("inbound-vip|5432|tcp|{DB_HOST}");
+    let entries: Vec<serde_json::Value> = mesh
+        .access_log()
+        .into_iter()
+        .filter(|e| e["upstream_cluster"] == db_cluster.as_str())
+        .collect();
+    assert_eq!(entries.len(), 2, "one line per connection: {entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["upstream_host"] == "127.80.2.1:15432")
+    );
+    let mut received: Vec<u64> = entries
+        .iter()
+        .map(|e| e["bytes_received"].as_u64().unwrap())
+        .collect();
+    received.sort_unstable();
+    assert_eq!(received, vec![0, payload.len() as u64]);
+
+    let dump = mesh.config_dump().await;
+    let text = dump.to_string();
+    assert!(
+        text.contains(&format!("inbound-vip|5432|tcp|{DB_HOST}")),
+        "the TCP cluster is listed: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_to_a_service_entry_originates_tls_from_its_destination_rule() {
+    use tokio::io::AsyncWriteExt;
+    let net = Net(81);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = dir.path().join("ca.pem");
+    ca.write(&ca_file);
+    let options = MeshOptions {
+        extra_services: entry_service(net, "secure-db", SECURE_HOST, net.vip(60), 9000),
+        egress: EgressSettings {
+            ca_file: Some(ca_file.clone()),
+            ..EgressSettings::default()
+        },
+        ..MeshOptions::default()
+    };
+    let mesh = WaypointMesh::start_with(net, options).await;
+    let served = spawn_tcp_external(
+        SocketAddr::new(IpAddr::V4(external(net, 1)), 9443),
+        None,
+        Some(ca.server(SECURE_HOST)),
+    )
+    .await;
+    mesh.apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure-db, namespace: default}}
+spec:
+  hosts: [{SECURE_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9000, name: tcp, protocol: TCP, targetPort: 9443}}]
+  endpoints: [{{address: "{ip}"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure-db, namespace: default}}
+spec:
+  host: {SECURE_HOST}
+  trafficPolicy:
+    tls: {{mode: SIMPLE}}
+"#,
+        ip = external(net, 1),
+    ));
+    // The client speaks in clear; only a TLS server can echo it back.
+    let mut client = mesh
+        .connect(SocketAddr::new(IpAddr::V4(net.vip(60)), 9000))
+        .await;
+    client.write_all(b"in clear, sent over TLS").await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, b"in clear, sent over TLS");
+    assert_eq!(completed(&served, 1).await, 1);
+}

@@ -884,9 +884,10 @@ async fn tcp_pod_addressed_and_refused_tunnels() {
     let mesh = WaypointMesh::start(Net(37)).await;
 
     // Bytes that are not HTTP take the inbound-vip|9080|tcp|… chain to a backend: its HTTP
-    // server is what answers them (400), and the waypoint logs no request.
+    // server is what answers them (400). The waypoint reports a TCP connection, not a request.
+    const PROBE: &[u8] = b"SSH-2.0-probe\r\n\r\n";
     let mut stream = mesh.connect(mesh.net.reviews()).await;
-    stream.write_all(b"SSH-2.0-probe\r\n\r\n").await.unwrap();
+    stream.write_all(PROBE).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
         .await
@@ -897,7 +898,65 @@ async fn tcp_pod_addressed_and_refused_tunnels() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
-    assert!(mesh.access_log().is_empty());
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.access_log().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = mesh.access_log();
+    assert_eq!(log.len(), 1, "one line for the connection: {log:#?}");
+    let entry = &log[0];
+    assert_eq!(
+        entry["upstream_cluster"],
+        "inbound-vip|9080|tcp|reviews.default.svc.cluster.local"
+    );
+    assert_eq!(entry["method"], serde_json::Value::Null);
+    assert_eq!(entry["response_code"], 0);
+    assert_eq!(entry["bytes_received"], PROBE.len() as u64);
+    assert_eq!(entry["bytes_sent"], answer.len() as u64);
+    assert_eq!(entry["response_flags"], "-");
+    let upstream = entry["upstream_host"].as_str().unwrap();
+    let metrics = mesh.metrics();
+    let tcp = [
+        "reporter=\"waypoint\"",
+        "request_protocol=\"tcp\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "destination_service=\"reviews.default.svc.cluster.local\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert_eq!(
+        series(&metrics, "istio_tcp_connections_opened_total", &tcp),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "istio_tcp_connections_closed_total", &tcp),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&metrics, "istio_tcp_received_bytes_total", &tcp),
+        Some(PROBE.len() as f64)
+    );
+    assert_eq!(
+        series(&metrics, "istio_tcp_sent_bytes_total", &tcp),
+        Some(answer.len() as f64)
+    );
+    // The destination workload is the reviews pod the bytes went to.
+    let workload = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_opened_total"))
+        .and_then(|l| l.split("destination_workload=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    assert!(
+        REVIEWS_BACKENDS.contains(&workload),
+        "{workload} ({upstream})"
+    );
+    assert!(
+        !metrics.contains("istio_requests_total"),
+        "no request: {metrics}"
+    );
+    mesh.access_log.clear();
 
     // Workload-addressed traffic to a pod bound to the waypoint goes through it (L4): the
     // backend's ztunnel sees the waypoint's identity as the source.

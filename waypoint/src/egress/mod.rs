@@ -109,6 +109,39 @@ pub struct ExternalPort {
     /// The port on the endpoints, when it differs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u16>,
+    /// What the port carries, from its `protocol` or name.
+    pub protocol: DeclaredProtocol,
+}
+
+/// What a port declares it carries: whether the inbound VIP listener serves it as HTTP, as
+/// opaque TCP, or sniffs the first bytes to find out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeclaredProtocol {
+    /// HTTP/1.1, HTTP/2 or gRPC: detected between those, never served as TCP.
+    Http,
+    /// Opaque bytes (`TCP`, `TLS`, `HTTPS`, `MONGO`, `MYSQL`, `REDIS`): proxied as TCP at
+    /// once. Server-first protocols (a database greeting its client) must not wait for
+    /// protocol detection.
+    Tcp,
+    /// Nothing declared, or a protocol the waypoint does not know: detected.
+    Detect,
+}
+
+impl DeclaredProtocol {
+    /// Istio's manual protocol selection for a port: its `protocol` when set, else the
+    /// `<protocol>[-<suffix>]` prefix of its name. Case-insensitive.
+    pub fn of(protocol: Option<&str>, name: &str) -> Self {
+        let declared = match protocol {
+            Some(p) if !p.is_empty() => p,
+            _ => name.split('-').next().unwrap_or_default(),
+        };
+        match declared.to_ascii_uppercase().as_str() {
+            "HTTP" | "HTTP2" | "HTTP_PROXY" | "GRPC" | "GRPC-WEB" => Self::Http,
+            "TCP" | "TLS" | "HTTPS" | "MONGO" | "MYSQL" | "REDIS" => Self::Tcp,
+            _ => Self::Detect,
+        }
+    }
 }
 
 /// One inline endpoint of a ServiceEntry.
@@ -235,6 +268,7 @@ impl ExternalServices {
                         number: p.number,
                         name: p.name.clone(),
                         target_port: p.target_port,
+                        protocol: DeclaredProtocol::of(p.protocol.as_deref(), &p.name),
                     })
                     .collect(),
                 resolution: spec.resolution,

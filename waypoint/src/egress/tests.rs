@@ -454,3 +454,35 @@ fn tls_origination_fails_closed_on_what_it_cannot_honour() {
         Err(TlsSetupError::ServerName(_))
     ));
 }
+
+#[test]
+fn declared_protocol_follows_istio_protocol_selection() {
+    use super::DeclaredProtocol::{Detect, Http, Tcp};
+    let cases: &[(Option<&str>, &str, super::DeclaredProtocol)] = &[
+        (Some("HTTP"), "web", Http),
+        (Some("http2"), "x", Http),
+        (Some("GRPC"), "x", Http),
+        (Some("GRPC-Web"), "x", Http),
+        (Some("TCP"), "http", Tcp),
+        (Some("TLS"), "x", Tcp),
+        (Some("HTTPS"), "x", Tcp),
+        (Some("MONGO"), "x", Tcp),
+        (Some("MySQL"), "x", Tcp),
+        (Some("REDIS"), "x", Tcp),
+        (Some("UDP"), "x", Detect),
+        (Some(""), "tcp-db", Tcp),
+        (None, "http-web", Http),
+        (None, "grpc", Http),
+        (None, "redis-main", Tcp),
+        (None, "https", Tcp),
+        (None, "web", Detect),
+        (None, "", Detect),
+    ];
+    for (protocol, name, want) in cases {
+        assert_eq!(
+            super::DeclaredProtocol::of(*protocol, name),
+            *want,
+            "{protocol:?} {name:?}"
+        );
+    }
+}

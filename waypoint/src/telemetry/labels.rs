@@ -166,6 +166,8 @@ pub enum RequestProtocol {
     Http,
     /// gRPC (`content-type: application/grpc*`): `grpc`.
     Grpc,
+    /// A TCP connection (the `tcp` chain): `tcp`.
+    Tcp,
 }
 
 impl RequestProtocol {
@@ -174,6 +176,7 @@ impl RequestProtocol {
         match self {
             Self::Http => "http",
             Self::Grpc => "grpc",
+            Self::Tcp => "tcp",
         }
     }
 }
@@ -472,10 +475,10 @@ impl RequestLabels {
         self
     }
 
-    /// The `grpc_response_status` value: empty for HTTP, the status number for gRPC.
+    /// The `grpc_response_status` value: empty for HTTP and TCP, the status number for gRPC.
     pub fn grpc_response_status_str(&self) -> Cow<'static, str> {
         match self.request_protocol {
-            RequestProtocol::Http => Cow::Borrowed(""),
+            RequestProtocol::Http | RequestProtocol::Tcp => Cow::Borrowed(""),
             RequestProtocol::Grpc => Cow::Owned(
                 self.grpc_response_status
                     .unwrap_or_else(|| grpc_status_from_http(self.response_code))
@@ -522,6 +525,22 @@ impl RequestLabels {
                 b(self.connection_security_policy.as_str()),
             ),
         ]
+    }
+}
+
+impl RequestLabels {
+    /// The labels of a TCP connection from `source` to `destination`: `request_protocol`
+    /// `tcp`, no response code.
+    pub fn tcp(source: Arc<WorkloadLabels>, destination: Arc<DestinationLabels>) -> Self {
+        Self::new(source, destination, 0).with_protocol(RequestProtocol::Tcp)
+    }
+
+    /// The pairs of a TCP connection's metrics: [`RequestLabels::pairs`] without the HTTP-only
+    /// `response_code` and `grpc_response_status`, as Istio's TCP metrics carry them.
+    pub fn tcp_pairs(&self) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+        self.pairs()
+            .into_iter()
+            .filter(|(name, _)| !matches!(*name, "response_code" | "grpc_response_status"))
     }
 }
 

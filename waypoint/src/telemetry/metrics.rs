@@ -44,6 +44,14 @@ pub const REQUEST_BYTES: &str = "istio_request_bytes";
 pub const RESPONSE_BYTES: &str = "istio_response_bytes";
 /// `istio_build`.
 pub const BUILD: &str = "istio_build";
+/// TCP connections the waypoint opened to an upstream (the `tcp` chain).
+pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
+/// TCP connections of the `tcp` chain that ended.
+pub const TCP_CLOSED: &str = "istio_tcp_connections_closed_total";
+/// Bytes of TCP connections from the client towards the upstream.
+pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
+/// Bytes of TCP connections from the upstream back to the client.
+pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
 /// Envoy's listener counter of connections refused over the connection limit.
 pub const DOWNSTREAM_CX_OVERFLOW: &str = "envoy_listener_downstream_cx_overflow";
 
@@ -209,8 +217,39 @@ struct Handles {
     response_bytes: Histogram,
 }
 
+/// The counters of one TCP label set, cloned into each connection that reports under it.
+#[derive(Clone)]
+pub struct TcpCounters {
+    opened: Counter,
+    closed: Counter,
+    received: Counter,
+    sent: Counter,
+}
+
+impl TcpCounters {
+    /// Counts a connection opened.
+    pub fn opened(&self) {
+        self.opened.increment(1);
+    }
+
+    /// Counts a connection closed after `received` bytes from the client and `sent` back.
+    pub fn closed(&self, received: u64, sent: u64) {
+        self.closed.increment(1);
+        self.received.increment(received);
+        self.sent.increment(sent);
+    }
+}
+
+impl std::fmt::Debug for TcpCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpCounters").finish_non_exhaustive()
+    }
+}
+
 /// Istio request metrics of one waypoint.
 pub struct RequestMetrics {
+    /// TCP connection counters by label set.
+    tcp: RwLock<HashMap<RequestLabels, TcpCounters, FastHash>>,
     /// The recorder all handles are registered with.
     recorder: PrometheusRecorder,
     /// Renders the recorder's contents.
@@ -313,7 +352,19 @@ impl RequestMetrics {
             )],
         );
         let downstream_overflow = recorder.register_counter(&overflow, &metadata());
+        for (name, help) in [
+            (TCP_OPENED, "TCP connections opened by the waypoint"),
+            (TCP_CLOSED, "TCP connections of the waypoint that ended"),
+            (
+                TCP_RECEIVED,
+                "Bytes received from clients on TCP connections",
+            ),
+            (TCP_SENT, "Bytes sent to clients on TCP connections"),
+        ] {
+            recorder.describe_counter(KeyName::from(name), None, SharedString::from(help));
+        }
         Self {
+            tcp: RwLock::new(HashMap::default()),
             downstream_overflow,
             recorder,
             handle,
@@ -359,6 +410,39 @@ impl RequestMetrics {
         if self.recorded.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
             self.upkeep();
         }
+    }
+
+    /// The TCP counters of `labels` (registered on first use).
+    pub fn tcp(&self, labels: &RequestLabels) -> TcpCounters {
+        if let Some(found) = self
+            .tcp
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(labels)
+        {
+            return found.clone();
+        }
+        let mut cache = self.tcp.write().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry(labels.clone())
+            .or_insert_with(|| {
+                let parts: Vec<Label> = labels
+                    .tcp_pairs()
+                    .map(|(k, v)| Label::new(k, v.into_owned()))
+                    .collect();
+                let md = metadata();
+                let counter = |name: &'static str| {
+                    self.recorder
+                        .register_counter(&Key::from_parts(name, parts.clone()), &md)
+                };
+                TcpCounters {
+                    opened: counter(TCP_OPENED),
+                    closed: counter(TCP_CLOSED),
+                    received: counter(TCP_RECEIVED),
+                    sent: counter(TCP_SENT),
+                }
+            })
+            .clone()
     }
 
     /// Registers the handles of a label set.

@@ -37,7 +37,7 @@ pub use labels::{
     DestinationLabels, RequestLabels, RequestProtocol, ResponseFlag, ResponseFlags, SecurityPolicy,
     WorkloadLabels,
 };
-pub use metrics::{ClusterStat, HttpStat, RequestMetrics, SpanCounters};
+pub use metrics::{ClusterStat, HttpStat, RequestMetrics, SpanCounters, TcpCounters};
 pub use trace::{Tracer, TracingSettings};
 
 #[cfg(test)]

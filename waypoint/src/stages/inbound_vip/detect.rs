@@ -131,6 +131,14 @@ impl<IO: AsyncRead + Unpin> Prefixed<IO> {
 }
 
 impl<IO> Prefixed<IO> {
+    /// `inner` served as it comes: nothing was read for detection.
+    pub fn undetected(inner: IO) -> Self {
+        Self {
+            prefix: BytesMut::new(),
+            inner,
+        }
+    }
+
     /// The detected bytes not yet read.
     pub fn prefix(&self) -> &[u8] {
         &self.prefix

@@ -76,6 +76,7 @@ use super::inbound_pod::TunnelMetadata;
 use super::{Downstream, PodTarget, VipTarget};
 use crate::app::Core;
 use crate::cluster::{Cluster, PickContext, Picked};
+use crate::egress::DeclaredProtocol;
 
 /// One endpoint of `cluster` for a request of `downstream`, with its tunnel metadata: the
 /// endpoint step shared by HTTP attempts, mirrors and TCP. `None` when no endpoint is
@@ -97,7 +98,18 @@ fn pick_endpoint(
 }
 
 /// Serves one tunnel addressed to `vip`.
+///
+/// A port a ServiceEntry declares opaque (`TCP`, `TLS`, …) is proxied as TCP at once; any other
+/// is sniffed for HTTP first.
 pub async fn serve(core: Arc<Core>, stream: H2Stream, downstream: Arc<Downstream>, vip: VipTarget) {
+    let declared = core
+        .l7()
+        .externals
+        .find(&vip.service.hostname, vip.port)
+        .map(|(_, port)| port.protocol);
+    if declared == Some(DeclaredProtocol::Tcp) {
+        return tcp::serve(core, Prefixed::undetected(stream), downstream, vip).await;
+    }
     let timeout = core.options().protocol_detection_timeout;
     let (detected, io) = Prefixed::detect(stream, timeout).await;
     match detected {
