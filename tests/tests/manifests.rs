@@ -909,7 +909,11 @@ fn check_waypoint_controller(docs: &[Doc], class: &str, controller_name: &str) -
     // The waypoints read exactly the kinds their Kubernetes source watches.
     let read: Vec<&str> = waypoint::config::kubernetes::READ_VERBS.to_vec();
     assert_eq!(
-        grants(one(docs, "ClusterRole", "waypoint-controller-waypoint-config")),
+        grants(one(
+            docs,
+            "ClusterRole",
+            "waypoint-controller-waypoint-config"
+        )),
         waypoint::config::kubernetes::READ_RESOURCES
             .iter()
             .map(|(group, resource)| grant(group, resource, &read))
