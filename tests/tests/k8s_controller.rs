@@ -182,17 +182,20 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
     let uid = gw["metadata"]["uid"].as_str().unwrap().to_string();
     wait_request(&server, "PATCH", &status_path("waypoint"), |_| true).await;
 
-    // The first reconcile: ServiceAccount, RoleBinding, Deployment, Service, then the status.
+    // The first reconcile: ServiceAccount, RoleBinding, mesh configuration, Deployment,
+    // Service, then the status.
     let writes = server.writes();
     let sa_path = resources::SERVICE_ACCOUNT.object_path("default", "waypoint");
     let rb_path = resources::ROLE_BINDING.object_path("default", "waypoint");
+    let mesh_path = resources::CONFIG_MAP.object_path("default", "waypoint-istio-mesh");
     let deploy_path = resources::DEPLOYMENT.object_path("default", "waypoint");
     let svc_path = resources::SERVICE.object_path("default", "waypoint");
     assert_apply(&writes[0], &sa_path);
     assert_apply(&writes[1], &rb_path);
-    assert_apply(&writes[2], &deploy_path);
-    assert_apply(&writes[3], &svc_path);
-    assert_apply(&writes[4], &status_path("waypoint"));
+    assert_apply(&writes[2], &mesh_path);
+    assert_apply(&writes[3], &deploy_path);
+    assert_apply(&writes[4], &svc_path);
+    assert_apply(&writes[5], &status_path("waypoint"));
     assert!(
         writes.iter().all(|w| w.method == "PATCH"),
         "only server-side apply: {writes:#?}"
@@ -235,7 +238,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
             .get(&resources::ROLE_BINDING, "default", "waypoint")
             .is_some()
     );
-    for w in &writes[..4] {
+    for w in &writes[..5] {
         let body = w.json();
         assert_eq!(body["metadata"]["ownerReferences"], owner, "{}", w.path);
         assert_eq!(
@@ -247,7 +250,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
             "ambient.local-waypoint-controller"
         );
     }
-    let deployment = writes[2].json();
+    let deployment = writes[3].json();
     assert_eq!(
         (
             deployment["apiVersion"].as_str(),
@@ -271,7 +274,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
         deployment["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"],
         "none"
     );
-    let service = writes[3].json();
+    let service = writes[4].json();
     let ports: Vec<i64> = service["spec"]["ports"]
         .as_array()
         .unwrap()
@@ -279,7 +282,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
     assert_eq!(ports, [15021, 15008, 15020]);
-    let status = writes[4].json();
+    let status = writes[5].json();
     assert_eq!(status["kind"], "Gateway");
     assert!(
         status.get("spec").is_none(),
@@ -363,7 +366,11 @@ async fn gateways_of_other_classes_are_never_written() {
     let foreign: Vec<RecordedRequest> = server
         .writes()
         .into_iter()
-        .filter(|w| !w.path.ends_with("/ours") && !w.path.ends_with("/ours/status"))
+        .filter(|w| {
+            !["/ours", "/ours/status", "/ours-istio-mesh"]
+                .iter()
+                .any(|end| w.path.ends_with(end))
+        })
         .collect();
     assert!(foreign.is_empty(), "{foreign:#?}");
     for name in ["istio", "nobody"] {
@@ -457,6 +464,11 @@ async fn a_deleted_gateway_is_not_recreated() {
     ] {
         assert!(server.get(&rt, "default", "gone").is_none());
     }
+    assert!(
+        server
+            .get(&resources::CONFIG_MAP, "default", "gone-istio-mesh")
+            .is_none()
+    );
     controller.shutdown().await;
 }
 
@@ -502,6 +514,108 @@ async fn an_api_error_on_apply_is_retried_until_applied() {
     )
     .unwrap();
     assert_eq!(errors, 2.0, "{metrics}");
+    controller.shutdown().await;
+}
+
+fn mesh_source(mesh: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": mesh, "meshNetworks": "networks: {}"},
+    })
+}
+
+#[tokio::test]
+async fn istiod_mesh_config_is_copied_next_to_each_waypoint_and_follows_changes() {
+    const FIRST: &str = "extensionProviders:\n- name: ext-authz\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 8000}\n";
+    const SECOND: &str = "extensionProviders:\n- name: ext-authz\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 9000}\n";
+    let Setup { server, controller } = setup().await;
+    server.seed(mesh_source(FIRST));
+    let gw = server.seed(gateway("waypoint", "ambient-waypoint", hbone()));
+    let uid = gw["metadata"]["uid"].as_str().unwrap().to_string();
+    let copy_path = resources::CONFIG_MAP.object_path("default", "waypoint-istio-mesh");
+    let apply = wait_request(&server, "PATCH", &copy_path, |r| {
+        r.json()["data"]["mesh"] == FIRST
+    })
+    .await;
+    assert_apply(&apply, &copy_path);
+    // Only the `mesh` key, owned by the Gateway, labelled like the other objects.
+    assert_eq!(
+        apply.json(),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "waypoint-istio-mesh",
+                "namespace": "default",
+                "labels": {
+                    "gateway.istio.io/managed": "ambient.local-waypoint-controller",
+                    "gateway.networking.k8s.io/gateway-class-name": "ambient-waypoint",
+                    "gateway.networking.k8s.io/gateway-name": "waypoint",
+                    "istio.io/waypoint-for": "service",
+                },
+                "ownerReferences": [{
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "Gateway",
+                    "name": "waypoint",
+                    "uid": uid,
+                    "controller": true,
+                }],
+            },
+            "data": {"mesh": FIRST},
+        })
+    );
+    wait_request(&server, "PATCH", &status_path("waypoint"), |_| true).await;
+    let deployment = server
+        .get(&resources::DEPLOYMENT, "default", "waypoint")
+        .unwrap();
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["configMap"]["name"] == "waypoint-istio-mesh"),
+        "{volumes}"
+    );
+
+    // istiod's mesh changes: the copy follows, the Deployment does not change (the waypoint
+    // reloads the file; its pods are not rolled).
+    let version = deployment["metadata"]["resourceVersion"].clone();
+    server
+        .update(&resources::CONFIG_MAP, "istio-system", "istio", |cm| {
+            cm["data"]["mesh"] = json!(SECOND)
+        })
+        .unwrap();
+    let copy = server
+        .wait_for(LIMIT, |s| {
+            s.get(&resources::CONFIG_MAP, "default", "waypoint-istio-mesh")
+                .filter(|c| c["data"]["mesh"] == SECOND)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the copy never followed: {:#?}", server.writes()));
+    assert_eq!(copy["data"].as_object().unwrap().len(), 1, "{copy}");
+    let deployment = server
+        .get(&resources::DEPLOYMENT, "default", "waypoint")
+        .unwrap();
+    assert_eq!(deployment["metadata"]["resourceVersion"], version);
+
+    // istiod's ConfigMap is read by name only: the watch carries a metadata.name selector.
+    let source_reads: Vec<RecordedRequest> = server
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path
+                .starts_with("/api/v1/namespaces/istio-system/configmaps")
+        })
+        .collect();
+    assert!(source_reads.iter().any(RecordedRequest::is_watch));
+    for r in &source_reads {
+        let by_name = r.path.ends_with("/configmaps/istio")
+            || r.query_param("fieldSelector").as_deref() == Some("metadata.name=istio");
+        assert!(by_name, "{} {}?{}", r.method, r.path, r.query);
+    }
     controller.shutdown().await;
 }
 

@@ -901,10 +901,30 @@ fn check_waypoint_controller(docs: &[Doc], class: &str, controller_name: &str) -
             ),
             grant("", "serviceaccounts", &owned),
             grant("", "services", &owned),
+            grant("", "configmaps", &owned),
             grant("apps", "deployments", &owned),
             grant("", "events", &["create", "patch"]),
             grant("events.k8s.io", "events", &["create", "patch"]),
         ]))
+    );
+    // istiod's mesh configuration: that one ConfigMap, read, in istiod's namespace.
+    let mesh_role = one(docs, "Role", "waypoint-controller-mesh-config");
+    let mesh_namespace = config["meshConfig"]["namespace"].as_str().unwrap();
+    let mesh_name = config["meshConfig"]["name"].as_str().unwrap();
+    assert_eq!(mesh_role["metadata"]["namespace"], mesh_namespace);
+    assert_eq!(
+        grants(mesh_role),
+        BTreeMap::from([grant(
+            "",
+            &format!("configmaps:{mesh_name}"),
+            &["get", "list", "watch"]
+        )])
+    );
+    let mesh_binding = one(docs, "RoleBinding", "waypoint-controller-mesh-config");
+    assert_eq!(mesh_binding["metadata"]["namespace"], mesh_namespace);
+    assert_eq!(
+        mesh_binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "waypoint-controller-mesh-config"})
     );
     // The waypoints read exactly the kinds their Kubernetes source watches.
     let read: Vec<&str> = waypoint::config::kubernetes::READ_VERBS.to_vec();
@@ -993,6 +1013,8 @@ fn waypoint_controller_chart_with_default_values() {
             "ClusterRole/waypoint-controller-waypoint-config",
             "ClusterRoleBinding/waypoint-controller-gatewayclasses",
             "ClusterRoleBinding/waypoint-controller",
+            "Role/waypoint-controller-mesh-config",
+            "RoleBinding/waypoint-controller-mesh-config",
             "Deployment/waypoint-controller",
             "GatewayClass/ambient-waypoint",
         ]
@@ -1010,6 +1032,10 @@ fn waypoint_controller_chart_with_default_values() {
     );
     assert_eq!(config["watchNamespaces"], json!([]));
     assert_eq!(config["waypoint"]["configScope"], "namespace");
+    assert_eq!(
+        config["meshConfig"],
+        json!({"namespace": "istio-system", "name": "istio"})
+    );
     let w = &config["waypoint"];
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(w["image"], format!("localhost/ambient/waypoint:{version}"));
@@ -1055,8 +1081,10 @@ fn waypoint_controller_chart_scoped_to_namespaces() {
             "ClusterRole/waypoint-controller",
             "ClusterRole/waypoint-controller-waypoint-config",
             "ClusterRoleBinding/waypoint-controller-gatewayclasses",
+            "Role/waypoint-controller-mesh-config",
             "RoleBinding/waypoint-controller",
             "RoleBinding/waypoint-controller",
+            "RoleBinding/waypoint-controller-mesh-config",
             "Deployment/waypoint-controller",
             "GatewayClass/istio-waypoint",
         ]
@@ -1066,7 +1094,7 @@ fn waypoint_controller_chart_scoped_to_namespaces() {
     // The Gateway rights only in the listed namespaces.
     let bound: Vec<(&str, &str)> = docs
         .iter()
-        .filter(|d| d.kind() == "RoleBinding")
+        .filter(|d| d.kind() == "RoleBinding" && d.name() == "waypoint-controller")
         .map(|d| {
             (
                 d.value["metadata"]["namespace"].as_str().unwrap(),

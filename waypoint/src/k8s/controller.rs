@@ -7,7 +7,10 @@
 //! name as field manager (`force`): the ServiceAccount, in `namespace` configuration scope the
 //! RoleBinding that lets the waypoint read its L7 configuration, the Deployment and the
 //! Service, then the Gateway's status on its `/status` subresource (only when it differs from
-//! the observed one, so a status write does not cause another). Gateways of other classes are never written to. A failed reconcile is retried
+//! the observed one, so a status write does not cause another). Before the Deployment comes the
+//! waypoint's copy of istiod's mesh configuration (read afresh from istiod's ConfigMap at each
+//! reconcile); that ConfigMap is watched (by name, a `metadata.name` field selector) and any
+//! change of it reconciles every Gateway. Gateways of other classes are never written to. A failed reconcile is retried
 //! with exponential backoff (200 ms doubling up to 60 s, per Gateway); a successful one is
 //! repeated every 5 minutes to correct drift. Deleting a Gateway deletes its objects through
 //! their owner references (the API server's garbage collector), not here.
@@ -33,7 +36,7 @@ use gateway_api::gateways::Gateway;
 use http::{Request, StatusCode};
 use hyper::body::Bytes;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -360,6 +363,16 @@ fn build(
     );
     let store = controller.store();
     let by_class = store.clone();
+    // A change of istiod's mesh configuration updates every waypoint's copy.
+    let mesh = &config.mesh_config;
+    let mesh_changes = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &mesh.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", mesh.name)),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|object| std::future::ready(object.ok().map(|_| ())));
+    let controller = controller.reconcile_all_on(mesh_changes);
     let controller = match config.waypoint.config_scope {
         ConfigScope::Namespace => {
             controller.owns(api::<RoleBinding>(client, namespace), owned.clone())
@@ -368,6 +381,7 @@ fn build(
     };
     let controller = controller
         .owns(api::<ServiceAccount>(client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(client, namespace), owned.clone())
         .owns(api::<Deployment>(client, namespace), owned.clone())
         .owns(api::<Service>(client, namespace), owned)
         .watches(
@@ -480,6 +494,18 @@ async fn reconcile_once(cached: &Gateway, ctx: &Context) -> Result<bool, Reconci
     let Some(class) = class.filter(|c| is_ours(c, &ctx.config)) else {
         return Ok(false);
     };
+    let mesh_source = &ctx.config.mesh_config;
+    let mesh = Api::<ConfigMap>::namespaced(ctx.client.clone(), &mesh_source.namespace)
+        .get_opt(&mesh_source.name)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            what: format!("ConfigMap {}/{}", mesh_source.namespace, mesh_source.name),
+            source,
+        })?;
+    let mesh = mesh
+        .as_ref()
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|data| data.get(reconcile::MESH_KEY));
     let now = now();
     // The objects do not depend on the observed Service; the status does, and is computed
     // again from the Service as applied.
@@ -496,6 +522,12 @@ async fn reconcile_once(cached: &Gateway, ctx: &Context) -> Result<bool, Reconci
     if let Some(binding) = &desired.role_binding {
         let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
         apply(&api, &params, &binding.name_any(), binding).await?;
+    }
+    if let Some(copy) =
+        reconcile::mesh_config_map(gateway, &class, &ctx.config, mesh.map(String::as_str))
+    {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply(&api, &params, &copy.name_any(), &copy).await?;
     }
     if let Some(deployment) = &desired.deployment {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -3,7 +3,7 @@
 //!
 //! It sits before the data path: it creates the Deployment that runs the `waypoint` proxy,
 //! the Service ztunnel sends HBONE to (15008), the ServiceAccount whose identity the
-//! waypoint presents and the binding that lets that identity read the waypoint's L7
+//! waypoint presents, its copy of istiod's mesh configuration and the binding that lets that identity read the waypoint's L7
 //! configuration from the API server (`WAYPOINT_CONFIG_SOURCE=k8s://`), and reports the
 //! Gateway's status (`Programmed` with the Service's address). The proxy itself never talks
 //! to the Kubernetes API for provisioning.

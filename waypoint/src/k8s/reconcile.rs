@@ -12,6 +12,12 @@
 //! namespace through the one ClusterRoleBinding whose subjects are all the waypoints'
 //! ServiceAccounts.
 //!
+//! The waypoint also gets a copy of istiod's mesh configuration ([`mesh_config_map`]): a
+//! ConfigMap `<waypoint>-istio-mesh` in the Gateway's namespace with the `mesh` key of
+//! istiod's `istio` ConfigMap, mounted at `/etc/istio/config`. The waypoint re-reads that file
+//! when it changes, so a mesh change updates the ConfigMap only and never rolls the pods (no
+//! hash annotation on the pod template).
+//!
 //! The objects and the status follow what istiod renders for a Gateway of class
 //! `istio-waypoint`: objects named after the Gateway (or its `gateway.istio.io/name-override`
 //! and `gateway.istio.io/service-account` annotations), owned by it, labelled with its name and
@@ -29,7 +35,7 @@ use gateway_api::gateways::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext, Service, ServiceAccount,
     ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
@@ -55,6 +61,12 @@ pub const WAYPOINT_FOR_VALUES: [&str; 4] = ["service", "workload", "all", "none"
 
 /// The `WAYPOINT_CONFIG_SOURCE` of every waypoint: the Kubernetes API server.
 pub const CONFIG_SOURCE: &str = "k8s://";
+/// The key of istiod's mesh ConfigMap that holds the `meshConfig` YAML, copied as is.
+pub const MESH_KEY: &str = "mesh";
+/// Where the waypoint's copy of the mesh configuration is mounted: the directory of its
+/// default `MESH_CONFIG_FILE` (`/etc/istio/config/mesh`).
+pub const MESH_CONFIG_DIR: &str = "/etc/istio/config";
+
 /// The RBAC API group.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -171,6 +183,44 @@ pub fn reconcile(
             ConfigScope::Cluster => None,
         },
         gateway_status: status,
+    })
+}
+
+/// The name of a waypoint's copy of the mesh configuration: `<waypoint>-istio-mesh`.
+pub fn mesh_config_name(deployment_name: &str) -> String {
+    format!("{deployment_name}-istio-mesh")
+}
+
+/// The waypoint's copy of istiod's mesh configuration: `mesh` is the `mesh` key of istiod's
+/// ConfigMap (`None` when it or its key is missing: the copy is then empty, and the waypoint
+/// runs without extension providers). `None` when the Gateway is not ours or not programmed,
+/// like the other objects.
+pub fn mesh_config_map(
+    gateway: &Gateway,
+    class: &GatewayClass,
+    settings: &ControllerConfig,
+    mesh: Option<&str>,
+) -> Option<ConfigMap> {
+    if !is_ours(class, settings)
+        || gateway.spec.gateway_class_name != class_name(class)
+        || !listeners_valid(gateway)
+    {
+        return None;
+    }
+    let (deployment_name, sa_name) = object_names(gateway);
+    let namespace = gateway.metadata.namespace.clone().unwrap_or_default();
+    let ctx = Objects {
+        gateway,
+        settings,
+        deployment_name: &deployment_name,
+        sa_name: &sa_name,
+        namespace: &namespace,
+        traffic: waypoint_for(gateway, class),
+    };
+    Some(ConfigMap {
+        metadata: ctx.meta(&mesh_config_name(&deployment_name)),
+        data: mesh.map(|m| BTreeMap::from([(MESH_KEY.to_string(), m.to_string())])),
+        ..ConfigMap::default()
     })
 }
 
@@ -658,6 +708,12 @@ impl Objects<'_> {
                     read_only: Some(true),
                     ..VolumeMount::default()
                 },
+                VolumeMount {
+                    name: "istio-mesh".into(),
+                    mount_path: MESH_CONFIG_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
             ]),
             ..Container::default()
         };
@@ -681,6 +737,14 @@ impl Objects<'_> {
                 name: "istiod-ca-cert".into(),
                 config_map: Some(ConfigMapVolumeSource {
                     name: "istio-ca-root-cert".into(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "istio-mesh".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: mesh_config_name(self.deployment_name),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()

@@ -62,6 +62,41 @@ pub struct ControllerConfig {
     pub watch_namespaces: Vec<String>,
     /// What goes into every waypoint.
     pub waypoint: WaypointTemplate,
+    /// Where istiod's mesh configuration is read, to be copied next to every waypoint.
+    #[serde(default)]
+    pub mesh_config: MeshConfigSource,
+}
+
+/// istiod's mesh configuration: the ConfigMap whose `mesh` key (the `meshConfig` YAML) the
+/// controller copies into a ConfigMap `<waypoint>-istio-mesh` in each Gateway's namespace,
+/// mounted in the waypoint at `/etc/istio/config` (its default `MESH_CONFIG_FILE`,
+/// `/etc/istio/config/mesh`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfigSource {
+    /// istiod's namespace. Default `istio-system`.
+    #[serde(default = "default_mesh_namespace")]
+    pub namespace: String,
+    /// The ConfigMap's name. Default `istio`.
+    #[serde(default = "default_mesh_name")]
+    pub name: String,
+}
+
+impl Default for MeshConfigSource {
+    fn default() -> Self {
+        Self {
+            namespace: default_mesh_namespace(),
+            name: default_mesh_name(),
+        }
+    }
+}
+
+fn default_mesh_namespace() -> String {
+    "istio-system".into()
+}
+
+fn default_mesh_name() -> String {
+    "istio".into()
 }
 
 /// The template of every waypoint's Deployment.
@@ -227,6 +262,12 @@ impl ControllerConfig {
                 "waypoint.terminationGracePeriodSeconds",
                 "must be a positive number of seconds",
             ));
+        }
+        if self.mesh_config.namespace.trim().is_empty() {
+            return Err(invalid("meshConfig.namespace", "must not be empty"));
+        }
+        if self.mesh_config.name.trim().is_empty() {
+            return Err(invalid("meshConfig.name", "must not be empty"));
         }
         if self.waypoint.config_cluster_role.trim().is_empty() {
             return Err(invalid("waypoint.configClusterRole", "must not be empty"));

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 
 use super::reconcile::{Desired, UNSUPPORTED_LISTENER, reconcile};
-use super::reconcile::{cluster_role_binding, cluster_subjects};
+use super::reconcile::{cluster_role_binding, cluster_subjects, mesh_config_map};
 use super::settings::{ConfigScope, ControllerConfig, SettingsError};
 
 const CONFIG: &str = "
@@ -643,6 +643,118 @@ fn cluster_subjects_are_the_provisioned_service_accounts() {
 }
 
 #[test]
+fn mesh_config_copy_next_to_the_waypoint() {
+    let ours = class(
+        "ambient-waypoint",
+        "ambient.local/waypoint-controller",
+        None,
+    );
+    let istio = class("istio-waypoint", "istio.io/mesh-controller", None);
+    let mesh = "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp: {service: a.b.svc.cluster.local, port: 80}\n";
+    // (case, gateway patch, class, istiod's `mesh`, expected name, expected data)
+    let cases = [
+        (
+            "copied as is",
+            json!({}),
+            &ours,
+            Some(mesh),
+            Some("waypoint-istio-mesh"),
+            json!({"mesh": mesh}),
+        ),
+        (
+            "named after the Deployment",
+            json!({"metadata": {"annotations": {"gateway.istio.io/name-override": "wp"}}}),
+            &ours,
+            Some(mesh),
+            Some("wp-istio-mesh"),
+            json!({"mesh": mesh}),
+        ),
+        (
+            "istiod's ConfigMap missing: an empty copy",
+            json!({}),
+            &ours,
+            None,
+            Some("waypoint-istio-mesh"),
+            Value::Null,
+        ),
+        (
+            "another class: nothing",
+            json!({"spec": {"gatewayClassName": "istio-waypoint"}}),
+            &istio,
+            Some(mesh),
+            None,
+            Value::Null,
+        ),
+        (
+            "refused listeners: nothing",
+            json!({"spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+            &ours,
+            Some(mesh),
+            None,
+            Value::Null,
+        ),
+    ];
+    for (what, patch, cls, source, name, data) in cases {
+        let gw = gateway(patch);
+        let copy = mesh_config_map(&gw, cls, &config(), source);
+        let Some(name) = name else {
+            assert!(copy.is_none(), "{what}");
+            continue;
+        };
+        let copy = at(&copy.unwrap(), "");
+        assert_eq!(copy["metadata"]["name"], name, "{what}");
+        assert_eq!(copy["metadata"]["namespace"], "ns1", "{what}");
+        assert_eq!(copy["data"], data, "{what}");
+        assert_eq!(
+            copy["metadata"]["ownerReferences"][0]["uid"], "uid-1",
+            "{what}"
+        );
+        assert_eq!(
+            copy["metadata"]["labels"]["gateway.istio.io/managed"],
+            "ambient.local-waypoint-controller"
+        );
+        // The Deployment mounts that copy where the waypoint reads its mesh config by default.
+        let dep = at(
+            &reconcile(&gw, cls, &config(), None, time(NOW))
+                .unwrap()
+                .deployment,
+            "",
+        );
+        let pod = &dep["spec"]["template"];
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["configMap"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{what}: no volume of {name}"));
+        let mount = pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .cloned()
+            .unwrap();
+        assert_eq!(mount["mountPath"], "/etc/istio/config", "{what}");
+        assert_eq!(mount["readOnly"], true);
+        assert_eq!(
+            format!("{}/mesh", mount["mountPath"].as_str().unwrap()),
+            crate::config::mesh::DEFAULT_MESH_CONFIG_PATH
+        );
+        // The waypoint reloads the file: no hash of it rolls the pods.
+        let annotations: Vec<&String> = pod["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert!(
+            annotations.iter().all(|k| k.starts_with("prometheus.io/")),
+            "{what}: {annotations:?}"
+        );
+    }
+}
+
+#[test]
 fn service_ports() {
     let ours = class(
         "ambient-waypoint",
@@ -885,6 +997,14 @@ fn config_file_errors() {
             "waypoint: {image: x, configClusterRole: ''}",
             "waypoint.configClusterRole: must not be empty",
         ),
+        (
+            "meshConfig: {namespace: ''}\nwaypoint: {image: x}",
+            "meshConfig.namespace: must not be empty",
+        ),
+        (
+            "meshConfig: {nmae: istio}\nwaypoint: {image: x}",
+            "meshConfig: unknown field `nmae`",
+        ),
     ];
     for (yaml, want) in cases {
         let err = ControllerConfig::from_yaml(yaml).unwrap_err();
@@ -900,6 +1020,13 @@ fn config_file_errors() {
     assert_eq!(minimal.waypoint.replicas, 1);
     assert_eq!(minimal.cluster_domain(), "cluster.local");
     assert_eq!(minimal.waypoint.config_scope, ConfigScope::Namespace);
+    assert_eq!(
+        (
+            minimal.mesh_config.namespace.as_str(),
+            minimal.mesh_config.name.as_str()
+        ),
+        ("istio-system", "istio")
+    );
     assert_eq!(
         minimal.waypoint.config_cluster_role,
         "waypoint-controller-waypoint-config"

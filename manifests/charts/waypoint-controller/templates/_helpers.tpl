@@ -75,6 +75,7 @@ INSTANCE_IP).
   "gatewayClassName" .Values.gatewayClass.name
   "controllerName" .Values.gatewayClass.controllerName
   "watchNamespaces" .Values.watchNamespaces
+  "meshConfig" (dict "namespace" .Values.meshConfig.namespace "name" .Values.meshConfig.name)
   "waypoint" $waypoint
 ) -}}
 {{- end }}
