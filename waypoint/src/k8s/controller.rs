@@ -5,12 +5,12 @@
 //! Each reconcile reads the Gateway and its class afresh (a deleted Gateway is never
 //! provisioned again from a stale cache). Writes are server-side apply with the controller
 //! name as field manager (`force`): the ServiceAccount, in `namespace` configuration scope the
-//! RoleBinding that lets the waypoint read its L7 configuration, the Deployment and the
-//! Service, then the Gateway's status on its `/status` subresource (only when it differs from
-//! the observed one, so a status write does not cause another). Before the Deployment comes the
-//! waypoint's copy of istiod's mesh configuration (read afresh from istiod's ConfigMap at each
-//! reconcile); that ConfigMap is watched (by name, a `metadata.name` field selector) and any
-//! change of it reconciles every Gateway. Gateways of other classes are never written to. A failed reconcile is retried
+//! RoleBinding that lets the waypoint read its L7 configuration, the waypoint's copy of
+//! istiod's mesh configuration, the Deployment and the Service, then the Gateway's status on
+//! its `/status` subresource (only when it differs from the observed one, so a status write
+//! does not cause another). istiod's mesh ConfigMap is read afresh at each reconcile, and
+//! watched by name (a `metadata.name` field selector): any change of it reconciles every
+//! Gateway. Gateways of other classes are never written to. A failed reconcile is retried
 //! with exponential backoff (200 ms doubling up to 60 s, per Gateway); a successful one is
 //! repeated every 5 minutes to correct drift. Deleting a Gateway deletes its objects through
 //! their owner references (the API server's garbage collector), not here.
