@@ -162,6 +162,22 @@ pub mod resources {
         "CustomResourceDefinition",
         false,
     );
+    /// RBAC API group.
+    pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+    /// `rbac.authorization.k8s.io/v1` RoleBinding.
+    pub const ROLE_BINDING: ResourceType =
+        rt(RBAC_GROUP, "v1", "rolebindings", "RoleBinding", true);
+    /// `rbac.authorization.k8s.io/v1` ClusterRoleBinding.
+    pub const CLUSTER_ROLE_BINDING: ResourceType = rt(
+        RBAC_GROUP,
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+    );
+    /// `rbac.authorization.k8s.io/v1` ClusterRole.
+    pub const CLUSTER_ROLE: ResourceType =
+        rt(RBAC_GROUP, "v1", "clusterroles", "ClusterRole", false);
     /// Gateway API group.
     pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
     /// `gateway.networking.k8s.io/v1` Gateway.
@@ -243,6 +259,9 @@ pub mod resources {
             EVENT,
             EVENTS_EVENT,
             DEPLOYMENT,
+            ROLE_BINDING,
+            CLUSTER_ROLE_BINDING,
+            CLUSTER_ROLE,
             CRD,
             GATEWAY,
             GATEWAY_CLASS,

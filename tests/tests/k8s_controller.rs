@@ -1,7 +1,9 @@
 //! The waypoint controller against the Kubernetes API server double (`ambient_e2e::kube`),
 //! through real sockets: the exact server-side apply requests it sends for a Gateway of its
 //! class, the Gateway status it writes before and after the waypoint Service has an address,
-//! Gateways it must leave alone, refused listeners, deletion, and retries after API errors.
+//! Gateways it must leave alone, refused listeners, deletion, retries after API errors, and
+//! the bindings that let the waypoints read their L7 configuration (a RoleBinding per waypoint
+//! in namespace scope, the subjects of one ClusterRoleBinding in cluster scope).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -38,6 +40,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(CONFIG).await
+}
+
+async fn setup_with(config: &str) -> Setup {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -54,7 +60,7 @@ async fn setup() -> Setup {
             "spec": {"controllerName": controller},
         }));
     }
-    let config = ControllerConfig::from_yaml(CONFIG).unwrap();
+    let config = ControllerConfig::from_yaml(config).unwrap();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let controller = Controller::start(
         server.client(),
@@ -176,15 +182,20 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
     let uid = gw["metadata"]["uid"].as_str().unwrap().to_string();
     wait_request(&server, "PATCH", &status_path("waypoint"), |_| true).await;
 
-    // The first reconcile: ServiceAccount, Deployment, Service, then the status.
+    // The first reconcile: ServiceAccount, RoleBinding, mesh configuration, Deployment,
+    // Service, then the status.
     let writes = server.writes();
     let sa_path = resources::SERVICE_ACCOUNT.object_path("default", "waypoint");
+    let rb_path = resources::ROLE_BINDING.object_path("default", "waypoint");
+    let mesh_path = resources::CONFIG_MAP.object_path("default", "waypoint-istio-mesh");
     let deploy_path = resources::DEPLOYMENT.object_path("default", "waypoint");
     let svc_path = resources::SERVICE.object_path("default", "waypoint");
     assert_apply(&writes[0], &sa_path);
-    assert_apply(&writes[1], &deploy_path);
-    assert_apply(&writes[2], &svc_path);
-    assert_apply(&writes[3], &status_path("waypoint"));
+    assert_apply(&writes[1], &rb_path);
+    assert_apply(&writes[2], &mesh_path);
+    assert_apply(&writes[3], &deploy_path);
+    assert_apply(&writes[4], &svc_path);
+    assert_apply(&writes[5], &status_path("waypoint"));
     assert!(
         writes.iter().all(|w| w.method == "PATCH"),
         "only server-side apply: {writes:#?}"
@@ -197,7 +208,37 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
         "uid": uid,
         "controller": true,
     }]);
-    for w in &writes[..3] {
+    // The waypoint's ServiceAccount may read the L7 configuration of its namespace.
+    assert_eq!(
+        writes[1].json(),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {
+                "name": "waypoint",
+                "namespace": "default",
+                "labels": {
+                    "gateway.istio.io/managed": "ambient.local-waypoint-controller",
+                    "gateway.networking.k8s.io/gateway-class-name": "ambient-waypoint",
+                    "gateway.networking.k8s.io/gateway-name": "waypoint",
+                    "istio.io/waypoint-for": "service",
+                },
+                "ownerReferences": owner,
+            },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "waypoint-controller-waypoint-config",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "waypoint", "namespace": "default"}],
+        })
+    );
+    assert!(
+        server
+            .get(&resources::ROLE_BINDING, "default", "waypoint")
+            .is_some()
+    );
+    for w in &writes[..5] {
         let body = w.json();
         assert_eq!(body["metadata"]["ownerReferences"], owner, "{}", w.path);
         assert_eq!(
@@ -209,7 +250,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
             "ambient.local-waypoint-controller"
         );
     }
-    let deployment = writes[1].json();
+    let deployment = writes[3].json();
     assert_eq!(
         (
             deployment["apiVersion"].as_str(),
@@ -219,11 +260,21 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
     );
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], "localhost/ambient/waypoint:test");
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env("WAYPOINT_CONFIG_SOURCE"), Some(json!("k8s://")));
+    assert_eq!(env("WAYPOINT_CONFIG_NAMESPACES"), Some(json!("default")));
     assert_eq!(
         deployment["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"],
         "none"
     );
-    let service = writes[2].json();
+    let service = writes[4].json();
     let ports: Vec<i64> = service["spec"]["ports"]
         .as_array()
         .unwrap()
@@ -231,7 +282,7 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
     assert_eq!(ports, [15021, 15008, 15020]);
-    let status = writes[3].json();
+    let status = writes[5].json();
     assert_eq!(status["kind"], "Gateway");
     assert!(
         status.get("spec").is_none(),
@@ -315,7 +366,11 @@ async fn gateways_of_other_classes_are_never_written() {
     let foreign: Vec<RecordedRequest> = server
         .writes()
         .into_iter()
-        .filter(|w| !w.path.ends_with("/ours") && !w.path.ends_with("/ours/status"))
+        .filter(|w| {
+            !["/ours", "/ours/status", "/ours-istio-mesh"]
+                .iter()
+                .any(|end| w.path.ends_with(end))
+        })
         .collect();
     assert!(foreign.is_empty(), "{foreign:#?}");
     for name in ["istio", "nobody"] {
@@ -404,10 +459,16 @@ async fn a_deleted_gateway_is_not_recreated() {
         resources::DEPLOYMENT,
         resources::SERVICE,
         resources::SERVICE_ACCOUNT,
+        resources::ROLE_BINDING,
         resources::GATEWAY,
     ] {
         assert!(server.get(&rt, "default", "gone").is_none());
     }
+    assert!(
+        server
+            .get(&resources::CONFIG_MAP, "default", "gone-istio-mesh")
+            .is_none()
+    );
     controller.shutdown().await;
 }
 
@@ -453,6 +514,217 @@ async fn an_api_error_on_apply_is_retried_until_applied() {
     )
     .unwrap();
     assert_eq!(errors, 2.0, "{metrics}");
+    controller.shutdown().await;
+}
+
+fn mesh_source(mesh: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": mesh, "meshNetworks": "networks: {}"},
+    })
+}
+
+#[tokio::test]
+async fn istiod_mesh_config_is_copied_next_to_each_waypoint_and_follows_changes() {
+    const FIRST: &str = "extensionProviders:\n- name: ext-authz\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 8000}\n";
+    const SECOND: &str = "extensionProviders:\n- name: ext-authz\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 9000}\n";
+    let Setup { server, controller } = setup().await;
+    server.seed(mesh_source(FIRST));
+    let gw = server.seed(gateway("waypoint", "ambient-waypoint", hbone()));
+    let uid = gw["metadata"]["uid"].as_str().unwrap().to_string();
+    let copy_path = resources::CONFIG_MAP.object_path("default", "waypoint-istio-mesh");
+    let apply = wait_request(&server, "PATCH", &copy_path, |r| {
+        r.json()["data"]["mesh"] == FIRST
+    })
+    .await;
+    assert_apply(&apply, &copy_path);
+    // Only the `mesh` key, owned by the Gateway, labelled like the other objects.
+    assert_eq!(
+        apply.json(),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "waypoint-istio-mesh",
+                "namespace": "default",
+                "labels": {
+                    "gateway.istio.io/managed": "ambient.local-waypoint-controller",
+                    "gateway.networking.k8s.io/gateway-class-name": "ambient-waypoint",
+                    "gateway.networking.k8s.io/gateway-name": "waypoint",
+                    "istio.io/waypoint-for": "service",
+                },
+                "ownerReferences": [{
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "Gateway",
+                    "name": "waypoint",
+                    "uid": uid,
+                    "controller": true,
+                }],
+            },
+            "data": {"mesh": FIRST},
+        })
+    );
+    wait_request(&server, "PATCH", &status_path("waypoint"), |_| true).await;
+    let deployment = server
+        .get(&resources::DEPLOYMENT, "default", "waypoint")
+        .unwrap();
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["configMap"]["name"] == "waypoint-istio-mesh"),
+        "{volumes}"
+    );
+
+    // istiod's mesh changes: the copy follows, the Deployment does not change (the waypoint
+    // reloads the file; its pods are not rolled).
+    let version = deployment["metadata"]["resourceVersion"].clone();
+    server
+        .update(&resources::CONFIG_MAP, "istio-system", "istio", |cm| {
+            cm["data"]["mesh"] = json!(SECOND)
+        })
+        .unwrap();
+    let copy = server
+        .wait_for(LIMIT, |s| {
+            s.get(&resources::CONFIG_MAP, "default", "waypoint-istio-mesh")
+                .filter(|c| c["data"]["mesh"] == SECOND)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the copy never followed: {:#?}", server.writes()));
+    assert_eq!(copy["data"].as_object().unwrap().len(), 1, "{copy}");
+    let deployment = server
+        .get(&resources::DEPLOYMENT, "default", "waypoint")
+        .unwrap();
+    assert_eq!(deployment["metadata"]["resourceVersion"], version);
+
+    // istiod's ConfigMap is read by name only: the watch carries a metadata.name selector.
+    let source_reads: Vec<RecordedRequest> = server
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path
+                .starts_with("/api/v1/namespaces/istio-system/configmaps")
+        })
+        .collect();
+    assert!(source_reads.iter().any(RecordedRequest::is_watch));
+    for r in &source_reads {
+        let by_name = r.path.ends_with("/configmaps/istio")
+            || r.query_param("fieldSelector").as_deref() == Some("metadata.name=istio");
+        assert!(by_name, "{} {}?{}", r.method, r.path, r.query);
+    }
+    controller.shutdown().await;
+}
+
+/// The configuration ClusterRoleBinding's path.
+fn config_binding_path() -> String {
+    resources::CLUSTER_ROLE_BINDING.object_path("", "waypoint-controller-waypoint-config")
+}
+
+/// Waits for an apply of the configuration ClusterRoleBinding whose subjects are `subjects`.
+async fn wait_subjects(server: &ApiServer, subjects: &Value) -> RecordedRequest {
+    let path = config_binding_path();
+    let apply = wait_request(server, "PATCH", &path, |r| {
+        r.status < 300 && r.json()["subjects"] == *subjects
+    })
+    .await;
+    assert_apply(&apply, &path);
+    apply
+}
+
+#[tokio::test]
+async fn cluster_scope_keeps_the_config_binding_subjects_to_the_waypoints() {
+    let config = format!("{CONFIG}  configScope: cluster\n");
+    let Setup { server, controller } = setup_with(&config).await;
+    // As the chart creates it: no subjects.
+    server.seed(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "waypoint-controller-waypoint-config"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "waypoint-controller-waypoint-config",
+        },
+    }));
+    server.seed(gateway("east", "ambient-waypoint", hbone()));
+    let mut west = gateway("west", "ambient-waypoint", hbone());
+    west["metadata"]["namespace"] = json!("shop");
+    west["metadata"]["annotations"] = json!({"gateway.istio.io/service-account": "west-sa"});
+    server.seed(west);
+    server.seed(gateway("istio", "istio-waypoint", hbone()));
+    server.seed(gateway(
+        "bad",
+        "ambient-waypoint",
+        json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+    ));
+    let sa = |namespace: &str, name: &str| json!({"kind": "ServiceAccount", "name": name, "namespace": namespace});
+
+    // Both waypoints' ServiceAccounts, sorted; not the other class's, not the refused one's.
+    let both = json!([sa("default", "east"), sa("shop", "west-sa")]);
+    let apply = wait_subjects(&server, &both).await;
+    assert_eq!(
+        apply.json(),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "waypoint-controller-waypoint-config"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "waypoint-controller-waypoint-config",
+            },
+            "subjects": both,
+        })
+    );
+    let stored = server
+        .get(
+            &resources::CLUSTER_ROLE_BINDING,
+            "",
+            "waypoint-controller-waypoint-config",
+        )
+        .unwrap();
+    assert_eq!(stored["subjects"], both);
+    // Cluster scope: no RoleBinding, and the waypoints read every namespace.
+    wait_request(&server, "PATCH", &status_path("east"), |_| true).await;
+    assert!(
+        server
+            .writes()
+            .iter()
+            .all(|w| !w.path.contains("/rolebindings/")),
+        "{:#?}",
+        server.writes()
+    );
+    let deployment = server
+        .get(&resources::DEPLOYMENT, "default", "east")
+        .unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let value = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(value("WAYPOINT_CONFIG_SOURCE"), Some(json!("k8s://")));
+    assert_eq!(value("WAYPOINT_CONFIG_NAMESPACES"), Some(json!("")));
+
+    // A deleted Gateway's ServiceAccount leaves the binding.
+    let api: kube::Api<gateway_api::gateways::Gateway> =
+        kube::Api::namespaced(server.client(), "default");
+    api.delete("east", &Default::default()).await.unwrap();
+    wait_subjects(&server, &json!([sa("shop", "west-sa")])).await;
+    let stored = server
+        .get(
+            &resources::CLUSTER_ROLE_BINDING,
+            "",
+            "waypoint-controller-waypoint-config",
+        )
+        .unwrap();
+    assert_eq!(stored["subjects"], json!([sa("shop", "west-sa")]));
     controller.shutdown().await;
 }
 

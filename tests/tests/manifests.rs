@@ -727,13 +727,23 @@ fn controller_config(docs: &[Doc]) -> Value {
     serde_yaml_ng::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap()
 }
 
-/// The verbs each (API group, resource) gets from a ClusterRole.
+/// The verbs each (API group, resource) gets from a ClusterRole; a rule restricted to some
+/// objects counts as the resource `<resource>:<name>,<name>`.
 fn grants(role: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role["rules"].as_array().unwrap() {
+        let names = match &rule["resourceNames"] {
+            Value::Null => String::new(),
+            names => str_list(names).join(","),
+        };
         for group in str_list(&rule["apiGroups"]) {
             for resource in str_list(&rule["resources"]) {
-                out.entry((group.to_string(), resource.to_string()))
+                let resource = if names.is_empty() {
+                    resource.to_string()
+                } else {
+                    format!("{resource}:{names}")
+                };
+                out.entry((group.to_string(), resource))
                     .or_default()
                     .extend(str_list(&rule["verbs"]).into_iter().map(String::from));
             }
@@ -863,9 +873,22 @@ fn check_waypoint_controller(docs: &[Doc], class: &str, controller_name: &str) -
         ])
     );
     let owned = ["create", "get", "list", "watch", "patch", "delete"];
+    let scope = config["waypoint"]["configScope"].as_str().unwrap();
+    let binding_rights = match scope {
+        // A RoleBinding per waypoint, to the configuration role only.
+        "namespace" => vec![
+            grant("rbac.authorization.k8s.io", "rolebindings", &owned),
+            grant(
+                "rbac.authorization.k8s.io",
+                "clusterroles:waypoint-controller-waypoint-config",
+                &["bind"],
+            ),
+        ],
+        _ => vec![],
+    };
     assert_eq!(
         grants(one(docs, "ClusterRole", "waypoint-controller")),
-        BTreeMap::from([
+        BTreeMap::from_iter(binding_rights.into_iter().chain([
             grant(
                 "gateway.networking.k8s.io",
                 "gateways",
@@ -878,11 +901,82 @@ fn check_waypoint_controller(docs: &[Doc], class: &str, controller_name: &str) -
             ),
             grant("", "serviceaccounts", &owned),
             grant("", "services", &owned),
+            grant("", "configmaps", &owned),
             grant("apps", "deployments", &owned),
             grant("", "events", &["create", "patch"]),
             grant("events.k8s.io", "events", &["create", "patch"]),
-        ])
+        ]))
     );
+    // istiod's mesh configuration: that one ConfigMap, read, in istiod's namespace.
+    let mesh_role = one(docs, "Role", "waypoint-controller-mesh-config");
+    let mesh_namespace = config["meshConfig"]["namespace"].as_str().unwrap();
+    let mesh_name = config["meshConfig"]["name"].as_str().unwrap();
+    assert_eq!(mesh_role["metadata"]["namespace"], mesh_namespace);
+    assert_eq!(
+        grants(mesh_role),
+        BTreeMap::from([grant(
+            "",
+            &format!("configmaps:{mesh_name}"),
+            &["get", "list", "watch"]
+        )])
+    );
+    let mesh_binding = one(docs, "RoleBinding", "waypoint-controller-mesh-config");
+    assert_eq!(mesh_binding["metadata"]["namespace"], mesh_namespace);
+    assert_eq!(
+        mesh_binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "waypoint-controller-mesh-config"})
+    );
+    // The waypoints read exactly the kinds their Kubernetes source watches.
+    let read: Vec<&str> = waypoint::config::kubernetes::READ_VERBS.to_vec();
+    assert_eq!(
+        grants(one(
+            docs,
+            "ClusterRole",
+            "waypoint-controller-waypoint-config"
+        )),
+        waypoint::config::kubernetes::READ_RESOURCES
+            .iter()
+            .map(|(group, resource)| grant(group, resource, &read))
+            .collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(
+        config["waypoint"]["configClusterRole"],
+        "waypoint-controller-waypoint-config"
+    );
+    // In cluster scope, the one binding of the waypoints, whose subjects only the controller
+    // writes.
+    let config_binding = docs.iter().find(|d| {
+        d.kind() == "ClusterRoleBinding" && d.name() == "waypoint-controller-waypoint-config"
+    });
+    if scope == "cluster" {
+        let binding = &config_binding.expect("the configuration binding").value;
+        assert_eq!(
+            binding["roleRef"]["name"],
+            "waypoint-controller-waypoint-config"
+        );
+        assert!(binding.get("subjects").is_none(), "{binding}");
+        assert_eq!(
+            grants(one(
+                docs,
+                "ClusterRole",
+                "waypoint-controller-waypoint-config-subjects"
+            )),
+            BTreeMap::from([
+                grant(
+                    "rbac.authorization.k8s.io",
+                    "clusterrolebindings:waypoint-controller-waypoint-config",
+                    &["get", "patch"]
+                ),
+                grant(
+                    "rbac.authorization.k8s.io",
+                    "clusterroles:waypoint-controller-waypoint-config",
+                    &["bind"]
+                ),
+            ])
+        );
+    } else {
+        assert!(config_binding.is_none());
+    }
     let class_binding = one(
         docs,
         "ClusterRoleBinding",
@@ -895,6 +989,7 @@ fn check_waypoint_controller(docs: &[Doc], class: &str, controller_name: &str) -
     for binding in docs
         .iter()
         .filter(|d| d.kind().ends_with("RoleBinding"))
+        .filter(|d| d.name() != "waypoint-controller-waypoint-config")
         .map(|d| &d.value)
     {
         assert_eq!(
@@ -915,8 +1010,11 @@ fn waypoint_controller_chart_with_default_values() {
             "ConfigMap/waypoint-controller",
             "ClusterRole/waypoint-controller-gatewayclasses",
             "ClusterRole/waypoint-controller",
+            "ClusterRole/waypoint-controller-waypoint-config",
             "ClusterRoleBinding/waypoint-controller-gatewayclasses",
             "ClusterRoleBinding/waypoint-controller",
+            "Role/waypoint-controller-mesh-config",
+            "RoleBinding/waypoint-controller-mesh-config",
             "Deployment/waypoint-controller",
             "GatewayClass/ambient-waypoint",
         ]
@@ -933,6 +1031,11 @@ fn waypoint_controller_chart_with_default_values() {
         "waypoint-controller"
     );
     assert_eq!(config["watchNamespaces"], json!([]));
+    assert_eq!(config["waypoint"]["configScope"], "namespace");
+    assert_eq!(
+        config["meshConfig"],
+        json!({"namespace": "istio-system", "name": "istio"})
+    );
     let w = &config["waypoint"];
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(w["image"], format!("localhost/ambient/waypoint:{version}"));
@@ -976,9 +1079,12 @@ fn waypoint_controller_chart_scoped_to_namespaces() {
             "ConfigMap/waypoint-controller",
             "ClusterRole/waypoint-controller-gatewayclasses",
             "ClusterRole/waypoint-controller",
+            "ClusterRole/waypoint-controller-waypoint-config",
             "ClusterRoleBinding/waypoint-controller-gatewayclasses",
+            "Role/waypoint-controller-mesh-config",
             "RoleBinding/waypoint-controller",
             "RoleBinding/waypoint-controller",
+            "RoleBinding/waypoint-controller-mesh-config",
             "Deployment/waypoint-controller",
             "GatewayClass/istio-waypoint",
         ]
@@ -988,7 +1094,7 @@ fn waypoint_controller_chart_scoped_to_namespaces() {
     // The Gateway rights only in the listed namespaces.
     let bound: Vec<(&str, &str)> = docs
         .iter()
-        .filter(|d| d.kind() == "RoleBinding")
+        .filter(|d| d.kind() == "RoleBinding" && d.name() == "waypoint-controller")
         .map(|d| {
             (
                 d.value["metadata"]["namespace"].as_str().unwrap(),
@@ -1026,6 +1132,58 @@ fn waypoint_controller_chart_scoped_to_namespaces() {
     assert_eq!(
         checksum(&defaults),
         checksum(&render("manifests/charts/waypoint-controller", &[]))
+    );
+}
+
+#[test]
+fn waypoint_controller_chart_with_cluster_config_scope() {
+    for args in [
+        &["--set", "waypoint.configScope=cluster"][..],
+        &[
+            "--set",
+            "waypoint.configScope=cluster",
+            "--set",
+            "watchNamespaces={bookinfo}",
+        ][..],
+    ] {
+        let docs = render("manifests/charts/waypoint-controller", args);
+        let config = check_waypoint_controller(
+            &docs,
+            "ambient-waypoint",
+            "ambient.local/waypoint-controller",
+        );
+        assert_eq!(config["waypoint"]["configScope"], "cluster", "{args:?}");
+        let parsed = waypoint::k8s::ControllerConfig::from_yaml(
+            one(&docs, "ConfigMap", "waypoint-controller")["data"]["config.yaml"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.waypoint.config_scope,
+            waypoint::k8s::ConfigScope::Cluster
+        );
+        // The subjects' rights are cluster-wide even when the Gateways are watched in some
+        // namespaces only: a ClusterRoleBinding is written cluster-wide.
+        let binder = one(
+            &docs,
+            "ClusterRoleBinding",
+            "waypoint-controller-waypoint-config-subjects",
+        );
+        assert_eq!(
+            binder["roleRef"]["name"],
+            "waypoint-controller-waypoint-config-subjects"
+        );
+        assert_valid(&docs);
+    }
+    let err = try_render(
+        "manifests/charts/waypoint-controller",
+        &["--set", "waypoint.configScope=everywhere"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("waypoint.configScope must be namespace or cluster, got everywhere"),
+        "{err}"
     );
 }
 

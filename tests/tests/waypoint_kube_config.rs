@@ -1,16 +1,17 @@
 //! The waypoint's Kubernetes configuration source end to end: objects seeded in the API server
 //! double (`ambient_e2e::kube`) are watched by the waypoint over real sockets and route
-//! requests through the whole chain (client → ztunnel → waypoint → ztunnel → backends).
+//! requests through the whole chain (client → ztunnel → waypoint → ztunnel → backends), read
+//! from every namespace or only from the namespaces of `--config-namespaces`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
 
-use ambient_e2e::kube::{ApiServer, resources};
+use ambient_e2e::kube::{ApiServer, RecordedRequest, resources};
 use ambient_e2e::waypoint::{MeshOptions, Net, REVIEWS_BACKENDS, WaypointMesh, get, send};
 use http::StatusCode;
 use serde_json::{Value, json};
-use waypoint::config::kubernetes::KubeSourceSettings;
+use waypoint::config::kubernetes::{KubeSourceSettings, READ_RESOURCES};
 use waypoint::run::KubeSource;
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
@@ -52,10 +53,17 @@ fn prefix_a_to(subset: &str) -> Value {
 }
 
 async fn start_mesh(net: Net, api: &ApiServer) -> WaypointMesh {
+    start_mesh_in(net, api, &[]).await
+}
+
+/// The mesh with the waypoint reading `namespaces` only (`--config-namespaces`; all when
+/// empty).
+async fn start_mesh_in(net: Net, api: &ApiServer, namespaces: &[&str]) -> WaypointMesh {
     let options = MeshOptions {
         kubernetes: Some(KubeSource {
             client: api.client(),
             settings: KubeSourceSettings {
+                namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
                 rediscover: Duration::from_millis(200),
                 ..KubeSourceSettings::default()
             },
@@ -266,4 +274,221 @@ async fn malformed_object_is_reported_and_a_missing_group_holds_nothing() {
         (StatusCode::OK, "reviews-v2".to_owned())
     );
     assert_eq!(mesh.waypoint.core.l7().errors.len(), 1);
+}
+
+const REVIEWS_FQDN: &str = "reviews.default.svc.cluster.local";
+const RATINGS_FQDN: &str = "ratings.default.svc.cluster.local";
+
+/// A DestinationRule in `namespace` giving `host` (a full name, so that it means the same
+/// service from any namespace) the subsets `versions`.
+fn subsets_in(namespace: &str, host: &str, versions: &[&str]) -> Value {
+    let subsets: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"name": v, "labels": {"version": v}}))
+        .collect();
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": host.split('.').next().unwrap(), "namespace": namespace},
+        "spec": {"host": host, "subsets": subsets},
+    })
+}
+
+/// A VirtualService `name` in `namespace` for `host` (a full name): each `(prefix, subset)`
+/// rule routes to that subset of `host`; other paths match no rule.
+fn routes_in(namespace: &str, name: &str, host: &str, rules: &[(&str, &str)]) -> Value {
+    let http: Vec<Value> = rules
+        .iter()
+        .map(|(prefix, subset)| {
+            json!({
+                "match": [{"uri": {"prefix": prefix}}],
+                "route": [{"destination": {"host": host, "subset": subset}}],
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hosts": [host], "http": http},
+    })
+}
+
+/// The list and watch requests of the configuration kinds the API double received.
+fn config_reads(api: &ApiServer) -> Vec<RecordedRequest> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .filter(|r| {
+            READ_RESOURCES
+                .iter()
+                .any(|(_, plural)| r.path.ends_with(&format!("/{plural}")))
+        })
+        .collect()
+}
+
+/// Every kind was listed and watched in each of `namespaces`, and nothing else was read:
+/// no cluster-wide collection, no other namespace.
+fn assert_reads_only(api: &ApiServer, namespaces: &[&str]) {
+    let reads = config_reads(api);
+    for r in &reads {
+        assert!(
+            namespaces
+                .iter()
+                .any(|ns| r.path.contains(&format!("/namespaces/{ns}/"))),
+            "read outside {namespaces:?}: {} {}?{}",
+            r.method,
+            r.path,
+            r.query
+        );
+    }
+    for (group, plural) in READ_RESOURCES {
+        for ns in namespaces {
+            let collection = format!("/namespaces/{ns}/{plural}");
+            let of_kind: Vec<&RecordedRequest> = reads
+                .iter()
+                .filter(|r| r.path.starts_with(&format!("/apis/{group}/")))
+                .filter(|r| r.path.ends_with(&collection))
+                .collect();
+            assert!(
+                of_kind.iter().any(|r| !r.is_watch()),
+                "{plural} never listed in {ns}: {reads:#?}"
+            );
+            assert!(
+                of_kind.iter().any(|r| r.is_watch()),
+                "{plural} never watched in {ns}: {reads:#?}"
+            );
+        }
+    }
+}
+
+/// Sends `GET host path` `n` times; the backends each reached, in order.
+async fn backends_of(mesh: &WaypointMesh, host: &str, path: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (status, backend) = request(mesh, host, path).await;
+        assert_eq!(status, StatusCode::OK, "{host}{path}");
+        out.push(backend);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_namespaces_limit_the_objects_read_to_those_namespaces() {
+    let api = ApiServer::start().await;
+    // Namespace `default` (the services' own) is read; `shop` is not.
+    api.seed(subsets_in("default", REVIEWS_FQDN, &["v1", "v2", "v3"]));
+    api.seed(routes_in(
+        "default",
+        "reviews",
+        REVIEWS_FQDN,
+        &[("/a", "v2")],
+    ));
+    api.seed(routes_in(
+        "shop",
+        "reviews",
+        REVIEWS_FQDN,
+        &[("/a", "v3"), ("/b", "v1")],
+    ));
+    api.seed(subsets_in("shop", RATINGS_FQDN, &["v1", "v2"]));
+    let mesh = start_mesh_in(Net(75), &api, &["default"]).await;
+    assert!(mesh.waypoint.ready.is_ready());
+
+    // `default`'s rule sends every `/a` request to v2; `shop`'s would have sent them to v3.
+    assert_eq!(
+        backends_of(&mesh, REVIEWS, "/a/1", 5).await,
+        vec!["reviews-v2"; 5]
+    );
+    assert_eq!(mesh.backends.count("reviews-v2", "/a/1"), 5);
+    assert_eq!(mesh.backends.count("reviews-v3", "/"), 0);
+    // `shop`'s `/b` rule does not exist for the waypoint: no rule matches, 404 NR, nothing
+    // reaches a backend.
+    assert_eq!(
+        request(&mesh, REVIEWS, "/b").await,
+        (StatusCode::NOT_FOUND, String::new())
+    );
+    assert_eq!(mesh.backends.count_by(REVIEWS_BACKENDS, "/b"), 0);
+    // Only `default`'s objects were loaded: `shop`'s VirtualService and DestinationRule never
+    // reached the waypoint.
+    let l7 = mesh.waypoint.core.l7();
+    let loaded: Vec<(String, String)> = l7
+        .config
+        .virtual_services
+        .iter()
+        .map(|o| (o.namespace().to_owned(), o.name().to_owned()))
+        .chain(
+            l7.config
+                .destination_rules
+                .iter()
+                .map(|o| (o.namespace().to_owned(), o.name().to_owned())),
+        )
+        .collect();
+    assert_eq!(
+        loaded,
+        [
+            ("default".to_owned(), "reviews".to_owned()),
+            ("default".to_owned(), "reviews".to_owned())
+        ]
+    );
+    assert!(l7.errors.is_empty(), "{:?}", l7.errors);
+
+    // Every kind read in `default` only: never cluster-wide, never `shop`.
+    assert_reads_only(&api, &["default"]);
+    assert!(
+        api.writes().is_empty(),
+        "the waypoint wrote: {:#?}",
+        api.writes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_namespaces_read_each_listed_namespace() {
+    let api = ApiServer::start().await;
+    api.seed(subsets_in("default", REVIEWS_FQDN, &["v1", "v2", "v3"]));
+    api.seed(routes_in(
+        "default",
+        "reviews",
+        REVIEWS_FQDN,
+        &[("/a", "v2")],
+    ));
+    // The ratings route names a subset that only `shop`'s DestinationRule defines.
+    api.seed(routes_in(
+        "default",
+        "ratings",
+        RATINGS_FQDN,
+        &[("/r", "v2")],
+    ));
+    api.seed(subsets_in("shop", RATINGS_FQDN, &["v1", "v2"]));
+    // Not listed: never read.
+    api.seed(routes_in("other", "reviews", REVIEWS_FQDN, &[("/a", "v3")]));
+    let mesh = start_mesh_in(Net(76), &api, &["default", "shop"]).await;
+
+    // Both namespaces' objects apply: `/r` reaches the v2 subset `shop` defines.
+    assert_eq!(
+        backends_of(&mesh, REVIEWS, "/a/1", 4).await,
+        vec!["reviews-v2"; 4]
+    );
+    assert_eq!(
+        backends_of(&mesh, RATINGS, "/r/1", 4).await,
+        vec!["ratings-v2"; 4]
+    );
+    assert_eq!(mesh.backends.count("ratings-v1", "/"), 0);
+    assert_eq!(mesh.backends.count("reviews-v3", "/"), 0);
+    let l7 = mesh.waypoint.core.l7();
+    assert_eq!(l7.config.virtual_services.len(), 2);
+    let rules: Vec<&str> = l7
+        .config
+        .destination_rules
+        .iter()
+        .map(|o| o.namespace())
+        .collect();
+    assert_eq!(rules, ["default", "shop"]);
+    assert!(l7.errors.is_empty(), "{:?}", l7.errors);
+
+    assert_reads_only(&api, &["default", "shop"]);
+    let other: Vec<RecordedRequest> = config_reads(&api)
+        .into_iter()
+        .filter(|r| r.path.contains("/namespaces/other/"))
+        .collect();
+    assert!(other.is_empty(), "{other:#?}");
 }

@@ -34,7 +34,8 @@ use super::{ConfigError, ConfigSet, Kind};
 /// Settings of the Kubernetes source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeSourceSettings {
-    /// The namespaces whose objects are read; empty (the default) = every namespace.
+    /// The namespaces whose objects are read; empty (the default) = every namespace. Blank
+    /// entries are ignored (`WAYPOINT_CONFIG_NAMESPACES=""` means every namespace).
     pub namespaces: Vec<String>,
     /// How long a burst of changes is gathered before the configuration is rebuilt; the
     /// configuration changes at most once per period. Default 100 ms.
@@ -51,6 +52,38 @@ impl Default for KubeSourceSettings {
             debounce: Duration::from_millis(100),
             rediscover: Duration::from_secs(30),
         }
+    }
+}
+
+/// The `(API group, resource)` of every kind the source reads, in [`Kind::ALL`] order: what
+/// the waypoint's identity must be allowed to `get`, `list` and `watch` (the waypoint
+/// controller chart's `<name>-waypoint-config` ClusterRole grants exactly these).
+pub const READ_RESOURCES: [(&str, &str); Kind::ALL.len()] = {
+    let mut out = [("", ""); Kind::ALL.len()];
+    let mut i = 0;
+    while i < Kind::ALL.len() {
+        out[i] = (Kind::ALL[i].group(), Kind::ALL[i].plural());
+        i += 1;
+    }
+    out
+};
+
+/// The verbs the source uses on each of [`READ_RESOURCES`].
+pub const READ_VERBS: [&str; 3] = ["get", "list", "watch"];
+
+/// The collections watched for `namespaces` (the `--config-namespaces` list): each named
+/// namespace once, sorted, blanks ignored; `[None]` (every namespace) when none is named.
+pub fn watched_namespaces(namespaces: &[String]) -> Vec<Option<String>> {
+    // Each namespace once: a namespace watched twice would report its objects as duplicates.
+    let unique: BTreeSet<&str> = namespaces
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if unique.is_empty() {
+        vec![None]
+    } else {
+        unique.into_iter().map(|n| Some(n.to_owned())).collect()
     }
 }
 
@@ -146,14 +179,7 @@ pub fn watch<F>(
 where
     F: Fn(ConfigSet, Vec<ConfigError>) + Send + Sync + 'static,
 {
-    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        // Each namespace once: a namespace watched twice would report its objects as
-        // duplicates.
-        let unique: BTreeSet<&String> = settings.namespaces.iter().collect();
-        unique.into_iter().cloned().map(Some).collect()
-    };
+    let namespaces = watched_namespaces(&settings.namespaces);
     let streams: Vec<Stream> = Kind::ALL
         .into_iter()
         .flat_map(|kind| {
@@ -434,6 +460,38 @@ mod tests {
                 *expected,
                 "{kind} {pairs:?}"
             );
+        }
+    }
+
+    #[test]
+    fn watched_namespaces_table() {
+        let cases: &[(&[&str], &[Option<&str>])] = &[
+            (&[], &[None]),
+            (&[""], &[None]),
+            (&[" ", ""], &[None]),
+            (&["a"], &[Some("a")]),
+            (&["b", "a", "b"], &[Some("a"), Some("b")]),
+            (&["a", "", " b "], &[Some("a"), Some("b")]),
+        ];
+        for (given, want) in cases {
+            let given: Vec<String> = given.iter().map(|s| (*s).to_owned()).collect();
+            let want: Vec<Option<String>> = want.iter().map(|n| n.map(str::to_owned)).collect();
+            assert_eq!(watched_namespaces(&given), want, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn read_resources_are_the_kinds_read() {
+        assert_eq!(READ_RESOURCES.len(), Kind::ALL.len());
+        for (kind, (group, resource)) in Kind::ALL.into_iter().zip(READ_RESOURCES) {
+            assert_eq!(group, kind.group(), "{kind}");
+            // The plural of the kind, as the CRDs name it.
+            let lower = kind.as_str().to_lowercase();
+            let plural = match lower.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{lower}s"),
+            };
+            assert_eq!(resource, plural, "{kind}");
         }
     }
 

@@ -92,13 +92,26 @@ impl Kind {
     ];
 
     /// The API group.
-    pub fn group(self) -> &'static str {
+    pub const fn group(self) -> &'static str {
         match self {
             Self::VirtualService | Self::DestinationRule | Self::ServiceEntry => {
                 "networking.istio.io"
             }
             Self::HttpRoute | Self::GrpcRoute => "gateway.networking.k8s.io",
             Self::RequestAuthentication | Self::AuthorizationPolicy => "security.istio.io",
+        }
+    }
+
+    /// The resource name of the kind in API paths and RBAC rules (`virtualservices`).
+    pub const fn plural(self) -> &'static str {
+        match self {
+            Self::VirtualService => "virtualservices",
+            Self::DestinationRule => "destinationrules",
+            Self::ServiceEntry => "serviceentries",
+            Self::HttpRoute => "httproutes",
+            Self::GrpcRoute => "grpcroutes",
+            Self::RequestAuthentication => "requestauthentications",
+            Self::AuthorizationPolicy => "authorizationpolicies",
         }
     }
 

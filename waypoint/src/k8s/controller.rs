@@ -3,13 +3,23 @@
 //! applies [`reconcile`](super::reconcile::reconcile)'s decision.
 //!
 //! Each reconcile reads the Gateway and its class afresh (a deleted Gateway is never
-//! provisioned again from a stale cache). Writes are server-side apply with the controller name as field manager (`force`): the
-//! ServiceAccount, the Deployment and the Service, then the Gateway's status on its `/status`
-//! subresource (only when it differs from the observed one, so a status write does not cause
-//! another). Gateways of other classes are never written to. A failed reconcile is retried
+//! provisioned again from a stale cache). Writes are server-side apply with the controller
+//! name as field manager (`force`): the ServiceAccount, in `namespace` configuration scope the
+//! RoleBinding that lets the waypoint read its L7 configuration, the waypoint's copy of
+//! istiod's mesh configuration, the Deployment and the Service, then the Gateway's status on
+//! its `/status` subresource (only when it differs from the observed one, so a status write
+//! does not cause another). istiod's mesh ConfigMap is read afresh at each reconcile, and
+//! watched by name (a `metadata.name` field selector): any change of it reconciles every
+//! Gateway. Gateways of other classes are never written to. A failed reconcile is retried
 //! with exponential backoff (200 ms doubling up to 60 s, per Gateway); a successful one is
 //! repeated every 5 minutes to correct drift. Deleting a Gateway deletes its objects through
 //! their owner references (the API server's garbage collector), not here.
+//!
+//! In `cluster` configuration scope, one task keeps the subjects of the configuration
+//! ClusterRoleBinding equal to the ServiceAccounts of the waypoints provisioned
+//! ([`reconcile::cluster_subjects`] of the Gateways and classes listed afresh): it applies
+//! them after every reconcile and every change of a Gateway (a deletion included), at most
+//! once per [`SUBJECTS_DEBOUNCE`], and again after [`BACKOFF_MAX`] when the write failed.
 //!
 //! The readiness server answers `/healthz/ready` (15021) once the first list of Gateways has
 //! been received; the metrics server (15020, `/stats/prometheus` and `/metrics`) exposes
@@ -26,15 +36,17 @@ use gateway_api::gateways::Gateway;
 use http::{Request, StatusCode};
 use hyper::body::Bytes;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller as KubeController};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder as _, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ztunnel::admin::ReadinessServer;
@@ -45,7 +57,7 @@ use ztunnel::admin::serve::{
 
 use super::labels;
 use super::reconcile::{self, is_ours};
-use super::settings::ControllerConfig;
+use super::settings::{ConfigScope, ControllerConfig};
 
 /// The reconcile counter.
 pub const RECONCILES_TOTAL: &str = "waypoint_controller_reconciles_total";
@@ -57,6 +69,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const SYNC_POLL: Duration = Duration::from_millis(100);
 /// Resync period of a reconciled Gateway.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How long the subjects of the cluster-wide configuration binding wait for more changes
+/// before they are written.
+pub const SUBJECTS_DEBOUNCE: Duration = Duration::from_millis(100);
 /// `Content-Type` of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -165,6 +180,8 @@ struct Context {
     metrics: Metrics,
     /// Consecutive failures per Gateway (namespace, name), for the backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
+    /// Wakes the task that keeps the cluster-wide configuration binding (`cluster` scope).
+    subjects: Arc<Notify>,
 }
 
 impl Context {
@@ -214,6 +231,7 @@ impl Controller {
             config,
             metrics: Metrics::new(),
             failures: Mutex::new(HashMap::new()),
+            subjects: Arc::new(Notify::new()),
         });
         let mut tasks = vec![
             tokio::spawn(readiness.run(shutdown.clone())),
@@ -233,6 +251,13 @@ impl Controller {
                 .map(Some)
                 .collect()
         };
+        if ctx.config.waypoint.config_scope == ConfigScope::Cluster {
+            tasks.push(tokio::spawn(keep_cluster_subjects(
+                ctx.clone(),
+                namespaces.clone(),
+                shutdown.clone(),
+            )));
+        }
         let mut stores = Vec::new();
         let mut runs = Vec::new();
         for namespace in namespaces {
@@ -338,8 +363,25 @@ fn build(
     );
     let store = controller.store();
     let by_class = store.clone();
+    // A change of istiod's mesh configuration updates every waypoint's copy.
+    let mesh = &config.mesh_config;
+    let mesh_changes = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &mesh.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", mesh.name)),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|object| std::future::ready(object.ok().map(|_| ())));
+    let controller = controller.reconcile_all_on(mesh_changes);
+    let controller = match config.waypoint.config_scope {
+        ConfigScope::Namespace => {
+            controller.owns(api::<RoleBinding>(client, namespace), owned.clone())
+        }
+        ConfigScope::Cluster => controller,
+    };
     let controller = controller
         .owns(api::<ServiceAccount>(client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(client, namespace), owned.clone())
         .owns(api::<Deployment>(client, namespace), owned.clone())
         .owns(api::<Service>(client, namespace), owned)
         .watches(
@@ -369,6 +411,7 @@ async fn reconcile_gateway(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let result = reconcile_once(&gateway, &ctx).await;
+    ctx.subjects.notify_one();
     let key = (gateway.namespace().unwrap_or_default(), gateway.name_any());
     match &result {
         Ok(true) => {
@@ -451,6 +494,18 @@ async fn reconcile_once(cached: &Gateway, ctx: &Context) -> Result<bool, Reconci
     let Some(class) = class.filter(|c| is_ours(c, &ctx.config)) else {
         return Ok(false);
     };
+    let mesh_source = &ctx.config.mesh_config;
+    let mesh = Api::<ConfigMap>::namespaced(ctx.client.clone(), &mesh_source.namespace)
+        .get_opt(&mesh_source.name)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            what: format!("ConfigMap {}/{}", mesh_source.namespace, mesh_source.name),
+            source,
+        })?;
+    let mesh = mesh
+        .as_ref()
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|data| data.get(reconcile::MESH_KEY));
     let now = now();
     // The objects do not depend on the observed Service; the status does, and is computed
     // again from the Service as applied.
@@ -463,6 +518,16 @@ async fn reconcile_once(cached: &Gateway, ctx: &Context) -> Result<bool, Reconci
     if let Some(sa) = &desired.service_account {
         let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
         apply(&api, &params, &sa.name_any(), sa).await?;
+    }
+    if let Some(binding) = &desired.role_binding {
+        let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply(&api, &params, &binding.name_any(), binding).await?;
+    }
+    if let Some(copy) =
+        reconcile::mesh_config_map(gateway, &class, &ctx.config, mesh.map(String::as_str))
+    {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply(&api, &params, &copy.name_any(), &copy).await?;
     }
     if let Some(deployment) = &desired.deployment {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -492,4 +557,102 @@ async fn reconcile_once(cached: &Gateway, ctx: &Context) -> Result<bool, Reconci
             })?;
     }
     Ok(true)
+}
+
+/// Gateways of `namespace` (all when `None`).
+fn gateways_api(client: &Client, namespace: Option<&str>) -> Api<Gateway> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// `cluster` scope: applies the subjects of the configuration ClusterRoleBinding after every
+/// reconcile and every change of a Gateway in `namespaces`, until `shutdown`.
+async fn keep_cluster_subjects(
+    ctx: Arc<Context>,
+    namespaces: Vec<Option<String>>,
+    shutdown: CancellationToken,
+) {
+    let changes = futures_util::stream::select_all(namespaces.iter().map(|namespace| {
+        watcher(
+            gateways_api(&ctx.client, namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed()
+    }));
+    let trigger = ctx.subjects.clone();
+    let forward = async move {
+        let mut changes = changes;
+        while let Some(event) = changes.next().await {
+            // Errors are retried by the watcher's backoff; every event may change the set.
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "gateway watch for the configuration binding");
+            }
+            trigger.notify_one();
+        }
+    };
+    let sync = async {
+        let mut retry = false;
+        loop {
+            if retry {
+                tokio::select! {
+                    () = ctx.subjects.notified() => {}
+                    () = tokio::time::sleep(BACKOFF_MAX) => {}
+                }
+            } else {
+                ctx.subjects.notified().await;
+            }
+            // Changes during the pause leave a permit: the next round picks them up.
+            tokio::time::sleep(SUBJECTS_DEBOUNCE).await;
+            match apply_cluster_subjects(&ctx, &namespaces).await {
+                Ok(count) => {
+                    retry = false;
+                    tracing::debug!(subjects = count, "configuration binding applied");
+                }
+                Err(error) => {
+                    retry = true;
+                    tracing::warn!(%error, retry_in = ?BACKOFF_MAX, "configuration binding not applied");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = forward => {}
+        () = sync => {}
+    }
+}
+
+/// Lists the Gateways and classes and applies the configuration ClusterRoleBinding with their
+/// waypoints' ServiceAccounts; returns how many.
+async fn apply_cluster_subjects(
+    ctx: &Context,
+    namespaces: &[Option<String>],
+) -> Result<usize, ReconcileError> {
+    let read = |what: &str| {
+        let what = what.to_string();
+        move |source| ReconcileError::Read { what, source }
+    };
+    let mut gateways = Vec::new();
+    for namespace in namespaces {
+        let list = gateways_api(&ctx.client, namespace.as_deref())
+            .list(&Default::default())
+            .await
+            .map_err(read("Gateways"))?;
+        gateways.extend(list.items);
+    }
+    let classes = Api::<GatewayClass>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await
+        .map_err(read("GatewayClasses"))?
+        .items;
+    let subjects = reconcile::cluster_subjects(&gateways, &classes, &ctx.config);
+    let count = subjects.len();
+    let binding = reconcile::cluster_role_binding(&ctx.config, subjects);
+    let api: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    let params = PatchParams::apply(&ctx.config.controller_name).force();
+    apply(&api, &params, &binding.name_any(), &binding).await?;
+    Ok(count)
 }

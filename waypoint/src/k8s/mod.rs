@@ -2,9 +2,11 @@
 //! Gateway API `Gateway` of a class it serves (`waypoint controller --config <file>`).
 //!
 //! It sits before the data path: it creates the Deployment that runs the `waypoint` proxy,
-//! the Service ztunnel sends HBONE to (15008) and the ServiceAccount whose identity the
-//! waypoint presents, and reports the Gateway's status (`Programmed` with the Service's
-//! address). The proxy itself never talks to the Kubernetes API for this.
+//! the Service ztunnel sends HBONE to (15008), the ServiceAccount whose identity the
+//! waypoint presents, its copy of istiod's mesh configuration and the binding that lets that identity read the waypoint's L7
+//! configuration from the API server (`WAYPOINT_CONFIG_SOURCE=k8s://`), and reports the
+//! Gateway's status (`Programmed` with the Service's address). The proxy itself never talks
+//! to the Kubernetes API for provisioning.
 //!
 //! - [`settings`]: the controller's configuration file (the Helm chart's ConfigMap).
 //! - [`reconcile`]: the pure decision — Gateway, GatewayClass, settings and the observed
@@ -21,7 +23,7 @@ mod tests;
 
 pub use controller::{Controller, ControllerError, ControllerOptions};
 pub use reconcile::{Desired, reconcile};
-pub use settings::ControllerConfig;
+pub use settings::{ConfigScope, ControllerConfig};
 
 /// Well-known names (groups, annotations) of the Gateway API and Istio.
 pub mod names {

@@ -1,7 +1,22 @@
 //! The controller's decision, pure: from a Gateway, its GatewayClass, the controller's
 //! settings and the observed waypoint Service, the objects that provision the waypoint
-//! (ServiceAccount, Deployment, Service) and the Gateway's status. No I/O: the controller loop
+//! (ServiceAccount, Deployment, Service, and the RoleBinding that lets it read its L7
+//! configuration) and the Gateway's status; from every Gateway, the subjects of the
+//! cluster-wide configuration binding ([`cluster_subjects`]). No I/O: the controller loop
 //! ([`controller`](super::controller)) reads the inputs and applies the outputs.
+//!
+//! Each waypoint reads its L7 configuration from the API server (`WAYPOINT_CONFIG_SOURCE=
+//! k8s://`). In `namespace` scope (the default) it reads its Gateway's namespace
+//! (`WAYPOINT_CONFIG_NAMESPACES`) through a RoleBinding there, named after its
+//! ServiceAccount, to the configuration ClusterRole; in `cluster` scope it reads every
+//! namespace through the one ClusterRoleBinding whose subjects are all the waypoints'
+//! ServiceAccounts.
+//!
+//! The waypoint also gets a copy of istiod's mesh configuration ([`mesh_config_map`]): a
+//! ConfigMap `<waypoint>-istio-mesh` in the Gateway's namespace with the `mesh` key of
+//! istiod's `istio` ConfigMap, mounted at `/etc/istio/config`. The waypoint re-reads that file
+//! when it changes, so a mesh change updates the ConfigMap only and never rolls the pods (no
+//! hash annotation on the pod template).
 //!
 //! The objects and the status follow what istiod renders for a Gateway of class
 //! `istio-waypoint`: objects named after the Gateway (or its `gateway.istio.io/name-override`
@@ -20,17 +35,20 @@ use gateway_api::gateways::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext, Service, ServiceAccount,
     ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::settings::{ControllerConfig, DEFAULT_ISTIOD_ADDRESS, DEFAULT_ROOT_CA, DEFAULT_TOKEN};
+use super::settings::{
+    ConfigScope, ControllerConfig, DEFAULT_ISTIOD_ADDRESS, DEFAULT_ROOT_CA, DEFAULT_TOKEN,
+};
 use super::{labels, names};
 use crate::ports;
 
@@ -41,6 +59,17 @@ pub const UNSUPPORTED_LISTENER: &str =
 /// The traffic a waypoint handles (`istio.io/waypoint-for`).
 pub const WAYPOINT_FOR_VALUES: [&str; 4] = ["service", "workload", "all", "none"];
 
+/// The `WAYPOINT_CONFIG_SOURCE` of every waypoint: the Kubernetes API server.
+pub const CONFIG_SOURCE: &str = "k8s://";
+/// The key of istiod's mesh ConfigMap that holds the `meshConfig` YAML, copied as is.
+pub const MESH_KEY: &str = "mesh";
+/// Where the waypoint's copy of the mesh configuration is mounted: the directory of its
+/// default `MESH_CONFIG_FILE` (`/etc/istio/config/mesh`).
+pub const MESH_CONFIG_DIR: &str = "/etc/istio/config";
+
+/// The RBAC API group.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
 /// Everything the controller wants for one Gateway.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
@@ -50,6 +79,10 @@ pub struct Desired {
     pub deployment: Option<Deployment>,
     /// The waypoint's Service; `None` when the Gateway is not programmed.
     pub service: Option<Service>,
+    /// The RoleBinding granting the waypoint's ServiceAccount read access to the L7
+    /// configuration of its namespace; `None` when the Gateway is not programmed or in
+    /// `cluster` scope.
+    pub role_binding: Option<RoleBinding>,
     /// The Gateway's status.
     pub gateway_status: GatewayStatus,
 }
@@ -128,6 +161,7 @@ pub fn reconcile(
             service_account: None,
             deployment: None,
             service: None,
+            role_binding: None,
             gateway_status: status,
         });
     }
@@ -144,8 +178,116 @@ pub fn reconcile(
         service_account: Some(ctx.service_account()),
         deployment: Some(ctx.deployment()),
         service: Some(ctx.service()),
+        role_binding: match settings.waypoint.config_scope {
+            ConfigScope::Namespace => Some(ctx.role_binding()),
+            ConfigScope::Cluster => None,
+        },
         gateway_status: status,
     })
+}
+
+/// The name of a waypoint's copy of the mesh configuration: `<waypoint>-istio-mesh`.
+pub fn mesh_config_name(deployment_name: &str) -> String {
+    format!("{deployment_name}-istio-mesh")
+}
+
+/// The waypoint's copy of istiod's mesh configuration: `mesh` is the `mesh` key of istiod's
+/// ConfigMap (`None` when it or its key is missing: the copy is then empty, and the waypoint
+/// runs without extension providers). `None` when the Gateway is not ours or not programmed,
+/// like the other objects.
+pub fn mesh_config_map(
+    gateway: &Gateway,
+    class: &GatewayClass,
+    settings: &ControllerConfig,
+    mesh: Option<&str>,
+) -> Option<ConfigMap> {
+    if !is_ours(class, settings)
+        || gateway.spec.gateway_class_name != class_name(class)
+        || !listeners_valid(gateway)
+    {
+        return None;
+    }
+    let (deployment_name, sa_name) = object_names(gateway);
+    let namespace = gateway.metadata.namespace.clone().unwrap_or_default();
+    let ctx = Objects {
+        gateway,
+        settings,
+        deployment_name: &deployment_name,
+        sa_name: &sa_name,
+        namespace: &namespace,
+        traffic: waypoint_for(gateway, class),
+    };
+    Some(ConfigMap {
+        metadata: ctx.meta(&mesh_config_name(&deployment_name)),
+        data: mesh.map(|m| BTreeMap::from([(MESH_KEY.to_string(), m.to_string())])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The ServiceAccount subject of a waypoint.
+fn service_account_subject(namespace: &str, name: &str) -> Subject {
+    Subject {
+        api_group: None,
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(namespace.into()),
+    }
+}
+
+/// The reference to the configuration ClusterRole.
+fn config_role_ref(settings: &ControllerConfig) -> RoleRef {
+    RoleRef {
+        api_group: Some(RBAC_GROUP.into()),
+        kind: "ClusterRole".into(),
+        name: settings.waypoint.config_cluster_role.clone(),
+    }
+}
+
+/// The subjects of the cluster-wide configuration binding (`cluster` scope): the
+/// ServiceAccount of every waypoint the controller provisions — every Gateway of one of its
+/// `classes`, with valid listeners and not being deleted — sorted by namespace and name, each
+/// once.
+pub fn cluster_subjects<'a>(
+    gateways: impl IntoIterator<Item = &'a Gateway>,
+    classes: &[GatewayClass],
+    settings: &ControllerConfig,
+) -> Vec<Subject> {
+    let ours: Vec<&str> = classes
+        .iter()
+        .filter(|c| is_ours(c, settings))
+        .map(class_name)
+        .collect();
+    let accounts: std::collections::BTreeSet<(String, String)> = gateways
+        .into_iter()
+        .filter(|g| g.metadata.deletion_timestamp.is_none())
+        .filter(|g| ours.contains(&g.spec.gateway_class_name.as_str()))
+        .filter(|g| listeners_valid(g))
+        .map(|g| {
+            let namespace = g.metadata.namespace.clone().unwrap_or_default();
+            (namespace, object_names(g).1)
+        })
+        .filter(|(namespace, name)| !namespace.is_empty() && !name.is_empty())
+        .collect();
+    accounts
+        .into_iter()
+        .map(|(namespace, name)| service_account_subject(&namespace, &name))
+        .collect()
+}
+
+/// The cluster-wide configuration binding with `subjects` (`cluster` scope): named like the
+/// ClusterRole it binds, created empty by the chart, its subjects kept by the controller.
+pub fn cluster_role_binding(
+    settings: &ControllerConfig,
+    subjects: Vec<Subject>,
+) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(settings.waypoint.config_cluster_role.clone()),
+            ..ObjectMeta::default()
+        },
+        role_ref: config_role_ref(settings),
+        subjects: Some(subjects),
+    }
 }
 
 fn class_name(class: &GatewayClass) -> &str {
@@ -391,6 +533,15 @@ impl Objects<'_> {
         }
     }
 
+    /// Binds the waypoint's ServiceAccount to the configuration ClusterRole in its namespace.
+    fn role_binding(&self) -> RoleBinding {
+        RoleBinding {
+            metadata: self.meta(self.sa_name),
+            role_ref: config_role_ref(self.settings),
+            subjects: Some(vec![service_account_subject(self.namespace, self.sa_name)]),
+        }
+    }
+
     fn service(&self) -> Service {
         let port = |name: &str, port: u16, app_protocol: &str| ServicePort {
             name: Some(name.into()),
@@ -458,6 +609,14 @@ impl Objects<'_> {
             ("AUTH_TOKEN", DEFAULT_TOKEN),
             ("TRUST_DOMAIN", "cluster.local"),
             ("CLUSTER_DOMAIN", "cluster.local"),
+            ("WAYPOINT_CONFIG_SOURCE", CONFIG_SOURCE),
+            (
+                "WAYPOINT_CONFIG_NAMESPACES",
+                match self.settings.waypoint.config_scope {
+                    ConfigScope::Namespace => self.namespace,
+                    ConfigScope::Cluster => "",
+                },
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -549,6 +708,12 @@ impl Objects<'_> {
                     read_only: Some(true),
                     ..VolumeMount::default()
                 },
+                VolumeMount {
+                    name: "istio-mesh".into(),
+                    mount_path: MESH_CONFIG_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
             ]),
             ..Container::default()
         };
@@ -572,6 +737,14 @@ impl Objects<'_> {
                 name: "istiod-ca-cert".into(),
                 config_map: Some(ConfigMapVolumeSource {
                     name: "istio-ca-root-cert".into(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "istio-mesh".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: mesh_config_name(self.deployment_name),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()

@@ -25,6 +25,25 @@ pub const DEFAULT_ROOT_CA: &str = "/var/run/secrets/istio/root-cert.pem";
 /// the default `AUTH_TOKEN`.
 pub const DEFAULT_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
 
+/// The chart's default name of the ClusterRole that lets waypoints read their L7
+/// configuration (and, in [`ConfigScope::Cluster`], of the ClusterRoleBinding granting it).
+pub const DEFAULT_CONFIG_CLUSTER_ROLE: &str = "waypoint-controller-waypoint-config";
+
+/// Where each waypoint reads its L7 configuration (VirtualServices, HTTPRoutes,
+/// AuthorizationPolicies, …) from the API server (`WAYPOINT_CONFIG_SOURCE=k8s://`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigScope {
+    /// Its Gateway's namespace only (`WAYPOINT_CONFIG_NAMESPACES=<namespace>`), through a
+    /// RoleBinding there to the configuration ClusterRole. The default.
+    #[default]
+    Namespace,
+    /// Every namespace (`WAYPOINT_CONFIG_NAMESPACES` empty), through the one
+    /// ClusterRoleBinding whose subjects the controller keeps equal to the waypoints it
+    /// manages.
+    Cluster,
+}
+
 /// The controller's configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -43,6 +62,41 @@ pub struct ControllerConfig {
     pub watch_namespaces: Vec<String>,
     /// What goes into every waypoint.
     pub waypoint: WaypointTemplate,
+    /// Where istiod's mesh configuration is read, to be copied next to every waypoint.
+    #[serde(default)]
+    pub mesh_config: MeshConfigSource,
+}
+
+/// istiod's mesh configuration: the ConfigMap whose `mesh` key (the `meshConfig` YAML) the
+/// controller copies into a ConfigMap `<waypoint>-istio-mesh` in each Gateway's namespace,
+/// mounted in the waypoint at `/etc/istio/config` (its default `MESH_CONFIG_FILE`,
+/// `/etc/istio/config/mesh`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfigSource {
+    /// istiod's namespace. Default `istio-system`.
+    #[serde(default = "default_mesh_namespace")]
+    pub namespace: String,
+    /// The ConfigMap's name. Default `istio`.
+    #[serde(default = "default_mesh_name")]
+    pub name: String,
+}
+
+impl Default for MeshConfigSource {
+    fn default() -> Self {
+        Self {
+            namespace: default_mesh_namespace(),
+            name: default_mesh_name(),
+        }
+    }
+}
+
+fn default_mesh_namespace() -> String {
+    "istio-system".into()
+}
+
+fn default_mesh_name() -> String {
+    "istio".into()
 }
 
 /// The template of every waypoint's Deployment.
@@ -70,7 +124,9 @@ pub struct WaypointTemplate {
     /// `CA_ADDRESS` are istiod (`istiod.istio-system.svc:15012`), `XDS_ROOT_CA` and
     /// `CA_ROOT_CA` the mounted `istio-ca-root-cert` (`/var/run/secrets/istio/root-cert.pem`),
     /// `AUTH_TOKEN` the projected token (`/var/run/secrets/tokens/istio-token`),
-    /// `TRUST_DOMAIN` and `CLUSTER_DOMAIN` `cluster.local`.
+    /// `TRUST_DOMAIN` and `CLUSTER_DOMAIN` `cluster.local`, `WAYPOINT_CONFIG_SOURCE`
+    /// `k8s://` and `WAYPOINT_CONFIG_NAMESPACES` the Gateway's namespace (empty in `cluster`
+    /// [`Self::config_scope`]).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// CPU and memory of each waypoint. Default none.
@@ -96,6 +152,17 @@ pub struct WaypointTemplate {
     /// Topology spread constraints of the waypoint pods. Default none.
     #[serde(default)]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Where the waypoints read their L7 configuration from the API server: `namespace` (the
+    /// default: their Gateway's namespace) or `cluster` (every namespace). Sets the defaults
+    /// of `WAYPOINT_CONFIG_SOURCE` (`k8s://`) and `WAYPOINT_CONFIG_NAMESPACES`, which
+    /// [`Self::env`] overrides, and which binding grants the read access.
+    #[serde(default)]
+    pub config_scope: ConfigScope,
+    /// The ClusterRole granting `get`, `list` and `watch` on the kinds the waypoints read
+    /// (installed by the chart); in `cluster` scope also the name of the ClusterRoleBinding
+    /// whose subjects the controller manages. Default `waypoint-controller-waypoint-config`.
+    #[serde(default = "default_config_cluster_role")]
+    pub config_cluster_role: String,
 }
 
 fn default_class() -> String {
@@ -104,6 +171,10 @@ fn default_class() -> String {
 
 fn default_controller() -> String {
     DEFAULT_CONTROLLER_NAME.into()
+}
+
+fn default_config_cluster_role() -> String {
+    DEFAULT_CONFIG_CLUSTER_ROLE.into()
 }
 
 fn default_replicas() -> i32 {
@@ -191,6 +262,15 @@ impl ControllerConfig {
                 "waypoint.terminationGracePeriodSeconds",
                 "must be a positive number of seconds",
             ));
+        }
+        if self.mesh_config.namespace.trim().is_empty() {
+            return Err(invalid("meshConfig.namespace", "must not be empty"));
+        }
+        if self.mesh_config.name.trim().is_empty() {
+            return Err(invalid("meshConfig.name", "must not be empty"));
+        }
+        if self.waypoint.config_cluster_role.trim().is_empty() {
+            return Err(invalid("waypoint.configClusterRole", "must not be empty"));
         }
         Ok(())
     }

@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
 
 use super::reconcile::{Desired, UNSUPPORTED_LISTENER, reconcile};
-use super::settings::{ControllerConfig, SettingsError};
+use super::reconcile::{cluster_role_binding, cluster_subjects, mesh_config_map};
+use super::settings::{ConfigScope, ControllerConfig, SettingsError};
 
 const CONFIG: &str = "
 gatewayClassName: ambient-waypoint
@@ -198,12 +199,14 @@ fn objects_names_labels_and_owner() {
     ];
     for (what, patch, name, sa, traffic) in cases {
         let d = run(&gateway(patch), &ours, None).unwrap();
-        let (sa_obj, dep, svc) = (
+        let (sa_obj, dep, svc, rb) = (
             d.service_account.unwrap(),
             d.deployment.unwrap(),
             d.service.unwrap(),
+            d.role_binding.unwrap(),
         );
         assert_eq!(at(&sa_obj, "/metadata/name"), json!(sa), "{what}");
+        assert_eq!(at(&rb, "/metadata/name"), json!(sa), "{what}");
         assert_eq!(at(&dep, "/metadata/name"), json!(name), "{what}");
         assert_eq!(at(&svc, "/metadata/name"), json!(name), "{what}");
         assert_eq!(
@@ -211,7 +214,7 @@ fn objects_names_labels_and_owner() {
             json!(sa),
             "{what}"
         );
-        for obj in [at(&sa_obj, ""), at(&dep, ""), at(&svc, "")] {
+        for obj in [at(&sa_obj, ""), at(&dep, ""), at(&svc, ""), at(&rb, "")] {
             assert_eq!(obj["metadata"]["namespace"], "ns1", "{what}");
             let labels = &obj["metadata"]["labels"];
             assert_eq!(
@@ -386,6 +389,369 @@ fn deployment_runs_the_waypoint_locked_down() {
         .filter_map(|e| e["name"].as_str())
         .collect();
     assert_eq!(names.iter().filter(|n| **n == "WAYPOINT_NAME").count(), 1);
+}
+
+/// The container's environment of `desired`'s Deployment: name → value.
+fn env_values(desired: &Desired) -> BTreeMap<String, Value> {
+    let dep = desired.deployment.as_ref().unwrap();
+    at(dep, "/spec/template/spec/containers/0/env")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
+        .collect()
+}
+
+#[test]
+fn role_binding_grants_the_configuration_role_in_the_gateway_namespace() {
+    let ours = class(
+        "ambient-waypoint",
+        "ambient.local/waypoint-controller",
+        None,
+    );
+    // (case, gateway patch, settings patch, expected binding)
+    let cases = [
+        (
+            "defaults",
+            json!({}),
+            "",
+            json!({
+                "name": "waypoint",
+                "role": "waypoint-controller-waypoint-config",
+                "subjects": [{"kind": "ServiceAccount", "name": "waypoint", "namespace": "ns1"}],
+            }),
+        ),
+        (
+            "service account annotation, other namespace",
+            json!({"metadata": {
+                "namespace": "shop",
+                "annotations": {"gateway.istio.io/service-account": "wp-sa"},
+            }}),
+            "",
+            json!({
+                "name": "wp-sa",
+                "role": "waypoint-controller-waypoint-config",
+                "subjects": [{"kind": "ServiceAccount", "name": "wp-sa", "namespace": "shop"}],
+            }),
+        ),
+        (
+            "another ClusterRole",
+            json!({}),
+            "  configClusterRole: mesh-waypoint-config\n",
+            json!({
+                "name": "waypoint",
+                "role": "mesh-waypoint-config",
+                "subjects": [{"kind": "ServiceAccount", "name": "waypoint", "namespace": "ns1"}],
+            }),
+        ),
+    ];
+    for (what, patch, extra, want) in cases {
+        let settings = ControllerConfig::from_yaml(&format!("{CONFIG}{extra}")).unwrap();
+        let d = reconcile(&gateway(patch), &ours, &settings, None, time(NOW)).unwrap();
+        let rb = at(d.role_binding.as_ref().unwrap(), "");
+        assert_eq!(rb["metadata"]["name"], want["name"], "{what}");
+        assert_eq!(
+            rb["metadata"]["namespace"], want["subjects"][0]["namespace"],
+            "{what}"
+        );
+        assert_eq!(
+            rb["roleRef"],
+            json!({
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": want["role"],
+            }),
+            "{what}"
+        );
+        assert_eq!(rb["subjects"], want["subjects"], "{what}");
+        assert_eq!(
+            rb["metadata"]["ownerReferences"][0]["uid"], "uid-1",
+            "{what}"
+        );
+    }
+    // Nothing is bound for a refused Gateway.
+    let bad =
+        gateway(json!({"spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}));
+    assert!(run(&bad, &ours, None).unwrap().role_binding.is_none());
+}
+
+#[test]
+fn config_source_environment_by_scope_and_overrides() {
+    let ours = class(
+        "ambient-waypoint",
+        "ambient.local/waypoint-controller",
+        None,
+    );
+    // (case, settings appended to the waypoint section, source, namespaces, a RoleBinding)
+    let cases = [
+        ("namespace scope by default", "", "k8s://", "ns1", true),
+        (
+            "namespace scope",
+            "  configScope: namespace\n",
+            "k8s://",
+            "ns1",
+            true,
+        ),
+        (
+            "cluster scope",
+            "  configScope: cluster\n",
+            "k8s://",
+            "",
+            false,
+        ),
+        (
+            "env overrides the namespaces",
+            "  configScope: namespace\n  env:\n    WAYPOINT_CONFIG_NAMESPACES: ns1,shared\n",
+            "k8s://",
+            "ns1,shared",
+            true,
+        ),
+        (
+            "env overrides the source",
+            "  configScope: cluster\n  env:\n    WAYPOINT_CONFIG_SOURCE: xds://istiod:15010\n",
+            "xds://istiod:15010",
+            "",
+            false,
+        ),
+    ];
+    for (what, extra, source, namespaces, bound) in cases {
+        // The test settings without their `env`, plus the case's lines.
+        let base = CONFIG.split("  env:").next().unwrap();
+        let settings = ControllerConfig::from_yaml(&format!("{base}{extra}")).unwrap();
+        let d = reconcile(&gateway(json!({})), &ours, &settings, None, time(NOW)).unwrap();
+        let env = env_values(&d);
+        assert_eq!(env["WAYPOINT_CONFIG_SOURCE"], json!(source), "{what}");
+        assert_eq!(
+            env["WAYPOINT_CONFIG_NAMESPACES"],
+            json!(namespaces),
+            "{what}"
+        );
+        assert_eq!(d.role_binding.is_some(), bound, "{what}");
+        let raw = at(
+            d.deployment.as_ref().unwrap(),
+            "/spec/template/spec/containers/0/env",
+        );
+        for name in ["WAYPOINT_CONFIG_SOURCE", "WAYPOINT_CONFIG_NAMESPACES"] {
+            let count = raw
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["name"] == name)
+                .count();
+            assert_eq!(count, 1, "{what}: {name} once");
+        }
+    }
+}
+
+#[test]
+fn cluster_subjects_are_the_provisioned_service_accounts() {
+    let settings = config();
+    let classes = vec![
+        class(
+            "ambient-waypoint",
+            "ambient.local/waypoint-controller",
+            None,
+        ),
+        class("istio-waypoint", "istio.io/mesh-controller", None),
+    ];
+    let gw = |namespace: &str, name: &str, patch: Value| {
+        let mut p = json!({"metadata": {"namespace": namespace, "name": name}});
+        merge(&mut p, patch);
+        gateway(p)
+    };
+    let sa = |namespace: &str, name: &str| json!({"kind": "ServiceAccount", "name": name, "namespace": namespace});
+    // (case, gateways, expected subjects)
+    let cases = [
+        ("none", vec![], json!([])),
+        (
+            "sorted by namespace then name",
+            vec![
+                gw("shop", "waypoint", json!({})),
+                gw("bookinfo", "west", json!({})),
+                gw("bookinfo", "east", json!({})),
+            ],
+            json!([
+                sa("bookinfo", "east"),
+                sa("bookinfo", "west"),
+                sa("shop", "waypoint")
+            ]),
+        ),
+        (
+            "the service account annotation; a shared account once",
+            vec![
+                gw(
+                    "a",
+                    "one",
+                    json!({"metadata": {"annotations": {"gateway.istio.io/service-account": "shared"}}}),
+                ),
+                gw(
+                    "a",
+                    "two",
+                    json!({"metadata": {"annotations": {"gateway.istio.io/service-account": "shared"}}}),
+                ),
+            ],
+            json!([sa("a", "shared")]),
+        ),
+        (
+            "other classes, unknown classes, refused listeners and deletions are left out",
+            vec![
+                gw(
+                    "a",
+                    "istio",
+                    json!({"spec": {"gatewayClassName": "istio-waypoint"}}),
+                ),
+                gw(
+                    "a",
+                    "nobody",
+                    json!({"spec": {"gatewayClassName": "missing"}}),
+                ),
+                gw(
+                    "a",
+                    "http",
+                    json!({"spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+                ),
+                gw(
+                    "a",
+                    "going",
+                    json!({"metadata": {"deletionTimestamp": "2026-12-03T16:00:00Z", "finalizers": ["x"]}}),
+                ),
+                gw("b", "kept", json!({})),
+            ],
+            json!([sa("b", "kept")]),
+        ),
+    ];
+    for (what, gateways, want) in cases {
+        let subjects = cluster_subjects(&gateways, &classes, &settings);
+        assert_eq!(serde_json::to_value(&subjects).unwrap(), want, "{what}");
+        let binding = cluster_role_binding(&settings, subjects);
+        assert_eq!(
+            at(&binding, ""),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "waypoint-controller-waypoint-config"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "waypoint-controller-waypoint-config",
+                },
+                "subjects": want,
+            }),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn mesh_config_copy_next_to_the_waypoint() {
+    let ours = class(
+        "ambient-waypoint",
+        "ambient.local/waypoint-controller",
+        None,
+    );
+    let istio = class("istio-waypoint", "istio.io/mesh-controller", None);
+    let mesh = "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp: {service: a.b.svc.cluster.local, port: 80}\n";
+    // (case, gateway patch, class, istiod's `mesh`, expected name, expected data)
+    let cases = [
+        (
+            "copied as is",
+            json!({}),
+            &ours,
+            Some(mesh),
+            Some("waypoint-istio-mesh"),
+            json!({"mesh": mesh}),
+        ),
+        (
+            "named after the Deployment",
+            json!({"metadata": {"annotations": {"gateway.istio.io/name-override": "wp"}}}),
+            &ours,
+            Some(mesh),
+            Some("wp-istio-mesh"),
+            json!({"mesh": mesh}),
+        ),
+        (
+            "istiod's ConfigMap missing: an empty copy",
+            json!({}),
+            &ours,
+            None,
+            Some("waypoint-istio-mesh"),
+            Value::Null,
+        ),
+        (
+            "another class: nothing",
+            json!({"spec": {"gatewayClassName": "istio-waypoint"}}),
+            &istio,
+            Some(mesh),
+            None,
+            Value::Null,
+        ),
+        (
+            "refused listeners: nothing",
+            json!({"spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+            &ours,
+            Some(mesh),
+            None,
+            Value::Null,
+        ),
+    ];
+    for (what, patch, cls, source, name, data) in cases {
+        let gw = gateway(patch);
+        let copy = mesh_config_map(&gw, cls, &config(), source);
+        let Some(name) = name else {
+            assert!(copy.is_none(), "{what}");
+            continue;
+        };
+        let copy = at(&copy.unwrap(), "");
+        assert_eq!(copy["metadata"]["name"], name, "{what}");
+        assert_eq!(copy["metadata"]["namespace"], "ns1", "{what}");
+        assert_eq!(copy["data"], data, "{what}");
+        assert_eq!(
+            copy["metadata"]["ownerReferences"][0]["uid"], "uid-1",
+            "{what}"
+        );
+        assert_eq!(
+            copy["metadata"]["labels"]["gateway.istio.io/managed"],
+            "ambient.local-waypoint-controller"
+        );
+        // The Deployment mounts that copy where the waypoint reads its mesh config by default.
+        let dep = at(
+            &reconcile(&gw, cls, &config(), None, time(NOW))
+                .unwrap()
+                .deployment,
+            "",
+        );
+        let pod = &dep["spec"]["template"];
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["configMap"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{what}: no volume of {name}"));
+        let mount = pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .cloned()
+            .unwrap();
+        assert_eq!(mount["mountPath"], "/etc/istio/config", "{what}");
+        assert_eq!(mount["readOnly"], true);
+        assert_eq!(
+            format!("{}/mesh", mount["mountPath"].as_str().unwrap()),
+            crate::config::mesh::DEFAULT_MESH_CONFIG_PATH
+        );
+        // The waypoint reloads the file: no hash of it rolls the pods.
+        let annotations: Vec<&String> = pod["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert!(
+            annotations.iter().all(|k| k.starts_with("prometheus.io/")),
+            "{what}: {annotations:?}"
+        );
+    }
 }
 
 #[test]
@@ -623,6 +989,22 @@ fn config_file_errors() {
             "waypoint: {image: x, terminationGracePeriodSeconds: 0}",
             "waypoint.terminationGracePeriodSeconds: must be a positive",
         ),
+        (
+            "waypoint: {image: x, configScope: everywhere}",
+            "waypoint.configScope: unknown variant `everywhere`",
+        ),
+        (
+            "waypoint: {image: x, configClusterRole: ''}",
+            "waypoint.configClusterRole: must not be empty",
+        ),
+        (
+            "meshConfig: {namespace: ''}\nwaypoint: {image: x}",
+            "meshConfig.namespace: must not be empty",
+        ),
+        (
+            "meshConfig: {nmae: istio}\nwaypoint: {image: x}",
+            "meshConfig: unknown field `nmae`",
+        ),
     ];
     for (yaml, want) in cases {
         let err = ControllerConfig::from_yaml(yaml).unwrap_err();
@@ -637,4 +1019,16 @@ fn config_file_errors() {
     assert_eq!(minimal.controller_name, "ambient.local/waypoint-controller");
     assert_eq!(minimal.waypoint.replicas, 1);
     assert_eq!(minimal.cluster_domain(), "cluster.local");
+    assert_eq!(minimal.waypoint.config_scope, ConfigScope::Namespace);
+    assert_eq!(
+        (
+            minimal.mesh_config.namespace.as_str(),
+            minimal.mesh_config.name.as_str()
+        ),
+        ("istio-system", "istio")
+    );
+    assert_eq!(
+        minimal.waypoint.config_cluster_role,
+        "waypoint-controller-waypoint-config"
+    );
 }

@@ -19,6 +19,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s/%s:%s" $hub .Values.image (.Values.tag | default .Chart.AppVersion | toString) -}}
 {{- end }}
 
+{{/* Where the waypoints read their L7 configuration: namespace or cluster (waypoint.configScope). */}}
+{{- define "waypoint-controller.configScope" -}}
+{{- $scope := .Values.waypoint.configScope | default "namespace" | toString -}}
+{{- if not (has $scope (list "namespace" "cluster")) -}}
+{{- fail (printf "waypoint.configScope must be namespace or cluster, got %v" $scope) -}}
+{{- end -}}
+{{- $scope -}}
+{{- end }}
+
 {{/*
 The controller's configuration file (config.yaml of the ConfigMap): its GatewayClass and what
 goes into every waypoint it creates. `waypoint.env` is the waypoint container's environment
@@ -59,11 +68,14 @@ INSTANCE_IP).
   "tolerations" $w.tolerations
   "affinity" $w.affinity
   "topologySpreadConstraints" $w.topologySpreadConstraints
+  "configScope" (include "waypoint-controller.configScope" .)
+  "configClusterRole" (printf "%s-waypoint-config" (include "waypoint-controller.name" .))
 -}}
 {{- toYaml (dict
   "gatewayClassName" .Values.gatewayClass.name
   "controllerName" .Values.gatewayClass.controllerName
   "watchNamespaces" .Values.watchNamespaces
+  "meshConfig" (dict "namespace" .Values.meshConfig.namespace "name" .Values.meshConfig.name)
   "waypoint" $waypoint
 ) -}}
 {{- end }}
