@@ -276,6 +276,8 @@ pub struct MeshOptions {
     pub kubernetes: Option<waypoint::run::KubeSource>,
     /// The waypoint's trace sampling and span export.
     pub tracing: waypoint::telemetry::TracingSettings,
+    /// `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (default off).
+    pub multiple_custom_authz_providers: bool,
 }
 
 impl Default for MeshOptions {
@@ -293,6 +295,7 @@ impl Default for MeshOptions {
             downstream: DownstreamLimits::default(),
             kubernetes: None,
             tracing: waypoint::telemetry::TracingSettings::default(),
+            multiple_custom_authz_providers: false,
         }
     }
 }
@@ -437,6 +440,7 @@ impl WaypointMesh {
             egress: options.egress.clone(),
             downstream: options.downstream,
             tracing: options.tracing.clone(),
+            multiple_custom_authz_providers: options.multiple_custom_authz_providers,
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

@@ -266,9 +266,10 @@ async fn backend_close_ends_the_websocket() {
 
 /// Items: a backend answering 200 or 426 instead of 101 is passed through, the connection is
 /// closed and nothing written after it reaches the backend; a 101 to a request that did not
-/// ask for it, or naming another protocol, is a 502 `UPE`.
+/// ask for it, or naming another protocol, is a 502 `UPE`; an AuthorizationPolicy DENY on the
+/// path answers 403 and the backend never sees the upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_and_unexpected_upgrades_are_not_spliced() {
+async fn refused_denied_and_unexpected_upgrades_are_not_spliced() {
     let mesh = WaypointMesh::start(Net(72)).await;
     for code in [200u16, 426] {
         let path = format!("/ws-refuse/{code}");
@@ -321,13 +322,9 @@ async fn refused_and_unexpected_upgrades_are_not_spliced() {
     // The mesh still serves plain requests.
     let (status, _, _) = send(&mut client, get(REVIEWS, "/after", &[])).await;
     assert_eq!(status, StatusCode::OK);
-}
 
-/// Items: an AuthorizationPolicy DENY on the path answers 403 and the backend never sees the
-/// upgrade; other upgrades go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denied_upgrade_never_reaches_the_backend() {
-    let mesh = WaypointMesh::start(Net(73)).await;
+    // An AuthorizationPolicy DENY on the path answers 403 and the backend never sees the
+    // upgrade; other upgrades go on.
     mesh.apply(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-ws, namespace: default}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: reviews}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/ws/denied\"]}}]}]\n",
     );
@@ -339,8 +336,9 @@ async fn denied_upgrade_never_reaches_the_backend() {
     let head = read_head(&mut client).await;
     assert_eq!(head.status, 403);
     assert!(head.header("upgrade").is_none());
-    let (body, _) = read_to_close(&mut client, head.rest).await;
+    let (body, closed) = read_to_close(&mut client, head.rest).await;
     assert_eq!(body, b"RBAC: access denied");
+    assert!(closed, "the connection is closed after the denial");
     assert!(seen(&mesh, "/ws/denied").is_empty());
     let line = log_line(&mesh, "/ws/denied").await;
     assert_eq!(line["response_code"], 403, "{line}");

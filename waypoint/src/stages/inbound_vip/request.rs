@@ -18,7 +18,7 @@ use super::upgrade::{self, SpliceEnd};
 use super::{Downstream, VipTarget};
 use crate::app::{Core, L7State};
 use crate::authn::{self, Denial};
-use crate::authz::{HttpAttributes, RequestAttributes, evaluate};
+use crate::authz::{HttpAttributes, Reason, RequestAttributes, evaluate};
 use crate::body::{BodyOutcome, Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext, Picked};
 use crate::egress::tls::TlsOrigination;
@@ -539,66 +539,65 @@ impl Listener {
                 "request audited"
             );
         }
+        // Every matching provider is asked, in policy name order; any denial wins.
         let mut response_edits = Vec::new();
-        let reason = match decision.custom {
-            None => decision.reason,
-            Some(custom) => {
-                let name = custom.policy.provider.as_deref().unwrap_or_default();
-                match l7.providers.get(name) {
-                    None => {
-                        tracing::info!(
-                            target: "authz",
-                            listener = %self.name,
-                            policy = %custom,
-                            provider = name,
-                            "request denied: the CUSTOM policy's extension provider is not defined in meshConfig.extensionProviders"
-                        );
-                        decision.reason
-                    }
-                    Some(provider) => {
-                        let (verdict, outcome) = self.ext_authz(provider, parts, replay).await;
-                        count_ext_authz(metrics, outcome, &self.name);
-                        match verdict {
-                            Verdict::Deny {
+        let mut reason = if decision.custom.is_empty() {
+            decision.reason
+        } else {
+            decision.after_custom
+        };
+        for custom in &decision.custom {
+            let name = custom.policy.provider.as_deref().unwrap_or_default();
+            let Some(provider) = l7.providers.get(name) else {
+                tracing::info!(
+                    target: "authz",
+                    listener = %self.name,
+                    policy = %custom,
+                    provider = name,
+                    "request denied: the CUSTOM policy's extension provider is not defined in meshConfig.extensionProviders"
+                );
+                reason = Reason::Custom(*custom);
+                break;
+            };
+            let (verdict, outcome) = self.ext_authz(provider, parts, replay).await;
+            count_ext_authz(metrics, outcome, &self.name);
+            match verdict {
+                Verdict::Deny {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    tracing::debug!(
+                        target: "authz",
+                        listener = %self.name,
+                        policy = %custom,
+                        provider = name,
+                        status = status.as_u16(),
+                        peer = %self.downstream.peer_identity,
+                        "request denied by the external authorizer"
+                    );
+                    let details = match outcome {
+                        ext_authz::Outcome::BodyTooLarge => {
+                            return Err(log.local_reply(
                                 status,
-                                headers,
-                                body,
-                            } => {
-                                tracing::debug!(
-                                    target: "authz",
-                                    listener = %self.name,
-                                    policy = %custom,
-                                    provider = name,
-                                    status = status.as_u16(),
-                                    peer = %self.downstream.peer_identity,
-                                    "request denied by the external authorizer"
-                                );
-                                let details = match outcome {
-                                    ext_authz::Outcome::BodyTooLarge => {
-                                        return Err(log.local_reply(
-                                            status,
-                                            None,
-                                            ext_authz::BODY_TOO_LARGE_DETAILS,
-                                        ));
-                                    }
-                                    ext_authz::Outcome::Denied => ext_authz::DENIED_DETAILS,
-                                    _ => ext_authz::ERROR_DETAILS,
-                                };
-                                return Err(log.ext_authz_denied(details, status, headers, body));
-                            }
-                            Verdict::Allow {
-                                upstream,
-                                downstream,
-                            } => {
-                                ext_authz::apply_edits(&upstream, &mut parts.headers);
-                                response_edits = downstream;
-                                decision.after_custom
-                            }
+                                None,
+                                ext_authz::BODY_TOO_LARGE_DETAILS,
+                            ));
                         }
-                    }
+                        ext_authz::Outcome::Denied => ext_authz::DENIED_DETAILS,
+                        _ => ext_authz::ERROR_DETAILS,
+                    };
+                    return Err(log.ext_authz_denied(details, status, headers, body));
+                }
+                Verdict::Allow {
+                    upstream,
+                    downstream,
+                } => {
+                    ext_authz::apply_edits(&upstream, &mut parts.headers);
+                    response_edits.extend(downstream);
                 }
             }
-        };
+        }
         let Some(details) = reason.response_code_details() else {
             metrics.count_http(HttpStat::RbacAllowed, &self.name);
             return Ok(response_edits);
