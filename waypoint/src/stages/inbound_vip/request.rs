@@ -217,6 +217,7 @@ impl Listener {
         if let Some(xfcc) = filters::client_cert_details(
             &self.core.options().identity,
             &self.downstream.peer_identity,
+            self.downstream.peer_certificate.as_ref(),
         ) {
             parts.headers.insert(filters::FORWARDED_CLIENT_CERT, xfcc);
         }
