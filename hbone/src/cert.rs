@@ -242,6 +242,62 @@ pub fn identity_from_der(cert: &CertificateDer<'_>) -> Result<Identity, CertErro
     identity_from_x509(&parse_x509(cert)?)
 }
 
+/// The subject of a DER certificate as an RFC 2253 distinguished name (the format Envoy puts
+/// in `x-forwarded-client-cert`'s `Subject`): the RDNs last to first, separated by `,`,
+/// multi-valued RDNs joined with `+`, attribute types by their short name (`CN`, `O`, …) or
+/// dotted OID, the characters `,+"\<>;` escaped with `\`. Empty for an empty subject (SPIFFE
+/// workload certificates). A value that is not a string is written as `#` and its DER bytes
+/// in hex.
+pub fn subject_rfc2253(cert: &CertificateDer<'_>) -> Result<String, CertError> {
+    let x509 = parse_x509(cert)?;
+    let registry = x509_parser::objects::oid_registry();
+    let mut rdns: Vec<String> = x509
+        .subject()
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let oid = attr.attr_type();
+                    let name = x509_parser::objects::oid2abbrev(oid, registry)
+                        .map_or_else(|_| oid.to_id_string(), str::to_owned);
+                    let value = match attr.as_str() {
+                        Ok(value) => escape_dn_value(value),
+                        Err(_) => {
+                            let hex: String = attr
+                                .attr_value()
+                                .data
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect();
+                            format!("#{hex}")
+                        }
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.reverse();
+    Ok(rdns.join(","))
+}
+
+/// Escapes an RFC 2253 attribute value.
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Parses a PEM bundle of CA certificates (trust roots). At least one certificate is required and
 /// each must be valid X.509; blocks other than `CERTIFICATE` are skipped.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
@@ -433,6 +489,37 @@ mod tests {
 
     fn id(ns: &str, sa: &str) -> Identity {
         Identity::new("cluster.local", ns, sa).unwrap()
+    }
+
+    #[test]
+    fn subjects_in_rfc2253() {
+        // (subject attributes in certificate order, the RFC 2253 string)
+        let cases: &[(&[(rcgen::DnType, &str)], &str)] = &[
+            (&[], ""),
+            (
+                &[
+                    (rcgen::DnType::CountryName, "US"),
+                    (rcgen::DnType::OrganizationName, "Lyft"),
+                    (rcgen::DnType::CommonName, "Test Client"),
+                ],
+                "CN=Test Client,O=Lyft,C=US",
+            ),
+            (
+                &[(rcgen::DnType::CommonName, "a,b+c\"d;e<f>g\\h")],
+                "CN=a\\,b\\+c\\\"d\\;e\\<f\\>g\\\\h",
+            ),
+            (&[(rcgen::DnType::CommonName, " padded ")], "CN=\\ padded\\ "),
+        ];
+        for (attributes, expected) in cases {
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            for (ty, value) in *attributes {
+                params.distinguished_name.push(ty.clone(), *value);
+            }
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(subject_rfc2253(cert.der()).unwrap(), *expected, "{attributes:?}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +40,8 @@ pub struct InboundRequest {
     pub headers: HeaderMap,
     /// The identity the client proved in the TLS handshake.
     pub peer_identity: Identity,
+    /// The client's leaf certificate (DER), shared by the streams of its connection.
+    pub peer_certificate: Option<Arc<CertificateDer<'static>>>,
     /// The client's address on this connection.
     pub peer_addr: SocketAddr,
     /// The address the client connected to.
@@ -228,6 +231,12 @@ pub async fn serve_connection<H: Handler>(
     let handshake = async {
         let tls_stream = acceptor.accept(tcp).await.map_err(Error::from_handshake)?;
         let peer_identity = tls::peer_identity(tls_stream.get_ref().1)?;
+        let peer_certificate = tls_stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|leaf| Arc::new(leaf.clone().into_owned()));
         let tls_stream = Coalesce::new(tls_stream);
         let conn = h2::server::Builder::new()
             .initial_window_size(config.window_size)
@@ -238,12 +247,12 @@ pub async fn serve_connection<H: Handler>(
             .max_send_buffer_size(config.window_size as usize)
             .handshake::<_, Bytes>(tls_stream)
             .await?;
-        Ok::<_, Error>((conn, peer_identity))
+        Ok::<_, Error>((conn, (peer_identity, peer_certificate)))
     };
     // Boxed, and freed once done: the TLS and HTTP/2 handshakes are large futures, and the
     // connection's task would otherwise keep room for them beside the connection for its whole
     // life.
-    let (mut conn, peer_identity) = Box::pin(tokio::time::timeout(deadline, handshake))
+    let (mut conn, (peer_identity, peer_certificate)) = Box::pin(tokio::time::timeout(deadline, handshake))
         .await
         .map_err(|_| Error::HandshakeTimeout(deadline))??;
 
@@ -276,7 +285,8 @@ pub async fn serve_connection<H: Handler>(
             }
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
-                    let Some(call) = check(request, respond, &peer_identity, peer_addr, local_addr) else {
+                    let peer = (&peer_identity, peer_certificate.as_ref());
+                    let Some(call) = check(request, respond, peer, peer_addr, local_addr) else {
                         continue;
                     };
                     tokio::spawn(tunnel_task(handler.clone(), Box::new(call)));
@@ -326,7 +336,7 @@ fn unbox<T>(b: Box<T>) -> T {
 fn check(
     request: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
-    peer_identity: &Identity,
+    (peer_identity, peer_certificate): (&Identity, Option<&Arc<CertificateDer<'static>>>),
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
 ) -> Option<(InboundRequest, Responder)> {
@@ -344,6 +354,7 @@ fn check(
         authority,
         headers: parts.headers,
         peer_identity: peer_identity.clone(),
+        peer_certificate: peer_certificate.cloned(),
         peer_addr,
         local_addr,
     };

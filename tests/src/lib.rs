@@ -32,6 +32,7 @@ pub mod inpod;
 pub mod kube;
 pub mod netns;
 pub mod waypoint;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,7 +10,8 @@
 //! (`x-backend`), record every request they get, and behave by path: `/status/<code>`,
 //! `/delay/<ms>`, `/flaky/<n>` (the first n requests of that path get 503),
 //! `/fail-on/<backend>` (500 from that backend only), and gRPC echo
-//! (each request message comes back as it arrives, then `grpc-status: 0`). The services
+//! (each request message comes back as it arrives, then `grpc-status: 0`); WebSocket upgrades
+//! and `/raw/…` paths are served byte by byte by [`crate::websocket`]. The services
 //! `reviews` and `ratings` are bound to the waypoint, and so is the workload `ratings-v1`
 //! (workload-addressed traffic to it crosses the waypoint as TCP).
 
@@ -133,7 +134,12 @@ impl Backends {
         self.flaky.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn record(&self, backend: &str, seen: Seen) {
+    /// Counts one request received.
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record(&self, backend: &str, seen: Seen) {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -270,6 +276,8 @@ pub struct MeshOptions {
     pub kubernetes: Option<waypoint::run::KubeSource>,
     /// The waypoint's trace sampling and span export.
     pub tracing: waypoint::telemetry::TracingSettings,
+    /// `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (default off).
+    pub multiple_custom_authz_providers: bool,
 }
 
 impl Default for MeshOptions {
@@ -287,6 +295,7 @@ impl Default for MeshOptions {
             downstream: DownstreamLimits::default(),
             kubernetes: None,
             tracing: waypoint::telemetry::TracingSettings::default(),
+            multiple_custom_authz_providers: false,
         }
     }
 }
@@ -431,6 +440,7 @@ impl WaypointMesh {
             egress: options.egress.clone(),
             downstream: options.downstream,
             tracing: options.tracing.clone(),
+            multiple_custom_authz_providers: options.multiple_custom_authz_providers,
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)
@@ -625,7 +635,11 @@ async fn spawn_backend_with(
                 match acceptor {
                     None => {
                         backends.accepted.fetch_add(1, Ordering::Relaxed);
-                        serve_backend(TokioIo::new(stream), name, backends).await;
+                        if !backends.echo && crate::websocket::wants_raw(&stream).await {
+                            crate::websocket::serve(stream, name, backends).await;
+                        } else {
+                            serve_backend(TokioIo::new(stream), name, backends).await;
+                        }
                     }
                     Some(acceptor) => {
                         if let Ok(stream) = acceptor.accept(stream).await {

@@ -499,3 +499,119 @@ async fn grpc_authorizer_allows_denies_and_fails() {
     assert_eq!(counter(&metrics, "envoy_http_ext_authz_denied"), 2.0);
     assert_eq!(counter(&metrics, "envoy_http_ext_authz_error"), 1.0);
 }
+
+/// Two CUSTOM policies on `reviews` naming two HTTP providers of one fake authorizer,
+/// `authz-a` (`/a-check`, forwards `x-ext-authz`) and `authz-b` (`/b-check`, forwards
+/// nothing, so it denies). Written `b-second` first: the order asked is the policies' names'.
+fn two_providers(mesh: &WaypointMesh, authorizer: SocketAddr) {
+    mesh.apply_mesh_config(&format!(
+        "extensionProviders:\n\
+         - name: authz-a\n  envoyExtAuthzHttp: {{service: \"{ip}\", port: {port}, pathPrefix: /a-check, includeRequestHeadersInCheck: [x-ext-authz]}}\n\
+         - name: authz-b\n  envoyExtAuthzHttp: {{service: \"{ip}\", port: {port}, pathPrefix: /b-check}}\n",
+        ip = authorizer.ip(),
+        port = authorizer.port(),
+    ));
+    mesh.apply(&format!(
+        "{}---\n{}",
+        policy(
+            "b-second",
+            "  action: CUSTOM\n  provider: {name: authz-b}\n  rules: [{to: [{operation: {paths: [\"/both*\", \"/b-only*\"]}}]}]\n"
+        ),
+        policy(
+            "a-first",
+            "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{to: [{operation: {paths: [\"/both*\", \"/a-only*\"]}}]}]\n"
+        ),
+    ));
+}
+
+fn asked_paths(asked: &Mutex<Vec<Asked>>) -> Vec<String> {
+    asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.path.clone())
+        .collect()
+}
+
+/// By default (as istiod) a service whose CUSTOM policies name two providers denies every
+/// request, asks no authorizer and reports the conflict in config_dump's warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_custom_providers_deny_the_service_by_default() {
+    let net = Net(73);
+    let mesh = WaypointMesh::start(net).await;
+    let authorizer = SocketAddr::new(net.workload(150).into(), 8000);
+    let asked = http_authorizer(authorizer).await;
+    two_providers(&mesh, authorizer);
+    let mut reviews = mesh.http1(net.reviews()).await;
+    for path in ["/open", "/a-only", "/both"] {
+        let (status, _, body) = send(
+            &mut reviews,
+            get(REVIEWS, path, &[("x-ext-authz", "allow")]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(body, "RBAC: access denied", "{path}");
+    }
+    assert!(asked_paths(&asked).is_empty());
+    assert!(mesh.backends.seen_by(REVIEWS_BACKENDS, "/").is_empty());
+    let dump = mesh.config_dump().await;
+    let warnings = dump["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "only 1 provider can be used per workload, found multiple providers: [authz-a authz-b]: every request to reviews.default.svc.cluster.local is denied"
+        ),
+        "{warnings}"
+    );
+}
+
+/// With `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`, each provider is asked for the
+/// requests its own policies match, in policy name order; any denial wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_custom_providers_are_each_asked_when_enabled() {
+    let net = Net(74);
+    let mesh = WaypointMesh::start_with(
+        net,
+        ambient_e2e::waypoint::MeshOptions {
+            multiple_custom_authz_providers: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let authorizer = SocketAddr::new(net.workload(150).into(), 8000);
+    let asked = http_authorizer(authorizer).await;
+    two_providers(&mesh, authorizer);
+    let mut reviews = mesh.http1(net.reviews()).await;
+    let allow = [("x-ext-authz", "allow")];
+
+    // (path, status, the checks made in order)
+    let cases: &[(&str, StatusCode, &[&str])] = &[
+        ("/open", StatusCode::OK, &[]),
+        ("/a-only", StatusCode::OK, &["/a-check/a-only"]),
+        ("/b-only", StatusCode::FORBIDDEN, &["/b-check/b-only"]),
+        (
+            "/both",
+            StatusCode::FORBIDDEN,
+            &["/a-check/both", "/b-check/both"],
+        ),
+    ];
+    for (path, expected, checks) in cases {
+        asked.lock().unwrap().clear();
+        let (status, _, body) = send(&mut reviews, get(REVIEWS, path, &allow)).await;
+        assert_eq!(status, *expected, "{path}");
+        assert_eq!(asked_paths(&asked), *checks, "{path}");
+        let reached = mesh.backends.seen_by(REVIEWS_BACKENDS, path).len();
+        if *expected == StatusCode::OK {
+            assert_eq!(reached, 1, "{path}");
+        } else {
+            assert_eq!(body, DENIED_BODY, "{path}");
+            assert_eq!(reached, 0, "{path}");
+        }
+    }
+    // The first provider's denial ends it: the second is not asked.
+    asked.lock().unwrap().clear();
+    let (status, _, _) = send(&mut reviews, get(REVIEWS, "/both", &[])).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(asked_paths(&asked), ["/a-check/both"]);
+    let dump = mesh.config_dump().await;
+    assert!(!dump["warnings"].to_string().contains("only 1 provider"));
+}

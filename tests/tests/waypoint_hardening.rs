@@ -554,12 +554,23 @@ async fn h2c_is_not_upgraded_and_internal_headers_are_replaced() {
         .iter()
         .map(|v| v.to_str().unwrap())
         .collect();
+    // Envoy's elements in Envoy's order: the SHA-256 of the client's certificate and its
+    // (empty, for a SPIFFE workload certificate) subject sit between `By` and `URI`.
+    assert_eq!(xfcc.len(), 1, "{xfcc:?}");
+    let elements: Vec<&str> = xfcc[0].split(';').collect();
+    assert_eq!(elements.len(), 4, "{xfcc:?}");
     assert_eq!(
-        xfcc,
-        [
-            "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/default/sa/sleep"
-        ]
+        elements[0],
+        "By=spiffe://cluster.local/ns/default/sa/waypoint"
     );
+    let hash = elements[1].strip_prefix("Hash=").expect("Hash element");
+    assert_eq!(hash.len(), 64, "{hash}");
+    assert!(
+        hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{hash}"
+    );
+    assert_eq!(elements[2], "Subject=\"\"");
+    assert_eq!(elements[3], "URI=spiffe://cluster.local/ns/default/sa/sleep");
     assert!(
         !seen
             .headers

@@ -99,6 +99,11 @@ pub struct WaypointOptions {
     pub downstream: DownstreamLimits,
     /// Trace sampling and span export (see [`TracingSettings`] for each default).
     pub tracing: TracingSettings,
+    /// Whether the CUSTOM AuthorizationPolicies of one service may name different extension
+    /// providers (istiod's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`): each provider is
+    /// then asked for the requests its own policies match, in policy name order, and any
+    /// denial wins. Default false, as Istio: such a service denies every request.
+    pub multiple_custom_authz_providers: bool,
 }
 
 impl WaypointOptions {
@@ -120,6 +125,7 @@ impl WaypointOptions {
             egress: EgressSettings::default(),
             downstream: DownstreamLimits::default(),
             tracing: TracingSettings::default(),
+            multiple_custom_authz_providers: false,
         }
     }
 
@@ -414,6 +420,7 @@ impl Core {
             .root_namespace
             .clone_from(&self.options.root_namespace);
         options.providers = Arc::clone(&lock(&self.providers));
+        options.multiple_custom_providers = self.options.multiple_custom_authz_providers;
         options
     }
 

@@ -118,6 +118,12 @@ struct Cli {
     /// destination) or REGISTRY_ONLY (BlackHoleCluster, 502).
     #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", value_parser = waypoint::egress::parse_outbound_policy)]
     outbound_traffic_policy: waypoint::egress::OutboundPolicy,
+    /// Let the CUSTOM AuthorizationPolicies of one service name different extension
+    /// providers (istiod's setting): each provider is asked for the requests its own
+    /// policies match, in policy name order, any denial wins. Off by default, as Istio: such a
+    /// service denies every request.
+    #[arg(long, env = "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS", default_value_t = false, action = clap::ArgAction::Set)]
+    multiple_custom_authz_providers: bool,
     /// How long resolved addresses of DNS ServiceEntries are used (Istio's
     /// meshConfig.dnsRefreshRate; Go duration).
     #[arg(long, env = "DNS_REFRESH_RATE", default_value = "60s", value_parser = go_duration)]
@@ -451,6 +457,7 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
             ..waypoint::egress::EgressSettings::default()
         },
         tracing,
+        multiple_custom_authz_providers: cli.multiple_custom_authz_providers,
         downstream: DownstreamLimits {
             max_request_headers_kb: cli.max_request_headers_kb,
             max_headers_count: cli.max_headers_count,

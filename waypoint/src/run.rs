@@ -85,6 +85,10 @@ pub struct RunConfig {
     pub downstream: DownstreamLimits,
     /// Trace sampling and OTLP span export (default: 1% sampling, no export).
     pub tracing: TracingSettings,
+    /// Whether one service's CUSTOM AuthorizationPolicies may name different extension
+    /// providers (istiod's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`; default false: such
+    /// a service denies every request).
+    pub multiple_custom_authz_providers: bool,
 }
 
 /// The Kubernetes source of the L7 configuration: a client of the API server and what to
@@ -216,6 +220,7 @@ pub async fn start(
     options.egress = config.egress.clone();
     options.downstream = config.downstream;
     options.tracing = config.tracing.clone();
+    options.multiple_custom_authz_providers = config.multiple_custom_authz_providers;
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());

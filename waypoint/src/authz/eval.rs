@@ -158,10 +158,13 @@ pub struct Decision<'a> {
     pub reason: Reason<'a>,
     /// The AUDIT policies that matched, in order.
     pub audited: Vec<PolicyMatch<'a>>,
-    /// The CUSTOM policy that matched, when one did and no invalid policy applies: its
-    /// provider decides first (`reason` is then [`Reason::Custom`], the decision when the
-    /// provider cannot be asked).
-    pub custom: Option<PolicyMatch<'a>>,
+    /// The CUSTOM policies that matched, when any did and no invalid policy applies: one per
+    /// extension provider (the first by policy name), in policy name order. Their providers
+    /// decide first, in that order, and any denial wins (`reason` is then [`Reason::Custom`]
+    /// of the first, the decision when a provider cannot be asked). Without
+    /// `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` there is at most one provider: the
+    /// policies of a service naming several are replaced by a denial when compiled.
+    pub custom: Vec<PolicyMatch<'a>>,
     /// The decision of the DENY and ALLOW policies alone: what applies once the CUSTOM
     /// provider allowed the request.
     pub after_custom: Reason<'a>,
@@ -177,7 +180,7 @@ impl Decision<'_> {
 /// Evaluates `policies` (those that apply to the request's service) in Istio's order:
 ///
 /// 1. an applicable invalid policy denies ([`Reason::Invalid`]);
-/// 2. a matching CUSTOM policy sends the request to its provider ([`Decision::custom`]);
+/// 2. the matching CUSTOM policies send the request to their providers ([`Decision::custom`]);
 ///    [`Reason::Custom`] is the decision when the provider cannot be asked, and
 ///    [`Decision::after_custom`] the one that applies when it allows;
 /// 3. a matching DENY policy denies ([`Reason::DeniedBy`]);
@@ -189,7 +192,7 @@ impl Decision<'_> {
 pub fn evaluate<'a>(policies: &'a [Arc<Policy>], request: &RequestAttributes<'_>) -> Decision<'a> {
     let mut audited = Vec::new();
     let mut invalid = None;
-    let mut custom = None;
+    let mut custom: Vec<PolicyMatch<'a>> = Vec::new();
     let mut denied = None;
     let mut allowed = None;
     let mut any_allow = false;
@@ -198,9 +201,21 @@ pub fn evaluate<'a>(policies: &'a [Arc<Policy>], request: &RequestAttributes<'_>
             invalid.get_or_insert(PolicyMatch { policy, rule: None });
             continue;
         }
+        if policy.action == Action::Custom {
+            if let Some(rule) = policy
+                .rules
+                .iter()
+                .position(|r| rule_matches(r, policy.action, request))
+            {
+                custom.push(PolicyMatch {
+                    policy,
+                    rule: Some(rule),
+                });
+            }
+            continue;
+        }
         let slot = match policy.action {
-            Action::Audit => None,
-            Action::Custom => Some(&mut custom),
+            Action::Audit | Action::Custom => None,
             Action::Deny => Some(&mut denied),
             Action::Allow => {
                 any_allow = true;
@@ -237,16 +252,24 @@ pub fn evaluate<'a>(policies: &'a [Arc<Policy>], request: &RequestAttributes<'_>
     } else {
         Reason::NoAllowPolicies
     };
-    let reason = match (invalid, custom) {
+    if invalid.is_some() {
+        custom.clear();
+    }
+    custom.sort_by(|a, b| {
+        (&a.policy.name, &a.policy.namespace).cmp(&(&b.policy.name, &b.policy.namespace))
+    });
+    let mut providers = std::collections::HashSet::new();
+    custom.retain(|m| providers.insert(m.policy.provider.as_deref()));
+    let reason = match (invalid, custom.first()) {
         (Some(m), _) => Reason::Invalid(m),
-        (None, Some(m)) => Reason::Custom(m),
+        (None, Some(m)) => Reason::Custom(*m),
         (None, None) => after_custom,
     };
     Decision {
         allowed: reason.is_allowed(),
         reason,
         audited,
-        custom: if invalid.is_some() { None } else { custom },
+        custom,
         after_custom,
     }
 }

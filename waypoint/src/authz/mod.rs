@@ -141,6 +141,10 @@ pub struct AuthzOptions {
     /// The external authorizers of the mesh config, to warn about CUSTOM policies naming
     /// another provider (none by default).
     pub providers: Arc<ExtensionProviders>,
+    /// Whether the CUSTOM policies that apply to one service may name different providers
+    /// (Istio's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`); see [`compile`]. Default
+    /// false.
+    pub multiple_custom_providers: bool,
 }
 
 impl AuthzOptions {
@@ -153,6 +157,7 @@ impl AuthzOptions {
             root_namespace: ROOT_NAMESPACE.to_owned(),
             domain_suffix: "cluster.local".to_owned(),
             providers: Arc::default(),
+            multiple_custom_providers: false,
         }
     }
 }
@@ -167,6 +172,8 @@ pub struct AuthzTable {
     waypoint_wide: Arc<[Arc<Policy>]>,
     /// Every policy loaded and where it applies, for `config_dump`.
     entries: Vec<PolicyEntry>,
+    /// Services whose CUSTOM policies name more than one provider, denied whole.
+    conflicts: Vec<String>,
 }
 
 /// One loaded policy, for `config_dump`.
@@ -207,9 +214,10 @@ impl AuthzTable {
     }
 
     /// Problems worth a warning: applicable CUSTOM policies whose provider is not defined,
-    /// and applicable invalid policies.
+    /// applicable invalid policies, and services denied because their CUSTOM policies name
+    /// more than one provider.
     pub fn warnings(&self) -> impl Iterator<Item = String> + '_ {
-        self.entries.iter().filter_map(|e| {
+        let policies = self.entries.iter().filter_map(|e| {
             if e.applies_to.is_empty() {
                 return None;
             }
@@ -222,8 +230,57 @@ impl AuthzTable {
                     )
                 })
             })
-        })
+        });
+        policies.chain(self.conflicts.iter().cloned())
     }
+}
+
+/// The name of the policy that stands for a service's CUSTOM provider conflict.
+pub const CUSTOM_CONFLICT_POLICY: &str = "custom-provider-conflict";
+
+/// The distinct providers of the valid CUSTOM policies in `policies`, sorted; `None` unless
+/// there are several.
+fn conflicting_providers(policies: &[Arc<Policy>]) -> Option<Vec<String>> {
+    let mut providers: Vec<String> = policies
+        .iter()
+        .filter(|p| p.action == Action::Custom && p.invalid.is_none())
+        .map(|p| p.provider.clone().unwrap_or_default())
+        .collect();
+    providers.sort();
+    providers.dedup();
+    (providers.len() > 1).then_some(providers)
+}
+
+/// Istio's refusal of several CUSTOM providers on one workload.
+fn conflict_reason(providers: &[String]) -> String {
+    format!(
+        "only 1 provider can be used per workload, found multiple providers: [{}]",
+        providers.join(" ")
+    )
+}
+
+/// Without `multiple`, a policy list whose CUSTOM policies name several providers gets an
+/// invalid policy in front, denying every request (Istio generates a deny-all for the
+/// workload). Returns the providers when it did.
+fn deny_conflict(
+    policies: &mut Vec<Arc<Policy>>,
+    namespace: &str,
+    multiple: bool,
+) -> Option<Vec<String>> {
+    if multiple {
+        return None;
+    }
+    let providers = conflicting_providers(policies)?;
+    let deny = Policy {
+        namespace: namespace.to_owned(),
+        name: CUSTOM_CONFLICT_POLICY.to_owned(),
+        action: Action::Custom,
+        provider: None,
+        rules: Vec::new(),
+        invalid: Some(conflict_reason(&providers)),
+    };
+    policies.insert(0, Arc::new(deny));
+    Some(providers)
 }
 
 /// Where a policy applies among the served services.
@@ -235,6 +292,14 @@ enum Scope {
 }
 
 /// Compiles the AuthorizationPolicies of `config` for the `services` this waypoint serves.
+///
+/// A service whose applicable CUSTOM policies name more than one extension provider is
+/// denied whole, as istiod does for a workload ("only 1 provider can be used per workload,
+/// found multiple providers: [a b]"): an invalid policy [`CUSTOM_CONFLICT_POLICY`] in the
+/// waypoint's namespace is put in front of its policies and a warning names the providers
+/// (fail closed). With [`AuthzOptions::multiple_custom_providers`] the policies stay as they
+/// are and each provider is asked for the requests its own policies match
+/// ([`Decision::custom`]).
 pub fn compile(
     config: &ConfigSet,
     services: &[ServiceTarget],
@@ -317,6 +382,19 @@ pub fn compile(
             warning,
         });
     }
+    let namespace = options.waypoint_namespace.as_str();
+    let multiple = options.multiple_custom_providers;
+    let mut conflicts = Vec::new();
+    for (service, list) in services.iter().zip(per_service.iter_mut()) {
+        if let Some(providers) = deny_conflict(list, namespace, multiple) {
+            conflicts.push(format!(
+                "{}: every request to {} is denied (CUSTOM AuthorizationPolicies name several extension providers; PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS is off)",
+                conflict_reason(&providers),
+                service.hostname
+            ));
+        }
+    }
+    deny_conflict(&mut waypoint_wide, namespace, multiple);
     let by_host = services
         .iter()
         .zip(per_service)
@@ -326,6 +404,7 @@ pub fn compile(
         by_host,
         waypoint_wide: Arc::from(waypoint_wide),
         entries,
+        conflicts,
     }
 }
 

@@ -1246,15 +1246,12 @@ fn custom_is_checked_before_deny_and_allow() {
     for (method, path, asked, after) in cases {
         let req = Req::new().method(method).path(path);
         let d = evaluate(t.policies(REVIEWS), &req.attributes());
-        assert_eq!(d.custom.is_some(), *asked, "{method} {path}");
+        assert_eq!(!d.custom.is_empty(), *asked, "{method} {path}");
         assert_eq!(d.after_custom.to_string(), *after, "{method} {path}");
         if *asked {
             // The decision when the provider cannot be asked: denied by the CUSTOM policy.
             assert!(matches!(d.reason, Reason::Custom(_)), "{method} {path}");
-            assert_eq!(
-                d.custom.unwrap().to_string(),
-                "ns[default]-policy[ext]-rule[0]"
-            );
+            assert_eq!(d.custom[0].to_string(), "ns[default]-policy[ext]-rule[0]");
         } else {
             assert_eq!(d.reason.to_string(), *after, "{method} {path}");
         }
@@ -1264,7 +1261,7 @@ fn custom_is_checked_before_deny_and_allow() {
         t.policies(REVIEWS),
         &Req::new().path("/secure/x").attributes(),
     );
-    assert!(d.custom.is_none());
+    assert!(d.custom.is_empty());
     assert!(matches!(d.reason, Reason::Invalid(_)));
 }
 
@@ -1843,4 +1840,91 @@ fn policies_are_shared_not_copied() {
     let a = &t.policies(REVIEWS)[0];
     let b = &t.policies("ratings.default.svc.cluster.local")[0];
     assert!(Arc::ptr_eq(a, b));
+}
+
+/// CUSTOM policies naming two providers: by default (as istiod) every request to the service
+/// is denied and a warning names the providers; with multiple providers allowed, each
+/// matching provider is asked, in policy name order, once.
+#[test]
+fn several_custom_providers_deny_unless_allowed() {
+    let yaml = [
+        gateway_policy(
+            "b-second",
+            "  action: CUSTOM\n  provider: {name: authz-b}\n  rules: [{to: [{operation: {paths: [\"/b*\", \"/both*\"]}}]}]\n",
+        ),
+        gateway_policy(
+            "a-first",
+            "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{to: [{operation: {paths: [\"/a*\", \"/both*\"]}}]}]\n",
+        ),
+        gateway_policy(
+            "a-again",
+            "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{to: [{operation: {paths: [\"/both*\"]}}]}]\n",
+        ),
+    ]
+    .join("---\n");
+    let (config, _) = parse(&yaml);
+
+    let t = compile(&config, &services(), &options());
+    for path in ["/a", "/b", "/both", "/neither"] {
+        let d = evaluate(t.policies(REVIEWS), &Req::new().path(path).attributes());
+        assert!(d.custom.is_empty(), "{path}");
+        assert!(matches!(d.reason, Reason::Invalid(_)), "{path}");
+        assert_eq!(
+            d.response_code_details().as_deref(),
+            Some(
+                "rbac_access_denied_matched_policy[ns[default]-policy[custom-provider-conflict]-invalid]"
+            ),
+            "{path}"
+        );
+    }
+    let warnings: Vec<String> = t.warnings().collect();
+    let expected: Vec<String> = services()
+        .iter()
+        .map(|s| format!(
+            "only 1 provider can be used per workload, found multiple providers: [authz-a authz-b]: every request to {} is denied (CUSTOM AuthorizationPolicies name several extension providers; PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS is off)",
+            s.hostname
+        ))
+        .collect();
+    // The providers are not defined in this mesh config either: one warning per policy, then
+    // the conflicts.
+    assert_eq!(warnings[warnings.len() - expected.len()..], expected[..]);
+
+    let mut multiple = options();
+    multiple.multiple_custom_providers = true;
+    let t = compile(&config, &services(), &multiple);
+    // (path, the policies whose providers are asked, in order)
+    let cases: &[(&str, &[&str])] = &[
+        ("/a", &["a-first"]),
+        ("/b", &["b-second"]),
+        ("/both", &["a-again", "b-second"]),
+        ("/neither", &[]),
+    ];
+    for (path, asked) in cases {
+        let d = evaluate(t.policies(REVIEWS), &Req::new().path(path).attributes());
+        let names: Vec<&str> = d.custom.iter().map(|m| m.policy.name.as_str()).collect();
+        assert_eq!(names, *asked, "{path}");
+        assert_eq!(d.allowed, asked.is_empty(), "{path}");
+    }
+    assert!(!t.warnings().any(|w| w.contains("only 1 provider")));
+}
+
+/// One provider named by several CUSTOM policies is no conflict.
+#[test]
+fn one_custom_provider_in_several_policies_is_asked_once() {
+    let yaml = [
+        gateway_policy(
+            "one",
+            "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{to: [{operation: {paths: [\"/x\"]}}]}]\n",
+        ),
+        gateway_policy(
+            "two",
+            "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{}]\n",
+        ),
+    ]
+    .join("---\n");
+    let t = table(&yaml);
+    let d = evaluate(t.policies(REVIEWS), &Req::new().path("/x").attributes());
+    assert_eq!(d.custom.len(), 1);
+    assert_eq!(d.custom[0].policy.name, "one");
+    assert!(!t.warnings().any(|w| w.contains("only 1 provider")));
 }

@@ -1,8 +1,9 @@
 //! Hop-by-hop headers: the listener strips them from the request in the **filters** phase
 //! (before the request is re-encoded for the upstream) and from the response in the
 //! **respond** phase. They describe one connection, not the message, and must not be
-//! forwarded (RFC 9110 §7.6.1). Connection upgrades (WebSocket) are handled by the listener
-//! before this runs, because their `upgrade`/`connection` headers must reach the upstream.
+//! forwarded (RFC 9110 §7.6.1). A WebSocket upgrade's `upgrade`/`connection` headers are put
+//! back after this runs ([`restore_upgrade`](super::restore_upgrade)): they must reach the
+//! upstream, and the client must see the upstream's 101 with them.
 
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};

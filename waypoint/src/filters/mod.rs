@@ -15,7 +15,8 @@
 //! Per request, in order:
 //!
 //! 1. **filters**
-//!    - [`strip_hop_by_hop`] and [`ensure_request_id`];
+//!    - [`strip_hop_by_hop`] and [`ensure_request_id`]; a WebSocket upgrade
+//!      ([`websocket_upgrade`]) gets its `upgrade`/`connection` back ([`restore_upgrade`]);
 //!    - [`cors_preflight`] may answer a preflight (Istio puts the CORS filter before the fault
 //!      filter; routes that redirect or answer directly skip it);
 //!    - [`decide_fault`]: sleep for the delay (`DI`), answer [`abort_response`] (`FI`);
@@ -26,7 +27,8 @@
 //! 2. **select backend / send**: [`effective_timeouts`]; after each try [`decide_retry`] →
 //!    [`retry_backoff`] and back to **select backend** while [`body_retryable`]; a failed last
 //!    try maps to [`AttemptOutcome::error_status`] and [`AttemptOutcome::response_flag`];
-//! 3. **respond**: [`strip_hop_by_hop`] on the response, the response [`apply_header_ops`],
+//! 3. **respond**: [`upgrade_answer`] (switch, pass, or 502 `UPE`); [`strip_hop_by_hop`] on the
+//!    response, the response [`apply_header_ops`],
 //!    [`cors_response_headers`];
 //! 4. **log**: the [`ResponseFlags`] collected on the way.
 
@@ -41,6 +43,7 @@ mod retry;
 mod rewrite;
 mod sanitize;
 mod timeout;
+mod upgrade;
 
 pub use cors::{cors_preflight, cors_response_headers, origin_allowed};
 pub use fault::{
@@ -58,9 +61,11 @@ pub use retry::{
 };
 pub use rewrite::{ORIGINAL_PATH, apply_rewrite, request_authority, rewrite_authority};
 pub use sanitize::{
-    FORWARDED_CLIENT_CERT, client_cert_details, strip_h2c_upgrade, strip_internal_headers,
+    FORWARDED_CLIENT_CERT, PeerCertificate, client_cert_details, strip_h2c_upgrade,
+    strip_internal_headers,
 };
 pub use timeout::effective_timeouts;
+pub use upgrade::{UpgradeAnswer, WEBSOCKET, restore_upgrade, upgrade_answer, websocket_upgrade};
 
 /// Why a filter could not transform a request.
 ///

@@ -7,11 +7,12 @@
 //! - `x-forwarded-client-cert` from the client is dropped and replaced by the waypoint's own
 //!   (Envoy `forward_client_cert_details: SANITIZE_SET` with
 //!   `set_current_client_cert_details: {uri: true}`): a client cannot claim another identity to
-//!   the backend. The value names the waypoint (`By`) and the client's SPIFFE identity
-//!   (`URI`) as proven in the HBONE mTLS handshake; Envoy's `Hash` and `Subject` elements
-//!   describe a certificate the waypoint's HTTP listener never sees (the tunnel ends in
-//!   `connect_terminate`), so, as for Istio's synthesized XFCC from the tunnel identity, they
-//!   are left out.
+//!   the backend. The value is Envoy's: `By=<waypoint identity>;Hash=<hex SHA-256 of the
+//!   client's certificate (DER)>;Subject="<its subject, RFC 2253>";URI=<client identity>`,
+//!   from the certificate the client presented in the HBONE mTLS handshake
+//!   ([`PeerCertificate`], carried from `connect_terminate`). `Subject` is always quoted
+//!   (`""` for SPIFFE workload certificates, which have an empty subject); a `"` inside it is
+//!   escaped with `\`.
 //! - `x-envoy-*` headers are Envoy's internal control and information headers (retry and
 //!   timeout overrides, `x-envoy-original-path`, …); Envoy removes them from requests that do
 //!   not come from a trusted internal peer, and a client of a waypoint is not one.
@@ -62,8 +63,53 @@ pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
     h2c
 }
 
-/// The waypoint's `x-forwarded-client-cert`: `By=<waypoint identity>;URI=<client identity>`.
-/// `None` when an identity does not fit a header value (never for SPIFFE URIs).
-pub fn client_cert_details(by: &Identity, client: &Identity) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("By={by};URI={client}")).ok()
+/// What `x-forwarded-client-cert` says about the client's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Lower-case hex SHA-256 of the certificate's DER (`Hash`).
+    pub hash: String,
+    /// The subject as an RFC 2253 distinguished name, empty when it has none (`Subject`).
+    pub subject: String,
+}
+
+impl PeerCertificate {
+    /// The details of the DER certificate `der`. A certificate whose subject cannot be read
+    /// (never one that passed the mTLS handshake) gets an empty subject.
+    pub fn from_der(der: &rustls_pki_types::CertificateDer<'_>) -> Self {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+        let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let subject = hbone::cert::subject_rfc2253(der).unwrap_or_default();
+        Self { hash, subject }
+    }
+}
+
+/// The waypoint's `x-forwarded-client-cert`:
+/// `By=<waypoint identity>;Hash=<hash>;Subject="<subject>";URI=<client identity>`, without
+/// `Hash` and `Subject` when the certificate is not known. `None` when a value does not fit a
+/// header (never for SPIFFE URIs and RFC 2253 subjects of printable strings).
+pub fn client_cert_details(
+    by: &Identity,
+    client: &Identity,
+    cert: Option<&PeerCertificate>,
+) -> Option<HeaderValue> {
+    let value = match cert {
+        Some(cert) => {
+            // Already escaped by RFC 2253 (`\"`); any other quote is escaped here.
+            let mut subject = String::with_capacity(cert.subject.len());
+            let mut escaped = false;
+            for c in cert.subject.chars() {
+                if c == '"' && !escaped {
+                    subject.push('\\');
+                }
+                escaped = c == '\\' && !escaped;
+                subject.push(c);
+            }
+            format!(
+                "By={by};Hash={};Subject=\"{subject}\";URI={client}",
+                cert.hash
+            )
+        }
+        None => format!("By={by};URI={client}"),
+    };
+    HeaderValue::from_str(&value).ok()
 }

@@ -7,7 +7,9 @@
 //! - HTTP/2 upstreams: one connection per endpoint, multiplexed;
 //! - HTTP/1.1 upstreams: idle connections per endpoint, each back in the pool once its response
 //!   body has been read to the end ([`UpstreamBody`]), up to `maxRequestsPerConnection`
-//!   requests.
+//!   requests;
+//! - WebSocket upgrades: a new HTTP/1.1 connection per request ([`ConnectOriginate::send_upgrade`]),
+//!   never pooled; after a `101` it carries the spliced bytes.
 //!
 //! Every failure is typed ([`OriginateError`]) so the listener can tell a connect failure (`UF`,
 //! retried on `connect-failure`) from a reset (`UC`, retried on `reset`).
@@ -294,6 +296,38 @@ impl ConnectOriginate {
             .map_err(|_| OriginateError::ConnectTimeout(addr))?
     }
 
+    /// Sends a WebSocket upgrade request to the endpoint of `meta` over a new HTTP/1.1
+    /// connection of its own, never pooled: after a `101` the connection belongs to the
+    /// upgraded stream (its `OnUpgrade` is in the response's extensions, see
+    /// [`hyper::upgrade::on`]); after any other answer it closes once the response is read.
+    pub async fn send_upgrade(
+        &self,
+        meta: &TunnelMetadata,
+        settings: ConnSettings,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<UpstreamBody>, OriginateError> {
+        let addr = meta.address;
+        let io = self.open(meta, settings.connect_timeout).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| OriginateError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
+            }
+        });
+        let request = to_origin_form(request, UpstreamProtocol::Http1);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| OriginateError::Request { addr, source })?;
+        Ok(response.map(|inner| UpstreamBody {
+            inner,
+            release: None,
+        }))
+    }
+
     /// Sends `request` to the endpoint of `meta` over a pooled (or new) connection.
     pub async fn send(
         self: &Arc<Self>,
@@ -395,9 +429,11 @@ impl ConnectOriginate {
             .send_request(request)
             .await
             .map_err(|source| OriginateError::Request { addr, source })?;
-        let reusable = settings
-            .max_requests_per_connection
-            .is_none_or(|max| conn.used < max.get());
+        // A 101 ends the connection's HTTP/1.1 (the listener refuses it as a protocol error).
+        let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            && settings
+                .max_requests_per_connection
+                .is_none_or(|max| conn.used < max.get());
         let release = reusable.then(|| Release {
             originate: Arc::clone(self),
             key,

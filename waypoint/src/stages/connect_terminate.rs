@@ -1,7 +1,8 @@
 //! `connect_terminate`: the waypoint's HBONE listener (15008). The [`hbone::Server`] has done
 //! the mTLS handshake (the waypoint's own certificate; the client proved a SPIFFE identity) and
 //! parsed the `CONNECT`; this stage collects what later stages need into a [`Downstream`] —
-//! peer identity, original destination, baggage, forwarded-for, the source workload — asks
+//! peer identity and certificate (hash and subject), original destination, baggage,
+//! forwarded-for, the source workload — asks
 //! `main_internal` where the tunnel goes, and accepts or refuses it. A tunnel over the
 //! downstream connection limit (`max_connections`) is refused with 503 and counted in
 //! `envoy_listener_downstream_cx_overflow`.
@@ -50,6 +51,10 @@ impl hbone::Handler for ConnectTerminate {
             forwarded_for,
             baggage: request.baggage(),
             source,
+            peer_certificate: request
+                .peer_certificate
+                .as_deref()
+                .map(crate::filters::PeerCertificate::from_der),
         });
         let state = self.core.mesh();
         let bindings = self.core.bindings();

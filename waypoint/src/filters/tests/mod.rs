@@ -13,6 +13,7 @@ mod retry;
 mod rewrite;
 mod sanitize;
 mod timeout;
+mod upgrade;
 
 /// Header pairs of a test case.
 type Headers = &'static [(&'static str, &'static str)];

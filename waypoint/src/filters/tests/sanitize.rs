@@ -1,7 +1,9 @@
 //! Request sanitising.
 
 use super::*;
-use crate::filters::{client_cert_details, strip_h2c_upgrade, strip_internal_headers};
+use crate::filters::{
+    PeerCertificate, client_cert_details, strip_h2c_upgrade, strip_internal_headers,
+};
 
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -83,7 +85,45 @@ fn client_cert_details_name_the_waypoint_and_the_client() {
     let waypoint = hbone::Identity::new("cluster.local", "default", "waypoint").expect("id");
     let client = hbone::Identity::new("cluster.local", "default", "sleep").expect("id");
     assert_eq!(
-        client_cert_details(&waypoint, &client).expect("value"),
+        client_cert_details(&waypoint, &client, None).expect("value"),
         "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/default/sa/sleep"
     );
+    // (subject, the Subject element)
+    let cases = [
+        ("", "Subject=\"\""),
+        ("CN=Test Client,O=Lyft", "Subject=\"CN=Test Client,O=Lyft\""),
+        // RFC 2253 escapes quotes already; a bare one is escaped too.
+        ("CN=a\\\"b", "Subject=\"CN=a\\\"b\""),
+        ("CN=a\"b", "Subject=\"CN=a\\\"b\""),
+        ("CN=a\\\\\"", "Subject=\"CN=a\\\\\\\"\""),
+    ];
+    for (subject, element) in cases {
+        let cert = PeerCertificate {
+            hash: "ab".repeat(32),
+            subject: subject.to_owned(),
+        };
+        assert_eq!(
+            client_cert_details(&waypoint, &client, Some(&cert)).expect("value"),
+            format!(
+                "By=spiffe://cluster.local/ns/default/sa/waypoint;Hash={};{element};URI=spiffe://cluster.local/ns/default/sa/sleep",
+                "ab".repeat(32)
+            ),
+            "{subject}"
+        );
+    }
+}
+
+#[test]
+fn peer_certificate_hash_is_the_sha256_of_the_der() {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "client");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let details = PeerCertificate::from_der(cert.der());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der().as_ref());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(details.hash, hex);
+    assert_eq!(details.hash.len(), 64);
+    assert_eq!(details.subject, "CN=client");
 }

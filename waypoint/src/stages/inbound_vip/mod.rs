@@ -46,8 +46,29 @@
 //! bounded by [`limits::DownstreamLimits`] (header size and count, request-header and idle
 //! timeouts, HTTP/2 streams and abuse) and guarded against request smuggling ([`guard`]).
 //!
-//! Upgrades (WebSocket) are not proxied: the `upgrade` header is hop-by-hop and removed, so the
-//! backend answers the request as plain HTTP and the client gets that answer.
+//! **WebSocket upgrades** (HTTP/1.1 `connection: upgrade` + `upgrade: websocket`, Envoy's
+//! `upgrade_configs: websocket`): the request runs every phase above like any other (a denial,
+//! a fault abort or a direct response is the answer and nothing is upgraded); it is sent with
+//! its `upgrade`/`connection: upgrade` and `sec-websocket-*` headers on a new upstream HTTP/1.1
+//! connection of its own, never retried nor mirrored, the route timeout running until the
+//! upstream's answer ([`crate::filters::upgrade_answer`]):
+//!
+//! - `101` with `upgrade: websocket`: the client gets the 101, then bytes are spliced both ways
+//!   until both directions end, half-closes passed on (see `upgrade` for the deadlines that
+//!   apply to the stream); the request is logged and counted (`response_code="101"`, bytes
+//!   both ways) when the stream ends;
+//! - any other answer is passed to the client with `connection: close`: the connection is not
+//!   upgraded and not reused (after an upgrade head the request-smuggling guard no longer
+//!   reads the connection as HTTP, so a second request on it would go unchecked);
+//! - a `101` to a request that did not ask for an upgrade, or naming another protocol: 502,
+//!   `UPE`, nothing spliced.
+//!
+//! Other upgrade tokens are not forwarded: the `upgrade` header is hop-by-hop and removed, and
+//! the request is served as plain HTTP/1.1 (`h2c` as above). An HTTP/2 client cannot upgrade:
+//! the HTTP/2 server does not offer extended CONNECT (RFC 8441,
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL` is not sent), so a `CONNECT` with `:protocol` is refused
+//! by the HTTP/2 codec with a stream reset (`PROTOCOL_ERROR`) and the connection's other
+//! streams go on.
 //!
 //! A tunnel detected as TCP is authorized once, on its L4 attributes, before its TCP route
 //! (see `tcp`): a denied connection is closed.
@@ -59,6 +80,7 @@ pub mod limits;
 mod log;
 mod request;
 mod tcp;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -152,8 +174,8 @@ async fn serve_http(
     let header_timeout = DownstreamLimits::enabled(limits.request_headers_timeout);
     let io = Guarded::new(EndOnDrop(io), scanner, header_timeout);
     let builder = http_builder(&limits);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
+    let mut connection =
+        Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let idle = DownstreamLimits::enabled(limits.idle_timeout);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -162,7 +184,7 @@ async fn serve_http(
             connection.as_mut().graceful_shutdown();
             // HTTP/2 waits for the client to acknowledge the GOAWAY's PING; a client that does
             // not is closed after the drain time.
-            tokio::time::timeout(IDLE_DRAIN_TIMEOUT, connection)
+            tokio::time::timeout(IDLE_DRAIN_TIMEOUT, connection.as_mut())
                 .await
                 .unwrap_or(Ok(()))
         }
@@ -170,6 +192,10 @@ async fn serve_http(
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
+    drop(connection);
+    // A WebSocket spliced off the connection outlives it: the tunnel (and its place under the
+    // connection limit) is held until the stream ends.
+    let _ = activity.wait_for(|n| *n == 0).await;
 }
 
 /// The HTTP server of the inbound VIP listener, with the downstream limits.

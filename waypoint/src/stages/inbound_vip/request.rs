@@ -9,20 +9,23 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
+use super::limits::DownstreamLimits;
 use super::log::RequestLog;
 use super::pick_endpoint;
+use super::upgrade::{self, SpliceEnd};
 use super::{Downstream, VipTarget};
 use crate::app::{Core, L7State};
 use crate::authn::{self, Denial};
-use crate::authz::{HttpAttributes, RequestAttributes, evaluate};
-use crate::body::{Observed, Replay};
+use crate::authz::{HttpAttributes, Reason, RequestAttributes, evaluate};
+use crate::body::{BodyOutcome, Observed, Replay};
 use crate::cluster::{Cluster, Outcome, PickContext, Picked};
 use crate::egress::tls::TlsOrigination;
 use crate::egress::{self, Upstream, UpstreamQuery};
 use crate::ext_authz::{self, HeaderEdit, Verdict};
-use crate::filters::{self, AttemptOutcome};
-use crate::route::{RequestView, Resolution, RetryPolicy, Route, select_route};
+use crate::filters::{self, AttemptOutcome, UpgradeAnswer};
+use crate::route::{RequestView, Resolution, RetryPolicy, select_route};
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamBody, UpstreamProtocol};
 use crate::stages::inbound_pod::TunnelMetadata;
 use crate::telemetry::{HttpStat, ResponseFlag, WorkloadLabels};
@@ -107,6 +110,13 @@ impl Listener {
             .downstream
             .too_many_headers(parts.headers.len());
         self.sanitize(&mut parts);
+        // Only HTTP/1.1 connections upgrade (hyper hands one over only then).
+        let websocket =
+            if parts.version == Version::HTTP_11 && parts.extensions.get::<OnUpgrade>().is_some() {
+                filters::websocket_upgrade(&parts.headers)
+            } else {
+                None
+            };
         let request_id = filters::ensure_request_id(&mut parts.headers, fastrand::u128(..));
         let trace = self.core.tracer.start(&parts.headers);
         // Normalised before anything reads the request: the access log shows the path that
@@ -125,8 +135,11 @@ impl Listener {
             (request_id, trace, self.core.tracer.is_exporting()),
         );
         let replay = Replay::new(body);
-        let response = match normalized {
-            Ok(()) => self.phases(&mut parts, &replay, &mut log).await,
+        let mut response = match normalized {
+            Ok(()) => {
+                self.phases(&mut parts, websocket.as_ref(), &replay, &mut log)
+                    .await
+            }
             Err(Refused::Normalization(details)) => {
                 log.local_reply(StatusCode::BAD_REQUEST, None, details)
             }
@@ -144,12 +157,43 @@ impl Listener {
                 reply
             }
         };
+        if websocket.is_some() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // An upgrade that did not happen (refused upstream, denied, answered locally): the
+            // client's connection is not reused, because the bytes after an upgrade request's
+            // head are not checked as HTTP any more (see `guard`).
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         log.response_code = response.status().as_u16();
         if log.grpc {
             log.grpc_status = crate::body::grpc_status(response.headers());
         }
         let core = Arc::clone(&self.core);
-        let (head, body) = response.into_parts();
+        let (mut head, body) = response.into_parts();
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            // Only a WebSocket the upstream accepted gets here (see `upgrade_answer`): the
+            // request is logged when the spliced stream ends.
+            let upstream = head.extensions.remove::<OnUpgrade>();
+            let downstream = parts.extensions.remove::<OnUpgrade>();
+            if let (Some(upstream), Some(downstream)) = (upstream, downstream) {
+                let idle = DownstreamLimits::enabled(core.options().downstream.idle_timeout);
+                tokio::spawn(async move {
+                    let (moved, end) = upgrade::splice(downstream, upstream, idle).await;
+                    if end == SpliceEnd::Idle {
+                        log.flags.insert(ResponseFlag::StreamIdleTimeout);
+                    }
+                    let outcome = BodyOutcome {
+                        bytes: moved.b_to_a,
+                        complete: true,
+                        grpc_status: None,
+                    };
+                    log.finish(&core, outcome, replay.bytes_read() + moved.a_to_b);
+                    drop(in_flight);
+                });
+                return Response::from_parts(head, Observed::new(body, Box::new(|_| {})));
+            }
+        }
         let observed = Observed::new(
             body,
             Box::new(move |outcome| {
@@ -173,6 +217,7 @@ impl Listener {
         if let Some(xfcc) = filters::client_cert_details(
             &self.core.options().identity,
             &self.downstream.peer_identity,
+            self.downstream.peer_certificate.as_ref(),
         ) {
             parts.headers.insert(filters::FORWARDED_CLIENT_CERT, xfcc);
         }
@@ -181,6 +226,7 @@ impl Listener {
     async fn phases(
         &self,
         parts: &mut Parts,
+        websocket: Option<&HeaderValue>,
         replay: &Replay,
         log: &mut RequestLog,
     ) -> Response<ResponseBody> {
@@ -280,6 +326,9 @@ impl Listener {
             return log.local_reply(StatusCode::BAD_REQUEST, None, "rewrite_failed");
         }
         filters::strip_hop_by_hop(&mut parts.headers);
+        if let Some(upgrade) = websocket {
+            filters::restore_upgrade(&mut parts.headers, upgrade.clone());
+        }
         // The upstream continues the trace from the waypoint's span.
         log.trace.inject(&mut parts.headers);
 
@@ -310,7 +359,10 @@ impl Listener {
         };
         // The route timeout runs from here: a request waiting in the pending queue is bounded
         // by it too.
-        let (overall, per_try) = filters::effective_timeouts(route.timeout, route.retry.as_ref());
+        // An upgrade is never retried nor mirrored: its request head goes to one endpoint, on a
+        // connection of its own; the route timeout runs until the upstream's answer.
+        let retry = route.retry.as_ref().filter(|_| websocket.is_none());
+        let (overall, per_try) = filters::effective_timeouts(route.timeout, retry);
         let deadline = overall.map(|t| tokio::time::Instant::now() + t);
         let admit = cluster.admit(upstream_protocol(parts));
         let admitted = match deadline {
@@ -337,7 +389,7 @@ impl Listener {
         log.hold(permit);
 
         for mirror in &route_filters.mirrors {
-            if fastrand::f64() * 100.0 < mirror.percent {
+            if websocket.is_none() && fastrand::f64() * 100.0 < mirror.percent {
                 self.shadow(&mirror.backend, backend_port, parts, replay);
             }
         }
@@ -347,7 +399,7 @@ impl Listener {
         let mut response = match self
             .send_with_retries(
                 (&cluster, &target),
-                route,
+                (retry, websocket.is_some()),
                 (deadline, per_try),
                 parts,
                 replay,
@@ -359,6 +411,15 @@ impl Listener {
             Err(reply) => return reply,
         };
         log.upstream_service_time = Some(upstream_start.elapsed());
+        let answer =
+            filters::upgrade_answer(websocket.is_some(), response.status(), response.headers());
+        if answer == UpgradeAnswer::ProtocolError {
+            return log.local_reply(
+                StatusCode::BAD_GATEWAY,
+                Some(ResponseFlag::UpstreamProtocolError),
+                "upstream_reset_before_response_started{protocol_error}",
+            );
+        }
 
         // 7. Respond.
         filters::apply_header_ops(&backend.response_headers, response.headers_mut());
@@ -373,7 +434,11 @@ impl Listener {
                 .append(http::header::SET_COOKIE, cookie);
         }
         ext_authz::apply_edits(&authorizer_edits, response.headers_mut());
+        let switched = response.headers().get(http::header::UPGRADE).cloned();
         filters::strip_hop_by_hop(response.headers_mut());
+        if let (UpgradeAnswer::Switch, Some(upgrade)) = (answer, switched) {
+            filters::restore_upgrade(response.headers_mut(), upgrade);
+        }
         log.details = "via_upstream".into();
         response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
     }
@@ -475,66 +540,65 @@ impl Listener {
                 "request audited"
             );
         }
+        // Every matching provider is asked, in policy name order; any denial wins.
         let mut response_edits = Vec::new();
-        let reason = match decision.custom {
-            None => decision.reason,
-            Some(custom) => {
-                let name = custom.policy.provider.as_deref().unwrap_or_default();
-                match l7.providers.get(name) {
-                    None => {
-                        tracing::info!(
-                            target: "authz",
-                            listener = %self.name,
-                            policy = %custom,
-                            provider = name,
-                            "request denied: the CUSTOM policy's extension provider is not defined in meshConfig.extensionProviders"
-                        );
-                        decision.reason
-                    }
-                    Some(provider) => {
-                        let (verdict, outcome) = self.ext_authz(provider, parts, replay).await;
-                        count_ext_authz(metrics, outcome, &self.name);
-                        match verdict {
-                            Verdict::Deny {
+        let mut reason = if decision.custom.is_empty() {
+            decision.reason
+        } else {
+            decision.after_custom
+        };
+        for custom in &decision.custom {
+            let name = custom.policy.provider.as_deref().unwrap_or_default();
+            let Some(provider) = l7.providers.get(name) else {
+                tracing::info!(
+                    target: "authz",
+                    listener = %self.name,
+                    policy = %custom,
+                    provider = name,
+                    "request denied: the CUSTOM policy's extension provider is not defined in meshConfig.extensionProviders"
+                );
+                reason = Reason::Custom(*custom);
+                break;
+            };
+            let (verdict, outcome) = self.ext_authz(provider, parts, replay).await;
+            count_ext_authz(metrics, outcome, &self.name);
+            match verdict {
+                Verdict::Deny {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    tracing::debug!(
+                        target: "authz",
+                        listener = %self.name,
+                        policy = %custom,
+                        provider = name,
+                        status = status.as_u16(),
+                        peer = %self.downstream.peer_identity,
+                        "request denied by the external authorizer"
+                    );
+                    let details = match outcome {
+                        ext_authz::Outcome::BodyTooLarge => {
+                            return Err(log.local_reply(
                                 status,
-                                headers,
-                                body,
-                            } => {
-                                tracing::debug!(
-                                    target: "authz",
-                                    listener = %self.name,
-                                    policy = %custom,
-                                    provider = name,
-                                    status = status.as_u16(),
-                                    peer = %self.downstream.peer_identity,
-                                    "request denied by the external authorizer"
-                                );
-                                let details = match outcome {
-                                    ext_authz::Outcome::BodyTooLarge => {
-                                        return Err(log.local_reply(
-                                            status,
-                                            None,
-                                            ext_authz::BODY_TOO_LARGE_DETAILS,
-                                        ));
-                                    }
-                                    ext_authz::Outcome::Denied => ext_authz::DENIED_DETAILS,
-                                    _ => ext_authz::ERROR_DETAILS,
-                                };
-                                return Err(log.ext_authz_denied(details, status, headers, body));
-                            }
-                            Verdict::Allow {
-                                upstream,
-                                downstream,
-                            } => {
-                                ext_authz::apply_edits(&upstream, &mut parts.headers);
-                                response_edits = downstream;
-                                decision.after_custom
-                            }
+                                None,
+                                ext_authz::BODY_TOO_LARGE_DETAILS,
+                            ));
                         }
-                    }
+                        ext_authz::Outcome::Denied => ext_authz::DENIED_DETAILS,
+                        _ => ext_authz::ERROR_DETAILS,
+                    };
+                    return Err(log.ext_authz_denied(details, status, headers, body));
+                }
+                Verdict::Allow {
+                    upstream,
+                    downstream,
+                } => {
+                    ext_authz::apply_edits(&upstream, &mut parts.headers);
+                    response_edits.extend(downstream);
                 }
             }
-        };
+        }
         let Some(details) = reason.response_code_details() else {
             metrics.count_http(HttpStat::RbacAllowed, &self.name);
             return Ok(response_edits);
@@ -627,7 +691,7 @@ impl Listener {
     async fn send_with_retries(
         &self,
         (cluster, target): (&Arc<Cluster>, &Target),
-        route: &Route,
+        (retry, upgrade): (Option<&RetryPolicy>, bool),
         (deadline, per_try): (Option<tokio::time::Instant>, Option<Duration>),
         parts: &Parts,
         replay: &Replay,
@@ -635,7 +699,7 @@ impl Listener {
     ) -> Result<Response<UpstreamBody>, Response<ResponseBody>> {
         let attempts = self.attempts(
             (cluster, target),
-            route.retry.as_ref(),
+            (retry, upgrade),
             per_try,
             parts,
             replay,
@@ -654,10 +718,12 @@ impl Listener {
         }
     }
 
+    /// The attempts of a request; `upgrade`: a WebSocket upgrade, sent on a connection of its
+    /// own.
     async fn attempts(
         &self,
         (cluster, target): (&Arc<Cluster>, &Target),
-        policy: Option<&RetryPolicy>,
+        (policy, upgrade): (Option<&RetryPolicy>, bool),
         per_try: Option<Duration>,
         parts: &Parts,
         replay: &Replay,
@@ -694,7 +760,14 @@ impl Listener {
             }
             log.destination_workload.clone_from(&meta.workload);
             let request = build_request(parts, replay.reader().boxed());
-            let send = self.core.originate.send(&meta, protocol, settings, request);
+            let originate = &self.core.originate;
+            let send = async {
+                if upgrade {
+                    originate.send_upgrade(&meta, settings, request).await
+                } else {
+                    originate.send(&meta, protocol, settings, request).await
+                }
+            };
             let result = match per_try {
                 Some(limit) => tokio::time::timeout(limit, send).await.ok(),
                 None => Some(send.await),
