@@ -508,7 +508,10 @@ mod tests {
                 &[(rcgen::DnType::CommonName, "a,b+c\"d;e<f>g\\h")],
                 "CN=a\\,b\\+c\\\"d\\;e\\<f\\>g\\\\h",
             ),
-            (&[(rcgen::DnType::CommonName, " padded ")], "CN=\\ padded\\ "),
+            (
+                &[(rcgen::DnType::CommonName, " padded ")],
+                "CN=\\ padded\\ ",
+            ),
         ];
         for (attributes, expected) in cases {
             let mut params = rcgen::CertificateParams::default();
@@ -518,7 +521,11 @@ mod tests {
             }
             let key = rcgen::KeyPair::generate().unwrap();
             let cert = params.self_signed(&key).unwrap();
-            assert_eq!(subject_rfc2253(cert.der()).unwrap(), *expected, "{attributes:?}");
+            assert_eq!(
+                subject_rfc2253(cert.der()).unwrap(),
+                *expected,
+                "{attributes:?}"
+            );
         }
     }
 

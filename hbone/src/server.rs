@@ -252,9 +252,10 @@ pub async fn serve_connection<H: Handler>(
     // Boxed, and freed once done: the TLS and HTTP/2 handshakes are large futures, and the
     // connection's task would otherwise keep room for them beside the connection for its whole
     // life.
-    let (mut conn, (peer_identity, peer_certificate)) = Box::pin(tokio::time::timeout(deadline, handshake))
-        .await
-        .map_err(|_| Error::HandshakeTimeout(deadline))??;
+    let (mut conn, (peer_identity, peer_certificate)) =
+        Box::pin(tokio::time::timeout(deadline, handshake))
+            .await
+            .map_err(|_| Error::HandshakeTimeout(deadline))??;
 
     let ping = conn.ping_pong();
     let keepalive = async {

@@ -566,11 +566,15 @@ async fn h2c_is_not_upgraded_and_internal_headers_are_replaced() {
     let hash = elements[1].strip_prefix("Hash=").expect("Hash element");
     assert_eq!(hash.len(), 64, "{hash}");
     assert!(
-        hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        hash.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "{hash}"
     );
     assert_eq!(elements[2], "Subject=\"\"");
-    assert_eq!(elements[3], "URI=spiffe://cluster.local/ns/default/sa/sleep");
+    assert_eq!(
+        elements[3],
+        "URI=spiffe://cluster.local/ns/default/sa/sleep"
+    );
     assert!(
         !seen
             .headers

@@ -117,7 +117,9 @@ fn client_cert_details_name_the_waypoint_and_the_client() {
 fn peer_certificate_hash_is_the_sha256_of_the_der() {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "client");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client");
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("cert");
     let details = PeerCertificate::from_der(cert.der());
