@@ -49,6 +49,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinSet;
 use waypoint::telemetry::AccessLog;
 
+/// The binaries' allocator (`ztunnel` and `waypoint` both install it), so that the waypoint's
+/// CPU per request is the one the `waypoint` binary has.
+#[global_allocator]
+static ALLOCATOR: ztunnel::alloc::Allocator = ztunnel::alloc::ALLOCATOR;
+
 /// The service's host (its VIP:port is `Net::reviews`).
 const HOST: &str = "reviews.default.svc.cluster.local:9080";
 /// Request and response body size.
