@@ -98,7 +98,9 @@ use super::inbound_pod::TunnelMetadata;
 use super::{Downstream, PodTarget, VipTarget};
 use crate::app::Core;
 use crate::cluster::{Cluster, PickContext, Picked};
-use crate::egress::DeclaredProtocol;
+use crate::egress::dns::DnsError;
+use crate::egress::tls::{TlsOrigination, TlsSetupError};
+use crate::egress::{DeclaredProtocol, Endpoints};
 
 /// One endpoint of `cluster` for a request of `downstream`, with its tunnel metadata: the
 /// endpoint step shared by HTTP attempts, mirrors and TCP. `None` when no endpoint is
@@ -117,6 +119,76 @@ fn pick_endpoint(
         address: picked.address,
     };
     Some((picked, TunnelMetadata::new(target, downstream, Some(host))))
+}
+
+/// How the attempts of a request, or a TCP connection, reach their endpoint.
+enum Target {
+    /// A mesh service's endpoint, picked from the cluster: HBONE (TCP to a workload outside
+    /// the mesh).
+    Mesh,
+    /// An endpoint outside the mesh: picked from the cluster, or fixed by the request (`NONE`
+    /// resolution, passthrough); plain TCP, or TLS when the cluster originates it.
+    External {
+        /// The address to send to, when the request fixes it.
+        fixed: Option<std::net::SocketAddr>,
+        /// The TLS to originate.
+        tls: Option<Arc<TlsOrigination>>,
+    },
+}
+
+/// Why an external service's cluster cannot be reached.
+#[derive(Debug, thiserror::Error)]
+enum ExternalError {
+    /// Its DNS endpoints do not resolve.
+    #[error(transparent)]
+    Endpoints(#[from] DnsError),
+    /// The TLS its DestinationRule originates cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+/// The target of the external `cluster` (of `host`) with `endpoints`: its endpoints brought up
+/// to date (DNS resolved) or the address the request fixes, and the TLS it originates. The
+/// step shared by HTTP requests and TCP connections to ServiceEntries.
+async fn external_target(
+    core: &Core,
+    cluster: &Cluster,
+    endpoints: &Endpoints,
+    host: &str,
+) -> Result<Target, ExternalError> {
+    let fixed = core.external_endpoints(cluster, endpoints).await?;
+    let tls = core.egress_tls(cluster, host)?;
+    Ok(Target::External { fixed, tls })
+}
+
+/// The endpoint of one attempt (or connection) and its metadata: picked from the cluster
+/// unless the target fixes it. `None` when the cluster has no available endpoint.
+fn pick_target(
+    core: &Core,
+    cluster: &Cluster,
+    target: &Target,
+    ctx: &PickContext<'_>,
+    downstream: &Arc<Downstream>,
+    host: &str,
+) -> Option<(Option<Picked>, TunnelMetadata)> {
+    match target {
+        Target::Mesh => {
+            let (picked, meta) = pick_endpoint(core, cluster, ctx, downstream, host)?;
+            Some((Some(picked), meta))
+        }
+        Target::External {
+            fixed: Some(address),
+            tls,
+        } => Some((
+            None,
+            TunnelMetadata::external(*address, tls.clone(), downstream),
+        )),
+        Target::External { fixed: None, tls } => {
+            let picked = cluster.pick(ctx, Instant::now()).ok()?;
+            let meta = TunnelMetadata::external(picked.address, tls.clone(), downstream);
+            Some((Some(picked), meta))
+        }
+    }
 }
 
 /// Serves one tunnel addressed to `vip`.

@@ -13,37 +13,20 @@ use hyper::upgrade::OnUpgrade;
 
 use super::limits::DownstreamLimits;
 use super::log::RequestLog;
-use super::pick_endpoint;
 use super::upgrade::{self, SpliceEnd};
 use super::{Downstream, VipTarget};
+use super::{ExternalError, Target, external_target, pick_endpoint, pick_target};
 use crate::app::{Core, L7State};
 use crate::authn::{self, Denial};
 use crate::authz::{HttpAttributes, Reason, RequestAttributes, evaluate};
 use crate::body::{BodyOutcome, Observed, Replay};
-use crate::cluster::{Cluster, Outcome, PickContext, Picked};
-use crate::egress::tls::TlsOrigination;
+use crate::cluster::{Cluster, Outcome, PickContext};
 use crate::egress::{self, Upstream, UpstreamQuery};
 use crate::ext_authz::{self, HeaderEdit, Verdict};
 use crate::filters::{self, AttemptOutcome, UpgradeAnswer};
 use crate::route::{RequestView, Resolution, RetryPolicy, select_route};
 use crate::stages::connect_originate::{BoxError, ConnSettings, UpstreamBody, UpstreamProtocol};
-use crate::stages::inbound_pod::TunnelMetadata;
 use crate::telemetry::{HttpStat, ResponseFlag, WorkloadLabels};
-
-/// How the attempts of a request reach their endpoint.
-enum Target {
-    /// A mesh service's endpoint, picked from the cluster: HBONE (TCP to a workload outside
-    /// the mesh).
-    Mesh,
-    /// An endpoint outside the mesh: picked from the cluster, or fixed by the request (`NONE`
-    /// resolution, passthrough); plain TCP, or TLS when the cluster originates it.
-    External {
-        /// The address to send to, when the request fixes it.
-        fixed: Option<std::net::SocketAddr>,
-        /// The TLS to originate.
-        tls: Option<Arc<TlsOrigination>>,
-    },
-}
 
 /// A response on its way to the client, before observation.
 pub(super) type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -662,29 +645,25 @@ impl Listener {
         let Some(endpoints) = endpoints else {
             return Ok((cluster, Target::Mesh));
         };
-        let fixed = match self.core.external_endpoints(&cluster, &endpoints).await {
-            Ok(fixed) => fixed,
-            Err(e) => {
+        match external_target(&self.core, &cluster, &endpoints, &backend.host).await {
+            Ok(target) => Ok((cluster, target)),
+            Err(ExternalError::Endpoints(e)) => {
                 tracing::debug!(cluster = cluster.name(), error = %e, "no endpoint for an external service");
-                return Err(log.local_reply(
+                Err(log.local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(ResponseFlag::NoHealthyUpstream),
                     "no_healthy_upstream",
-                ));
+                ))
             }
-        };
-        let tls = match self.core.egress_tls(&cluster, &backend.host) {
-            Ok(tls) => tls,
-            Err(e) => {
+            Err(ExternalError::Tls(e)) => {
                 log.upstream_transport_failure_reason = Some(format!("TLS_error: {e}"));
-                return Err(log.local_reply(
+                Err(log.local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(ResponseFlag::UpstreamConnectionFailure),
                     "upstream_reset_before_response_started{connection_failure}",
-                ));
+                ))
             }
-        };
-        Ok((cluster, Target::External { fixed, tls }))
+        }
     }
 
     /// Sends to the cluster, retrying per the route's policy, until the route's deadline.
@@ -746,7 +725,10 @@ impl Listener {
                 query,
                 exclude,
             };
-            let Some((picked, meta)) = self.pick(cluster, target, &ctx) else {
+            let host = self.vip.service.hostname.as_str();
+            let Some((picked, meta)) =
+                pick_target(&self.core, cluster, target, &ctx, &self.downstream, host)
+            else {
                 return Err(log.local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(ResponseFlag::NoHealthyUpstream),
@@ -820,36 +802,6 @@ impl Listener {
                     Err(log.local_reply(StatusCode::SERVICE_UNAVAILABLE, Some(flag), details))
                 }
             };
-        }
-    }
-
-    /// The endpoint of one attempt and its metadata: picked from the cluster unless the
-    /// target fixes it. `None` when the cluster has no available endpoint.
-    fn pick(
-        &self,
-        cluster: &Cluster,
-        target: &Target,
-        ctx: &PickContext<'_>,
-    ) -> Option<(Option<Picked>, TunnelMetadata)> {
-        match target {
-            Target::Mesh => {
-                let host = self.vip.service.hostname.as_str();
-                let (picked, meta) =
-                    pick_endpoint(&self.core, cluster, ctx, &self.downstream, host)?;
-                Some((Some(picked), meta))
-            }
-            Target::External {
-                fixed: Some(address),
-                tls,
-            } => Some((
-                None,
-                TunnelMetadata::external(*address, tls.clone(), &self.downstream),
-            )),
-            Target::External { fixed: None, tls } => {
-                let picked = cluster.pick(ctx, Instant::now()).ok()?;
-                let meta = TunnelMetadata::external(picked.address, tls.clone(), &self.downstream);
-                Some((Some(picked), meta))
-            }
         }
     }
 

@@ -20,11 +20,11 @@ use hbone::H2Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::detect::Prefixed;
-use super::{Downstream, VipTarget};
+use super::{Downstream, Target, VipTarget, external_target, pick_target};
 use crate::app::Core;
 use crate::authz::{RequestAttributes, evaluate};
-use crate::cluster::{Cluster, PickContext};
-use crate::egress::{self, Endpoints, Upstream, UpstreamQuery};
+use crate::cluster::PickContext;
+use crate::egress::{self, Upstream, UpstreamQuery};
 use crate::route::{TcpView, pick_weighted, select_tcp_route};
 use crate::stages::connect_originate::DEFAULT_CONNECT_TIMEOUT;
 use crate::stages::inbound_pod::TunnelMetadata;
@@ -106,7 +106,7 @@ pub(super) async fn serve(
     vip: VipTarget,
 ) {
     let listener = vip.listener_name("tcp");
-    let report = TcpReport::start(&downstream, Some(Arc::clone(&vip.service)));
+    let mut report = TcpReport::start(&downstream, Some(Arc::clone(&vip.service)));
     let l7 = core.l7();
     let policies = l7.authz.policies(&vip.service.hostname);
     if !policies.is_empty() {
@@ -164,14 +164,12 @@ pub(super) async fn serve(
         // HTTP requests naming an unknown host.
         Upstream::Passthrough(addr) => {
             let meta = TunnelMetadata::external(addr, None, &downstream);
-            let mut report = report;
             report.cluster = Some(egress::PASSTHROUGH_CLUSTER.to_owned());
             copy_to(&core, &mut io, &meta, report, DEFAULT_CONNECT_TIMEOUT).await;
             return;
         }
         Upstream::BlackHole => {
             tracing::info!(%listener, cluster = egress::BLACKHOLE_CLUSTER, "connection closed");
-            let mut report = report;
             report.cluster = Some(egress::BLACKHOLE_CLUSTER.to_owned());
             report.refused(&core, None, "blackhole");
             return;
@@ -187,7 +185,6 @@ pub(super) async fn serve(
         report.refused(&core, Some(ResponseFlag::NoClusterFound), "no_cluster");
         return;
     };
-    let mut report = report;
     report.cluster = Some(cluster.name().to_owned());
     let Ok(_permit) = cluster.admit(crate::cluster::UpstreamProtocol::Http1).await else {
         tracing::info!(
@@ -204,20 +201,24 @@ pub(super) async fn serve(
         query: None,
         exclude: &[],
     };
-    let meta = match endpoints {
-        None => super::pick_endpoint(&core, &cluster, &ctx, &downstream, host).map(|(_, m)| m),
+    let target = match endpoints {
+        None => Target::Mesh,
         Some(endpoints) => {
-            external_endpoint(
-                &core,
-                &cluster,
-                &endpoints,
-                &backend.backend.host,
-                &ctx,
-                &downstream,
-            )
-            .await
+            match external_target(&core, &cluster, &endpoints, &backend.backend.host).await {
+                Ok(target) => target,
+                Err(e) => {
+                    tracing::info!(cluster = cluster.name(), error = %e, "external service unreachable: connection closed");
+                    report.refused(
+                        &core,
+                        Some(ResponseFlag::NoHealthyUpstream),
+                        "no_healthy_upstream",
+                    );
+                    return;
+                }
+            }
         }
     };
+    let meta = pick_target(&core, &cluster, &target, &ctx, &downstream, host).map(|(_, m)| m);
     let Some(meta) = meta else {
         tracing::info!(
             cluster = cluster.name(),
@@ -232,38 +233,6 @@ pub(super) async fn serve(
     };
     let connect_timeout = cluster.connection_limits().connect_timeout;
     copy_to(&core, &mut io, &meta, report, connect_timeout).await;
-}
-
-/// The endpoint of an external service's cluster for one connection: the original
-/// destination (`NONE`), else one of its static or resolved addresses, with the TLS its
-/// DestinationRule originates.
-async fn external_endpoint(
-    core: &Core,
-    cluster: &Cluster,
-    endpoints: &Endpoints,
-    host: &str,
-    ctx: &PickContext<'_>,
-    downstream: &Arc<Downstream>,
-) -> Option<TunnelMetadata> {
-    let fixed = match core.external_endpoints(cluster, endpoints).await {
-        Ok(fixed) => fixed,
-        Err(e) => {
-            tracing::info!(cluster = cluster.name(), error = %e, "no endpoint for an external service");
-            return None;
-        }
-    };
-    let tls = match core.egress_tls(cluster, host) {
-        Ok(tls) => tls,
-        Err(e) => {
-            tracing::info!(cluster = cluster.name(), error = %e, "TLS origination cannot be set up");
-            return None;
-        }
-    };
-    let address = match fixed {
-        Some(address) => address,
-        None => cluster.pick(ctx, Instant::now()).ok()?.address,
-    };
-    Some(TunnelMetadata::external(address, tls, downstream))
 }
 
 /// Proxies a workload-addressed tunnel to its pod.
@@ -304,19 +273,21 @@ async fn copy_to<IO>(
     };
     let copy = hbone::copy::copy_bidirectional(io, &mut upstream, None);
     let (transferred, details) = match copy.await {
-        Ok(transferred) => (transferred, None),
+        Ok(transferred) => {
+            tracing::debug!(
+                %cluster,
+                upstream = %meta.address,
+                ?transferred,
+                duration_ms = report.started.elapsed().as_millis() as u64,
+                "TCP connection complete"
+            );
+            (transferred, None)
+        }
         Err(e) => {
             tracing::debug!(%cluster, upstream = %meta.address, error = ?e, "TCP connection ended with an error");
             (e.transferred, Some("connection_error"))
         }
     };
-    tracing::debug!(
-        %cluster,
-        upstream = %meta.address,
-        ?transferred,
-        duration_ms = report.started.elapsed().as_millis() as u64,
-        "TCP connection complete"
-    );
     report.finish(
         core,
         ResponseFlags::NONE,
