@@ -610,6 +610,28 @@ pub async fn send(
     (parts.status, parts.headers, body)
 }
 
+/// Reads `stream` until the peer ends its side (or the read fails), for at most 10 s and
+/// 1 MiB; returns the bytes and whether the peer ended (`false`: the bound was hit first).
+pub async fn read_to_close(stream: &mut tokio::net::TcpStream) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (out, false),
+            Ok(Ok(0) | Err(_)) => return (out, true),
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                // Bounded: the suites read one response or a few frames this way.
+                if out.len() > 1024 * 1024 {
+                    return (out, false);
+                }
+            }
+        }
+    }
+}
+
 async fn spawn_backend(addr: SocketAddr, name: &'static str, backends: Backends) {
     spawn_backend_with(addr, name, backends, None).await;
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ambient_e2e::waypoint::{
-    BACKENDS, DownstreamLimits, MeshOptions, Net, WaypointMesh, get, send, series,
+    BACKENDS, DownstreamLimits, MeshOptions, Net, WaypointMesh, get, read_to_close, send, series,
 };
 use ambient_e2e::{Target, socks5_connect};
 use bytes::Bytes;
@@ -39,27 +39,6 @@ async fn bystander_ok(mesh: &WaypointMesh, client: &mut Http1, tag: &str) {
         reached_backend(mesh, &path),
         "bystander {tag} reached a backend"
     );
-}
-
-/// Reads until the peer closes (or errors), at most `BOUND`; returns the bytes and whether it
-/// closed.
-async fn read_to_close(stream: &mut TcpStream) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return (out, false),
-            Ok(Ok(0) | Err(_)) => return (out, true),
-            Ok(Ok(n)) => {
-                out.extend_from_slice(&buf[..n]);
-                // Bounded: nothing here answers more than a few frames or one response.
-                if out.len() > 1024 * 1024 {
-                    return (out, false);
-                }
-            }
-        }
-    }
 }
 
 /// Writes `bytes`; a peer that already closed is fine (the offender is being cut).

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ambient_e2e::waypoint::{BACKENDS, Net, Seen, WaypointMesh, get, send, series};
+use ambient_e2e::waypoint::{BACKENDS, Net, Seen, WaypointMesh, get, read_to_close, send, series};
 use ambient_e2e::websocket::{accept_key, head_end};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,25 +81,6 @@ async fn read_head(stream: &mut TcpStream) -> Head {
         status,
         lines,
         rest,
-    }
-}
-
-/// Reads until the peer ends its side (or errors), at most `BOUND`; returns the bytes and
-/// whether it ended.
-async fn read_to_close(stream: &mut TcpStream, mut out: Vec<u8>) -> (Vec<u8>, bool) {
-    let mut buf = [0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return (out, false),
-            Ok(Ok(0) | Err(_)) => return (out, true),
-            Ok(Ok(n)) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.len() > 1024 * 1024 {
-                    return (out, false);
-                }
-            }
-        }
     }
 }
 
@@ -214,7 +195,7 @@ async fn websocket_is_upgraded_and_spliced_both_ways() {
 
     // Closing the client's side ends the backend's: the client reads the end of stream.
     ws.shutdown().await.unwrap();
-    let (tail, closed) = read_to_close(&mut ws, Vec::new()).await;
+    let (tail, closed) = read_to_close(&mut ws).await;
     assert!(
         closed,
         "the WebSocket was closed from the backend's side too"
@@ -252,7 +233,8 @@ async fn backend_close_ends_the_websocket() {
     let head = read_head(&mut ws).await;
     assert_eq!(head.status, 101);
     ws.write_all(b"last words").await.unwrap();
-    let (echoed, closed) = read_to_close(&mut ws, head.rest).await;
+    let (rest, closed) = read_to_close(&mut ws).await;
+    let echoed = [head.rest, rest].concat();
     assert_eq!(echoed, b"last words");
     assert!(closed, "the backend's close reached the client");
     // Half-closes are passed on: the stream ends (and is logged) once the client ends its
@@ -286,7 +268,8 @@ async fn refused_denied_and_unexpected_upgrades_are_not_spliced() {
         let _ = client
             .write_all(b"GET /smuggled HTTP/1.1\r\nhost: reviews\r\n\r\n")
             .await;
-        let (body, closed) = read_to_close(&mut client, head.rest).await;
+        let (rest, closed) = read_to_close(&mut client).await;
+        let body = [head.rest, rest].concat();
         assert_eq!(body, b"refused");
         assert!(closed, "{code}: the connection is closed after the refusal");
         let refused = seen_eventually(&mesh, &path).await;
@@ -336,7 +319,8 @@ async fn refused_denied_and_unexpected_upgrades_are_not_spliced() {
     let head = read_head(&mut client).await;
     assert_eq!(head.status, 403);
     assert!(head.header("upgrade").is_none());
-    let (body, closed) = read_to_close(&mut client, head.rest).await;
+    let (rest, closed) = read_to_close(&mut client).await;
+    let body = [head.rest, rest].concat();
     assert_eq!(body, b"RBAC: access denied");
     assert!(closed, "the connection is closed after the denial");
     assert!(seen(&mesh, "/ws/denied").is_empty());
