@@ -158,6 +158,16 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+/// The `value` of the environment variable `name` of a container (`None` when not set).
+fn env_value(container: &Value, name: &str) -> Option<Value> {
+    container["env"]
+        .as_array()
+        .expect("container env")
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].clone())
+}
+
 fn assert_apply(r: &RecordedRequest, path: &str) {
     assert_eq!((r.method.as_str(), r.path.as_str()), ("PATCH", path));
     assert_eq!(r.content_type.as_deref(), Some(APPLY), "{path}");
@@ -260,16 +270,14 @@ async fn gateway_is_provisioned_then_programmed_when_its_service_has_an_address(
     );
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], "localhost/ambient/waypoint:test");
-    let env = |name: &str| {
-        container["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .map(|e| e["value"].clone())
-    };
-    assert_eq!(env("WAYPOINT_CONFIG_SOURCE"), Some(json!("k8s://")));
-    assert_eq!(env("WAYPOINT_CONFIG_NAMESPACES"), Some(json!("default")));
+    assert_eq!(
+        env_value(container, "WAYPOINT_CONFIG_SOURCE"),
+        Some(json!("k8s://"))
+    );
+    assert_eq!(
+        env_value(container, "WAYPOINT_CONFIG_NAMESPACES"),
+        Some(json!("default"))
+    );
     assert_eq!(
         deployment["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"],
         "none"
@@ -701,16 +709,15 @@ async fn cluster_scope_keeps_the_config_binding_subjects_to_the_waypoints() {
     let deployment = server
         .get(&resources::DEPLOYMENT, "default", "east")
         .unwrap();
-    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
-    let value = |name: &str| {
-        env.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .map(|e| e["value"].clone())
-    };
-    assert_eq!(value("WAYPOINT_CONFIG_SOURCE"), Some(json!("k8s://")));
-    assert_eq!(value("WAYPOINT_CONFIG_NAMESPACES"), Some(json!("")));
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "WAYPOINT_CONFIG_SOURCE"),
+        Some(json!("k8s://"))
+    );
+    assert_eq!(
+        env_value(container, "WAYPOINT_CONFIG_NAMESPACES"),
+        Some(json!(""))
+    );
 
     // A deleted Gateway's ServiceAccount leaves the binding.
     let api: kube::Api<gateway_api::gateways::Gateway> =
