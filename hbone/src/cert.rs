@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -240,6 +240,50 @@ impl fmt::Debug for WorkloadCertificate {
 /// types are ignored.
 pub fn identity_from_der(cert: &CertificateDer<'_>) -> Result<Identity, CertError> {
     identity_from_x509(&parse_x509(cert)?)
+}
+
+/// The leaf certificate a peer presented in an HBONE handshake, shared by every stream of its
+/// connection. What `x-forwarded-client-cert` reports of it ([`CertDetails`]: the SHA-256 and
+/// the RFC 2253 subject) is worked out on first use, once per connection, not once per tunnel.
+#[derive(Debug)]
+pub struct PeerCertificate {
+    der: CertificateDer<'static>,
+    details: OnceLock<CertDetails>,
+}
+
+/// The hash and subject of a certificate, as `x-forwarded-client-cert` carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertDetails {
+    /// Lower-case hex SHA-256 of the certificate's DER (`Hash`).
+    pub hash: String,
+    /// The subject as an RFC 2253 distinguished name, empty when it has none (`Subject`).
+    pub subject: String,
+}
+
+impl PeerCertificate {
+    /// The certificate `der`, its details not yet computed.
+    pub fn new(der: CertificateDer<'static>) -> Self {
+        Self {
+            der,
+            details: OnceLock::new(),
+        }
+    }
+
+    /// The certificate as DER.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+
+    /// Its hash and subject, computed at the first call. A subject that cannot be read (never
+    /// one of a certificate that passed the mTLS handshake) is empty.
+    pub fn details(&self) -> &CertDetails {
+        self.details.get_or_init(|| CertDetails {
+            hash: hex(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.der.as_ref()).as_ref(),
+            ),
+            subject: subject_rfc2253(&self.der).unwrap_or_default(),
+        })
+    }
 }
 
 /// The subject of a DER certificate as an RFC 2253 distinguished name (the format Envoy puts
@@ -527,6 +571,29 @@ mod tests {
                 "{attributes:?}"
             );
         }
+    }
+
+    #[test]
+    fn peer_certificate_details_are_the_sha256_and_subject_computed_once() {
+        use sha2::{Digest, Sha256};
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let peer = PeerCertificate::new(cert.der().clone());
+        let want: String = Sha256::digest(cert.der().as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let details = peer.details();
+        assert_eq!(details.hash, want);
+        assert_eq!(details.subject, "CN=client");
+        assert_eq!(peer.der(), cert.der());
+        // Later calls (other tunnels of the connection) get the same, already computed, value.
+        assert!(std::ptr::eq(details, peer.details()));
     }
 
     #[test]

@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cert::PeerCertificate;
 use crate::client::keepalive;
 use crate::coalesce::Coalesce;
 use crate::config::Config;
@@ -40,8 +40,8 @@ pub struct InboundRequest {
     pub headers: HeaderMap,
     /// The identity the client proved in the TLS handshake.
     pub peer_identity: Identity,
-    /// The client's leaf certificate (DER), shared by the streams of its connection.
-    pub peer_certificate: Option<Arc<CertificateDer<'static>>>,
+    /// The client's leaf certificate, shared by the streams of its connection.
+    pub peer_certificate: Option<Arc<PeerCertificate>>,
     /// The client's address on this connection.
     pub peer_addr: SocketAddr,
     /// The address the client connected to.
@@ -236,7 +236,7 @@ pub async fn serve_connection<H: Handler>(
             .1
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .map(|leaf| Arc::new(leaf.clone().into_owned()));
+            .map(|leaf| Arc::new(PeerCertificate::new(leaf.clone().into_owned())));
         let tls_stream = Coalesce::new(tls_stream);
         let conn = h2::server::Builder::new()
             .initial_window_size(config.window_size)
@@ -337,7 +337,7 @@ fn unbox<T>(b: Box<T>) -> T {
 fn check(
     request: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
-    (peer_identity, peer_certificate): (&Identity, Option<&Arc<CertificateDer<'static>>>),
+    (peer_identity, peer_certificate): (&Identity, Option<&Arc<PeerCertificate>>),
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
 ) -> Option<(InboundRequest, Responder)> {

@@ -61,8 +61,7 @@ pub use retry::{
 };
 pub use rewrite::{ORIGINAL_PATH, apply_rewrite, request_authority, rewrite_authority};
 pub use sanitize::{
-    FORWARDED_CLIENT_CERT, PeerCertificate, client_cert_details, strip_h2c_upgrade,
-    strip_internal_headers,
+    FORWARDED_CLIENT_CERT, client_cert_details, strip_h2c_upgrade, strip_internal_headers,
 };
 pub use timeout::effective_timeouts;
 pub use upgrade::{UpgradeAnswer, WEBSOCKET, restore_upgrade, upgrade_answer, websocket_upgrade};

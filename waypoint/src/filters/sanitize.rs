@@ -10,7 +10,8 @@
 //!   the backend. The value is Envoy's: `By=<waypoint identity>;Hash=<hex SHA-256 of the
 //!   client's certificate (DER)>;Subject="<its subject, RFC 2253>";URI=<client identity>`,
 //!   from the certificate the client presented in the HBONE mTLS handshake
-//!   ([`PeerCertificate`], carried from `connect_terminate`). `Subject` is always quoted
+//!   ([`hbone::cert::PeerCertificate`], whose details are worked out once per HBONE connection;
+//!   `connect_terminate` builds the value once per tunnel). `Subject` is always quoted
 //!   (`""` for SPIFFE workload certificates, which have an empty subject); a `"` inside it is
 //!   escaped with `\`.
 //! - `x-envoy-*` headers are Envoy's internal control and information headers (retry and
@@ -24,6 +25,7 @@ use http::header::UPGRADE;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use hbone::Identity;
+use hbone::cert::CertDetails;
 
 /// `x-forwarded-client-cert`.
 pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -63,26 +65,6 @@ pub fn strip_h2c_upgrade(headers: &mut HeaderMap) -> bool {
     h2c
 }
 
-/// What `x-forwarded-client-cert` says about the client's certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCertificate {
-    /// Lower-case hex SHA-256 of the certificate's DER (`Hash`).
-    pub hash: String,
-    /// The subject as an RFC 2253 distinguished name, empty when it has none (`Subject`).
-    pub subject: String,
-}
-
-impl PeerCertificate {
-    /// The details of the DER certificate `der`. A certificate whose subject cannot be read
-    /// (never one that passed the mTLS handshake) gets an empty subject.
-    pub fn from_der(der: &rustls_pki_types::CertificateDer<'_>) -> Self {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
-        let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let subject = hbone::cert::subject_rfc2253(der).unwrap_or_default();
-        Self { hash, subject }
-    }
-}
-
 /// The waypoint's `x-forwarded-client-cert`:
 /// `By=<waypoint identity>;Hash=<hash>;Subject="<subject>";URI=<client identity>`, without
 /// `Hash` and `Subject` when the certificate is not known. `None` when a value does not fit a
@@ -90,7 +72,7 @@ impl PeerCertificate {
 pub fn client_cert_details(
     by: &Identity,
     client: &Identity,
-    cert: Option<&PeerCertificate>,
+    cert: Option<&CertDetails>,
 ) -> Option<HeaderValue> {
     let value = match cert {
         Some(cert) => {

@@ -51,10 +51,11 @@ impl hbone::Handler for ConnectTerminate {
             forwarded_for,
             baggage: request.baggage(),
             source,
-            peer_certificate: request
-                .peer_certificate
-                .as_deref()
-                .map(crate::filters::PeerCertificate::from_der),
+            client_cert_details: crate::filters::client_cert_details(
+                &self.core.options().identity,
+                &request.peer_identity,
+                request.peer_certificate.as_deref().map(|c| c.details()),
+            ),
         });
         let state = self.core.mesh();
         let bindings = self.core.bindings();

@@ -54,9 +54,9 @@ pub struct Downstream {
     /// The source workload, when the state knows a workload with the peer's identity at the
     /// client address.
     pub source: Option<Arc<Workload>>,
-    /// The certificate the peer presented (its hash and subject), for
-    /// `x-forwarded-client-cert`.
-    pub peer_certificate: Option<crate::filters::PeerCertificate>,
+    /// The `x-forwarded-client-cert` the waypoint sets on this tunnel's requests (its identity,
+    /// the peer's and the peer's certificate), built once per tunnel.
+    pub client_cert_details: Option<http::HeaderValue>,
 }
 
 impl Downstream {

@@ -197,12 +197,10 @@ impl Listener {
         if filters::strip_h2c_upgrade(&mut parts.headers) {
             tracing::debug!("h2c upgrade refused: served as HTTP/1.1");
         }
-        if let Some(xfcc) = filters::client_cert_details(
-            &self.core.options().identity,
-            &self.downstream.peer_identity,
-            self.downstream.peer_certificate.as_ref(),
-        ) {
-            parts.headers.insert(filters::FORWARDED_CLIENT_CERT, xfcc);
+        if let Some(xfcc) = &self.downstream.client_cert_details {
+            parts
+                .headers
+                .insert(filters::FORWARDED_CLIENT_CERT, xfcc.clone());
         }
     }
 
