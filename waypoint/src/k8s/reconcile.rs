@@ -140,14 +140,12 @@ pub fn reconcile(
     service: Option<&Service>,
     now: Time,
 ) -> Option<Desired> {
-    if !is_ours(class, settings) || gateway.spec.gateway_class_name != class_name(class) {
-        return None;
-    }
+    let ctx = Objects::of(gateway, class, settings)?;
     let valid = listeners_valid(gateway);
-    let (deployment_name, sa_name) = object_names(gateway);
-    let namespace = gateway.metadata.namespace.clone().unwrap_or_default();
     let hostname = format!(
-        "{deployment_name}.{namespace}.svc.{}",
+        "{}.{}.svc.{}",
+        ctx.deployment_name,
+        ctx.namespace,
         settings.cluster_domain()
     );
     let addresses = if valid {
@@ -165,15 +163,6 @@ pub fn reconcile(
             gateway_status: status,
         });
     }
-    let traffic = waypoint_for(gateway, class);
-    let ctx = Objects {
-        gateway,
-        settings,
-        deployment_name: &deployment_name,
-        sa_name: &sa_name,
-        namespace: &namespace,
-        traffic,
-    };
     Some(Desired {
         service_account: Some(ctx.service_account()),
         deployment: Some(ctx.deployment()),
@@ -201,24 +190,12 @@ pub fn mesh_config_map(
     settings: &ControllerConfig,
     mesh: Option<&str>,
 ) -> Option<ConfigMap> {
-    if !is_ours(class, settings)
-        || gateway.spec.gateway_class_name != class_name(class)
-        || !listeners_valid(gateway)
-    {
+    let ctx = Objects::of(gateway, class, settings)?;
+    if !listeners_valid(gateway) {
         return None;
     }
-    let (deployment_name, sa_name) = object_names(gateway);
-    let namespace = gateway.metadata.namespace.clone().unwrap_or_default();
-    let ctx = Objects {
-        gateway,
-        settings,
-        deployment_name: &deployment_name,
-        sa_name: &sa_name,
-        namespace: &namespace,
-        traffic: waypoint_for(gateway, class),
-    };
     Some(ConfigMap {
-        metadata: ctx.meta(&mesh_config_name(&deployment_name)),
+        metadata: ctx.meta(&mesh_config_name(&ctx.deployment_name)),
         data: mesh.map(|m| BTreeMap::from([(MESH_KEY.to_string(), m.to_string())])),
         ..ConfigMap::default()
     })
@@ -480,13 +457,34 @@ fn gateway_status(
 struct Objects<'a> {
     gateway: &'a Gateway,
     settings: &'a ControllerConfig,
-    deployment_name: &'a str,
-    sa_name: &'a str,
-    namespace: &'a str,
+    deployment_name: String,
+    sa_name: String,
+    namespace: String,
     traffic: &'static str,
 }
 
-impl Objects<'_> {
+impl<'a> Objects<'a> {
+    /// The builders of `gateway`'s objects, or `None` when its class is not ours (the
+    /// Gateway is then never touched).
+    fn of(
+        gateway: &'a Gateway,
+        class: &GatewayClass,
+        settings: &'a ControllerConfig,
+    ) -> Option<Self> {
+        if !is_ours(class, settings) || gateway.spec.gateway_class_name != class_name(class) {
+            return None;
+        }
+        let (deployment_name, sa_name) = object_names(gateway);
+        Some(Self {
+            gateway,
+            settings,
+            deployment_name,
+            sa_name,
+            namespace: gateway.metadata.namespace.clone().unwrap_or_default(),
+            traffic: waypoint_for(gateway, class),
+        })
+    }
+
     fn gateway_name(&self) -> String {
         self.gateway.metadata.name.clone().unwrap_or_default()
     }
@@ -508,7 +506,7 @@ impl Objects<'_> {
     fn meta(&self, name: &str) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
-            namespace: Some(self.namespace.to_string()),
+            namespace: Some(self.namespace.clone()),
             labels: Some(self.labels()),
             owner_references: Some(vec![OwnerReference {
                 api_version: format!("{}/v1", names::GATEWAY_GROUP),
@@ -528,7 +526,7 @@ impl Objects<'_> {
 
     fn service_account(&self) -> ServiceAccount {
         ServiceAccount {
-            metadata: self.meta(self.sa_name),
+            metadata: self.meta(&self.sa_name),
             ..ServiceAccount::default()
         }
     }
@@ -536,9 +534,12 @@ impl Objects<'_> {
     /// Binds the waypoint's ServiceAccount to the configuration ClusterRole in its namespace.
     fn role_binding(&self) -> RoleBinding {
         RoleBinding {
-            metadata: self.meta(self.sa_name),
+            metadata: self.meta(&self.sa_name),
             role_ref: config_role_ref(self.settings),
-            subjects: Some(vec![service_account_subject(self.namespace, self.sa_name)]),
+            subjects: Some(vec![service_account_subject(
+                &self.namespace,
+                &self.sa_name,
+            )]),
         }
     }
 
@@ -551,7 +552,7 @@ impl Objects<'_> {
             target_port: Some(IntOrString::Int(i32::from(port))),
             ..ServicePort::default()
         };
-        let mut metadata = self.meta(self.deployment_name);
+        let mut metadata = self.meta(&self.deployment_name);
         metadata.annotations = Some(BTreeMap::from([(
             "networking.istio.io/traffic-distribution".into(),
             "PreferClose".into(),
@@ -597,7 +598,7 @@ impl Objects<'_> {
             field("POD_NAMESPACE", "metadata.namespace"),
             field("INSTANCE_IP", "status.podIP"),
             value("WAYPOINT_NAME", &self.gateway_name()),
-            value("SERVICE_ACCOUNT", self.sa_name),
+            value("SERVICE_ACCOUNT", &self.sa_name),
             value("ISTIO_META_WAYPOINT_FOR", self.traffic),
         ];
         let fixed: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
@@ -613,7 +614,7 @@ impl Objects<'_> {
             (
                 "WAYPOINT_CONFIG_NAMESPACES",
                 match self.settings.waypoint.config_scope {
-                    ConfigScope::Namespace => self.namespace,
+                    ConfigScope::Namespace => &self.namespace,
                     ConfigScope::Cluster => "",
                 },
             ),
@@ -639,7 +640,7 @@ impl Objects<'_> {
             [
                 (labels::DATAPLANE_MODE, "none"),
                 (labels::SIDECAR_INJECT, "false"),
-                ("service.istio.io/canonical-name", self.deployment_name),
+                ("service.istio.io/canonical-name", &self.deployment_name),
                 ("service.istio.io/canonical-revision", "latest"),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string())),
@@ -744,7 +745,7 @@ impl Objects<'_> {
             Volume {
                 name: "istio-mesh".into(),
                 config_map: Some(ConfigMapVolumeSource {
-                    name: mesh_config_name(self.deployment_name),
+                    name: mesh_config_name(&self.deployment_name),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -752,7 +753,7 @@ impl Objects<'_> {
         ];
         let non_empty = |m: &BTreeMap<String, String>| (!m.is_empty()).then(|| m.clone());
         Deployment {
-            metadata: self.meta(self.deployment_name),
+            metadata: self.meta(&self.deployment_name),
             spec: Some(DeploymentSpec {
                 replicas: Some(w.replicas),
                 selector: LabelSelector {
@@ -766,7 +767,7 @@ impl Objects<'_> {
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {
-                        service_account_name: Some(self.sa_name.to_string()),
+                        service_account_name: Some(self.sa_name.clone()),
                         termination_grace_period_seconds: Some(w.termination_grace_period_seconds),
                         containers: vec![container],
                         volumes: Some(volumes),
