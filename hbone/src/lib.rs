@@ -20,6 +20,7 @@
 //! - [`headers`]: the HBONE request headers (`forwarded`, `baggage`, `traceparent`).
 //! - [`client`] and [`pool`]: opening tunnels, multiplexed over pooled HTTP/2 connections.
 //! - [`server`]: accepting tunnels and handing them to a handler.
+//! - [`workers`]: thread-per-core serving, one single-threaded runtime per worker thread.
 //! - [`stream`]: an HTTP/2 stream as an `AsyncRead + AsyncWrite` byte stream.
 //! - [`socket`]: where outgoing TCP sockets come from (e.g. a pod's network namespace).
 //! - [`copy`]: bidirectional copy with half-close and adaptive buffers.
@@ -41,6 +42,7 @@ mod sniff;
 pub mod socket;
 pub mod stream;
 pub mod tls;
+pub mod workers;
 
 /// The port HBONE servers listen on.
 pub const HBONE_PORT: u16 = 15008;
@@ -55,3 +57,4 @@ pub use pool::{Pool, PoolKey, Tunnel};
 pub use server::{Handler, InboundRequest, Responder, Server, Shutdown};
 pub use socket::{DefaultSockets, SocketFactory};
 pub use stream::H2Stream;
+pub use workers::Workers;

@@ -170,7 +170,27 @@ impl Pool {
         sockets: Arc<dyn SocketFactory>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self {
+        Ok(Self::unchecked(config, roots, sockets))
+    }
+
+    /// A new, empty pool with this pool's settings, roots and socket factory; it shares no
+    /// connections with this one (e.g. one pool per worker thread).
+    pub fn sibling(&self) -> Self {
+        let inner = &self.inner;
+        Self::unchecked(
+            inner.config.clone(),
+            inner.roots.clone(),
+            Arc::clone(&inner.sockets),
+        )
+    }
+
+    /// A pool of an already validated `config`.
+    fn unchecked(
+        config: Config,
+        roots: Vec<CertificateDer<'static>>,
+        sockets: Arc<dyn SocketFactory>,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 config,
                 roots,
@@ -180,7 +200,7 @@ impl Pool {
                 opened: AtomicU64::new(0),
                 dropped: tokio_util::sync::CancellationToken::new(),
             }),
-        })
+        }
     }
 
     /// Opens a tunnel to `destination` presenting `source`'s certificate; the server must prove

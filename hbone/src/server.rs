@@ -30,6 +30,7 @@ use crate::headers::{self, TraceParent};
 use crate::identity::Identity;
 use crate::stream::H2Stream;
 use crate::tls;
+use crate::workers::Workers;
 
 /// A tunnel request as the handler sees it.
 #[derive(Debug)]
@@ -175,8 +176,32 @@ impl<H: Handler> Server<H> {
     }
 
     /// Accepts connections on `listener` until `shutdown.drain`, then waits for the open
-    /// connections to finish, for at most `drain_deadline` before forcing them closed.
+    /// connections to finish, for at most `drain_deadline` before forcing them closed. Each
+    /// connection is served by a task of the calling runtime.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown, drain_deadline: Duration) {
+        self.serve(listener, None, shutdown, drain_deadline).await;
+    }
+
+    /// As [`Server::run`], but each accepted connection is served on one of `workers`, in
+    /// turn; the listener itself stays on the calling runtime.
+    pub async fn run_on(
+        self,
+        listener: TcpListener,
+        workers: &Workers,
+        shutdown: Shutdown,
+        drain_deadline: Duration,
+    ) {
+        self.serve(listener, Some(workers), shutdown, drain_deadline)
+            .await;
+    }
+
+    async fn serve(
+        self,
+        listener: TcpListener,
+        workers: Option<&Workers>,
+        shutdown: Shutdown,
+        drain_deadline: Duration,
+    ) {
         let tracker = TaskTracker::new();
         loop {
             tokio::select! {
@@ -185,11 +210,26 @@ impl<H: Handler> Server<H> {
                     Ok((tcp, peer)) => {
                         let (config, tls, handler, shutdown) =
                             (self.config.clone(), self.tls.clone(), self.handler.clone(), shutdown.clone());
-                        tracker.spawn(async move {
-                            if let Err(e) = serve_connection(&config, tls, tcp, handler, shutdown).await {
-                                tracing::debug!(%peer, error = %e, "hbone connection ended with error");
+                        let Some(workers) = workers else {
+                            tracker.spawn(async move {
+                                connection_task(&config, tls, tcp, handler, shutdown, peer).await;
+                            });
+                            continue;
+                        };
+                        // Registered again with the reactor of the worker that serves it.
+                        let tcp = match tcp.into_std() {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "hbone connection could not be handed to a worker");
+                                continue;
                             }
-                        });
+                        };
+                        workers.spawn(tracker.track_future(async move {
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => connection_task(&config, tls, tcp, handler, shutdown, peer).await,
+                                Err(e) => tracing::warn!(%peer, error = %e, "hbone connection could not be registered on its worker"),
+                            }
+                        }));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -212,6 +252,20 @@ impl<H: Handler> Server<H> {
             shutdown.force.cancel();
             tracker.wait().await;
         }
+    }
+}
+
+/// Serves one accepted connection and logs how it ended.
+async fn connection_task<H: Handler>(
+    config: &Config,
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+    peer: SocketAddr,
+) {
+    if let Err(e) = serve_connection(config, tls, tcp, handler, shutdown).await {
+        tracing::debug!(%peer, error = %e, "hbone connection ended with error");
     }
 }
 

@@ -984,3 +984,106 @@ async fn copy_tunnel_proxies_both_ways_with_half_close_and_counts_bytes() {
     assert_eq!(counters.b_to_a.load(Ordering::Relaxed), UP as u64);
     assert_eq!(counters.a_to_b.load(Ordering::Relaxed), (32 + DOWN) as u64);
 }
+
+/// One served tunnel: its client's address, and the worker it was on when it started and
+/// when it ended.
+type ServedOn = (SocketAddr, Option<usize>, Option<usize>);
+
+/// Which worker served each tunnel, by the tunnel's client connection.
+#[derive(Clone, Default)]
+struct OnWorkers {
+    served: Arc<Mutex<Vec<ServedOn>>>,
+}
+
+impl hbone::Handler for OnWorkers {
+    async fn handle(&self, req: InboundRequest, responder: Responder) {
+        let before = hbone::workers::current();
+        let mut stream = responder.accept(http::HeaderMap::new()).unwrap();
+        // A task the handler spawns runs on the same worker.
+        let spawned = tokio::spawn(async { hbone::workers::current() })
+            .await
+            .unwrap();
+        assert_eq!(spawned, before);
+        let (mut r, mut w) = tokio::io::split(&mut stream);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+        self.served
+            .lock()
+            .unwrap()
+            .push((req.peer_addr, before, hbone::workers::current()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_serve_each_connection_on_one_worker_in_turn_and_drain() {
+    let m = mesh();
+    let workers =
+        hbone::Workers::start(std::num::NonZeroUsize::new(2).unwrap(), "hbone-w").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = OnWorkers::default();
+    let server = Server::new(Config::default(), m.server_tls(), handler.clone()).unwrap();
+    let shutdown = Shutdown::default();
+    let serve = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            server
+                .run_on(listener, &workers, shutdown, Duration::from_secs(5))
+                .await;
+        })
+    };
+    // Four client connections (one pool each), three tunnels on each.
+    let mut pools = Vec::new();
+    for c in 0..4u8 {
+        let pool = m.pool(Config::default());
+        for t in 0..3u8 {
+            let mut tunnel = m.open(&pool, addr).await;
+            let msg = [c, t, 42];
+            assert_eq!(finish(&mut tunnel.stream, &msg).await, msg);
+        }
+        pools.push(pool);
+    }
+    let served = handler.served.lock().unwrap().clone();
+    assert_eq!(served.len(), 12);
+    let mut by_conn: std::collections::HashMap<SocketAddr, HashSet<Option<usize>>> =
+        std::collections::HashMap::new();
+    for (peer, before, after) in &served {
+        assert!(before.is_some(), "served on a worker: {served:?}");
+        assert_eq!(before, after, "a tunnel stays on its worker");
+        by_conn.entry(*peer).or_default().insert(*before);
+    }
+    assert_eq!(by_conn.len(), 4, "one connection per pool: {by_conn:?}");
+    assert!(by_conn.values().all(|w| w.len() == 1), "{by_conn:?}");
+    let mut per_worker = [0usize; 2];
+    for w in by_conn.values().flatten() {
+        per_worker[w.unwrap()] += 1;
+    }
+    assert_eq!(
+        per_worker,
+        [2, 2],
+        "connections alternate between the workers"
+    );
+
+    // Draining: an open tunnel finishes, new connections are refused, the server returns.
+    let pool = m.pool(Config::default());
+    let mut open = m.open(&pool, addr).await;
+    shutdown.drain.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(finish(&mut open.stream, b"last").await, b"last");
+    let err = m
+        .pool(Config::default())
+        .connect(
+            &m.client,
+            vec![m.server_id.clone()],
+            addr,
+            &TunnelRequest::new(addr),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "got {err:?}");
+    drop((open, pool, pools));
+    tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("the server returns once its connections are closed")
+        .unwrap();
+}

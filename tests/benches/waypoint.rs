@@ -16,8 +16,10 @@
 //! sixteen paced at 1000 requests/s in all (the load behind Istio's published per-request CPU
 //! figures).
 //!
-//! The waypoint of the measured path runs on its own tokio runtime whose threads are named
-//! `waypoint`: its CPU time is the sum over those threads of `/proc/self/task/<tid>/schedstat`
+//! The waypoint of the measured path runs as the binary runs it: its HBONE connections on its
+//! own worker threads (`waypoint-0`, `waypoint-1`, …, each a single-threaded runtime), the rest
+//! on a one-thread runtime named `waypoint`. Its CPU time is the sum over those threads of
+//! `/proc/self/task/<tid>/schedstat`
 //! (nanoseconds; `stat`'s utime+stime in clock ticks if schedstat is missing), with its
 //! user/kernel split and the threads' context switches per request beside it. The process
 //! CPU time (getrusage: client, both ztunnels, backends and the waypoint) is reported for
@@ -29,7 +31,8 @@
 //! waypoint path and none of the baseline, and the backends received exactly the requests
 //! sent. Run with `cargo bench -p ambient-e2e --bench waypoint` (add `-- --quick` for a
 //! shorter run; `-- --waypoint-workers N` for the waypoint's worker threads, default 2 as in
-//! Istio's published figures). For profiling: `--only h1|h2` runs one protocol's rows,
+//! Istio's published figures; `0` serves the connections on a two-thread work-stealing runtime
+//! named `waypoint` instead). For profiling: `--only h1|h2` runs one protocol's rows,
 //! `--count N` caps the requests per row and path, `--warmup N` sets the warm-up requests per
 //! connection set, and `--seconds S` the time per row and path (all still bounded).
 
@@ -64,8 +67,8 @@ const BODY: usize = 1024;
 const ROWS: [(usize, Option<u32>); 3] = [(1, None), (16, None), (16, Some(1000))];
 /// Alternating slices of each row.
 const SLICES: u32 = 5;
-/// The name of the waypoint runtime's threads.
-const WAYPOINT_THREAD: &str = "waypoint";
+/// The name of the waypoint runtime's threads; its workers' are this, `-` and their index.
+const WAYPOINT_THREAD: &str = waypoint::app::WORKER_THREAD_NAME;
 /// The waypoint's goal: CPU per request (Istio's Envoy waypoint ≈ 250 µs).
 const GOAL_CPU_US: f64 = 50.0;
 /// The waypoint's request counter.
@@ -130,8 +133,9 @@ fn main() {
         p.time = Duration::from_secs_f64(s.min(600.0));
     }
     p.only = only;
+    // With workers the runtime keeps only the waypoint's control work, as in the binary.
     let waypoint_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(if workers == 0 { 2 } else { 1 })
         .thread_name(WAYPOINT_THREAD)
         .enable_all()
         .build()
@@ -351,7 +355,17 @@ impl ThreadsUsage {
     }
 }
 
-/// Usage of the threads named `name` (exact comm).
+/// Whether a thread's `comm` is `name` or `name-<index>` (a worker of `name`).
+fn named(comm: &str, name: &str) -> bool {
+    let comm = comm.trim_end();
+    comm == name
+        || comm
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Usage of the threads named `name` or `name-<index>`.
 fn threads_usage(name: &str) -> ThreadsUsage {
     let mut usage = ThreadsUsage::default();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
@@ -360,7 +374,7 @@ fn threads_usage(name: &str) -> ThreadsUsage {
     for entry in dir.flatten() {
         let path = entry.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
+        if !named(&comm, name) {
             continue;
         }
         let io = std::fs::read_to_string(path.join("io")).unwrap_or_default();
@@ -387,7 +401,7 @@ fn threads_usage(name: &str) -> ThreadsUsage {
     usage
 }
 
-/// CPU time of the threads named `name` (exact comm), and how many there are. Threads that
+/// CPU time of the threads named `name` or `name-<index>`, and how many there are. Threads that
 /// ended in between are not counted: tokio's workers live as long as the runtime, and the
 /// blocking pool's idle threads linger for 10 s.
 fn threads_cpu(name: &str) -> (Duration, usize) {
@@ -399,7 +413,7 @@ fn threads_cpu(name: &str) -> (Duration, usize) {
     for entry in dir.flatten() {
         let path = entry.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
+        if !named(&comm, name) {
             continue;
         }
         threads += 1;
@@ -537,10 +551,13 @@ async fn row(
 async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     let started = Instant::now();
     let mesh = |net: u8, bind: bool, rt: Option<tokio::runtime::Handle>| {
+        // The baseline's idle waypoint serves on the bench's runtime: no threads of its own.
+        let waypoint_workers = if rt.is_some() { workers } else { 0 };
         WaypointMesh::start_with(
             Net(net),
             MeshOptions {
                 waypoint_runtime: rt,
+                waypoint_workers,
                 bind_waypoint: bind,
                 access_log: Some(AccessLog::disabled()),
                 echo_backends: true,
@@ -551,9 +568,11 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     let with = mesh(60, true, Some(waypoint_rt)).await;
     let without = mesh(61, false, None).await;
     let (_, wp_threads) = threads_cpu(WAYPOINT_THREAD);
+    let expected = if workers == 0 { 2 } else { workers + 1 };
     assert!(
-        wp_threads >= workers,
-        "found {wp_threads} threads named {WAYPOINT_THREAD:?}, expected the {workers} workers"
+        wp_threads >= expected,
+        "found {wp_threads} waypoint threads ({WAYPOINT_THREAD:?}, {WAYPOINT_THREAD:?}-N), \
+         expected {expected}"
     );
     let meshes = [&with, &without];
     let sent_before = [with.backends.requests(), without.backends.requests()];
@@ -563,8 +582,16 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
          body answered with the same 1 KiB; service reviews (3 endpoints)"
     );
     println!(
-        "waypoint runtime: {workers} worker thread(s) named {WAYPOINT_THREAD:?}; client, ztunnels \
-         and backends: 2 workers; {} CPUs; access log off; setup {:.1} s",
+        "waypoint: {}; client, ztunnels and backends: 2 workers; {} CPUs; access log off; \
+         setup {:.1} s",
+        if workers == 0 {
+            format!("one work-stealing runtime of 2 threads named {WAYPOINT_THREAD:?}")
+        } else {
+            format!(
+                "{workers} worker thread(s) {WAYPOINT_THREAD:?}-N with a runtime each, control \
+                 runtime of 1 thread {WAYPOINT_THREAD:?}"
+            )
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
     );
@@ -627,7 +654,7 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
          published method: 1000 requests/s over 16 connections)."
     );
     println!(
-        "wp CPU: CPU time (µs) of the threads named {WAYPOINT_THREAD:?} (schedstat) per request; \
+        "wp CPU: CPU time (µs) of the waypoint's threads ({WAYPOINT_THREAD:?} and {WAYPOINT_THREAD:?}-N; schedstat) per request; \
          on the baseline rows it is the idle waypoint of the measured mesh (expected ≈ 0). wp \
          usr/sys: the same split into user and kernel time (stat, 10 ms ticks). wp sw/r: the \
          waypoint threads' context switches per request (a worker that runs out of work parks \

@@ -278,6 +278,9 @@ pub struct MeshOptions {
     pub tracing: waypoint::telemetry::TracingSettings,
     /// `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS` (default off).
     pub multiple_custom_authz_providers: bool,
+    /// The waypoint's worker threads (0 = it serves on the runtime it was started on).
+    /// Default: the binary's default, so that suites exercise the path the binary runs.
+    pub waypoint_workers: usize,
 }
 
 impl Default for MeshOptions {
@@ -296,6 +299,7 @@ impl Default for MeshOptions {
             kubernetes: None,
             tracing: waypoint::telemetry::TracingSettings::default(),
             multiple_custom_authz_providers: false,
+            waypoint_workers: waypoint::app::DEFAULT_WORKERS,
         }
     }
 }
@@ -441,6 +445,7 @@ impl WaypointMesh {
             downstream: options.downstream,
             tracing: options.tracing.clone(),
             multiple_custom_authz_providers: options.multiple_custom_authz_providers,
+            workers: options.waypoint_workers,
         };
         let waypoint = match options.waypoint_runtime {
             None => waypoint::run::start(config, None, access_log)

@@ -569,3 +569,111 @@ async fn h2c_is_not_upgraded_and_internal_headers_are_replaced() {
         "access log: {log:?}"
     );
 }
+
+/// The threads of the waypoint named `waypoint-<index>` for this test's index 2 (only this test
+/// starts a waypoint with three workers; the others have two).
+fn third_worker_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == "waypoint-2")
+        })
+        .count()
+}
+
+/// `workerTunnels` of `connect_terminate` in the waypoint's config_dump.
+async fn worker_tunnels(mesh: &WaypointMesh) -> Vec<u64> {
+    let dump = mesh.config_dump().await;
+    let stage = dump["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "connect_terminate")
+        .unwrap()
+        .clone();
+    stage["workerTunnels"]
+        .as_array()
+        .unwrap_or_else(|| panic!("workerTunnels in {stage}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect()
+}
+
+/// Worker threads: each HBONE connection is served whole by one worker, the connections go to
+/// the workers in turn, every worker routes to the backends, and the workers stop with the
+/// waypoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_take_connections_in_turn_and_stop_with_the_waypoint() {
+    let mesh = WaypointMesh::start_with(
+        Net(82),
+        MeshOptions {
+            waypoint_workers: 3,
+            ..MeshOptions::default()
+        },
+    )
+    .await;
+    // A new thread takes its name once it runs.
+    wait_for_third_worker_threads(1).await;
+    assert_eq!(worker_tunnels(&mesh).await, [0, 0, 0]);
+
+    // Three HBONE connections (one client pool each), two tunnels on each: every tunnel of a
+    // connection lands on that connection's worker.
+    let ca = hbone::LocalCa::load_or_generate(&mesh.ca_dir, "cluster.local").unwrap();
+    let sleep = hbone::Identity::new("cluster.local", "default", "sleep").unwrap();
+    let certs = std::sync::Arc::new(hbone::CertStore::new(
+        ca.issue(&sleep, Duration::from_secs(600)).unwrap(),
+    ));
+    let waypoint_id = hbone::Identity::new("cluster.local", "default", "waypoint").unwrap();
+    let mut pools = Vec::new();
+    for conn in 0..3 {
+        let pool = hbone::Pool::new(hbone::Config::default(), ca.roots().to_vec()).unwrap();
+        for tunnel in 0..2 {
+            let t = pool
+                .connect(
+                    &certs,
+                    vec![waypoint_id.clone()],
+                    mesh.waypoint.hbone,
+                    &hbone::TunnelRequest::new(mesh.net.reviews()),
+                )
+                .await
+                .unwrap();
+            let (mut client, driver) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(t.stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(driver);
+            let path = format!("/worker/{conn}/{tunnel}");
+            let (status, _, _) = send(&mut client, get(REVIEWS, &path, &[])).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(reached_backend(&mesh, &path), "{path} reached a backend");
+        }
+        assert_eq!(pool.connections_opened(), 1);
+        pools.push(pool);
+    }
+    assert_eq!(worker_tunnels(&mesh).await, [2, 2, 2]);
+
+    // The client's own path through ztunnel A: a fourth connection, on the first worker again.
+    let mut client = mesh.http1(mesh.net.reviews()).await;
+    let (status, _, _) = send(&mut client, get(REVIEWS, "/worker/ztunnel", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(worker_tunnels(&mesh).await, [3, 2, 2]);
+
+    drop((client, pools));
+    mesh.waypoint.shutdown().await;
+    wait_for_third_worker_threads(0).await;
+}
+
+/// Waits until [`third_worker_threads`] is `n`, for at most [`BOUND`].
+async fn wait_for_third_worker_threads(n: usize) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while third_worker_threads() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} threads named waypoint-2, expected {n}",
+            third_worker_threads()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -82,6 +82,8 @@ pub fn config_dump(
         "kind": "listener",
         "address": hbone_address.map(|a| a.to_string()),
         "identity": options.identity.to_string(),
+        // Per worker thread: the tunnels it was given (empty without worker threads).
+        "workerTunnels": core.worker_tunnels(),
     })];
     stages.push(json!({
         "name": MAIN_INTERNAL,
@@ -127,7 +129,7 @@ pub fn config_dump(
         "name": CONNECT_ORIGINATE,
         "kind": "cluster",
         "identity": options.identity.to_string(),
-        "pooledEndpoints": core.originate.endpoints(),
+        "pooledEndpoints": core.pooled_endpoints(),
     }));
     let certificates: Vec<Value> = identities
         .certificates()

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -70,6 +71,14 @@ pub enum AppError {
     /// The HBONE server could not be configured.
     #[error("HBONE server: {0}")]
     Hbone(String),
+    /// The worker threads could not be started.
+    #[error("cannot start {count} worker threads: {source}")]
+    Workers {
+        /// How many were asked for.
+        count: usize,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Settings of one waypoint.
@@ -104,7 +113,26 @@ pub struct WaypointOptions {
     /// then asked for the requests its own policies match, in policy name order, and any
     /// denial wins. Default false, as Istio: such a service denies every request.
     pub multiple_custom_authz_providers: bool,
+    /// Worker threads serving the HBONE connections, each with its own single-threaded
+    /// runtime and its own `connect_originate` pool ([`hbone::workers`]); 0 serves them on
+    /// the runtime the waypoint was started on. Default 0; the binary's default is
+    /// [`DEFAULT_WORKERS`].
+    pub workers: usize,
 }
+
+/// What one thread serving connections keeps for itself: its upstream connections are driven
+/// by tasks of its own runtime, so that a request never wakes another thread to reach them.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// The worker's `connect_originate` stage and its connection pools.
+    pub originate: Arc<ConnectOriginate>,
+    /// Tunnels `connect_terminate` has accepted on this worker.
+    pub tunnels: AtomicU64,
+}
+
+/// The binary's default number of worker threads: Istio's published waypoint figures use
+/// two (Envoy `--concurrency 2`).
+pub const DEFAULT_WORKERS: usize = 2;
 
 impl WaypointOptions {
     /// Options for the waypoint `service_name` in `namespace` with `identity`.
@@ -126,6 +154,7 @@ impl WaypointOptions {
             downstream: DownstreamLimits::default(),
             tracing: TracingSettings::default(),
             multiple_custom_authz_providers: false,
+            workers: 0,
         }
     }
 
@@ -302,8 +331,9 @@ pub struct Core {
     egress_tls: Mutex<HashMap<String, TlsResult>>,
     /// `PassthroughCluster`: requests to the original destination (`ALLOW_ANY`).
     passthrough: Arc<Cluster>,
-    /// The `connect_originate` stage.
-    pub originate: Arc<ConnectOriginate>,
+    /// What each thread serving connections keeps for itself: first the runtime the
+    /// waypoint was started on, then each worker ([`Core::worker`]).
+    workers: Box<[WorkerState]>,
     /// Request metrics.
     pub metrics: Arc<RequestMetrics>,
     /// The access log.
@@ -330,11 +360,19 @@ impl Core {
         metrics: Arc<RequestMetrics>,
         access_log: AccessLog,
     ) -> Arc<Self> {
-        let originate = Arc::new(ConnectOriginate::new(
-            pool,
-            identities,
-            options.identity.clone(),
-        ));
+        // A worker's upstream connections are driven by tasks of its own runtime, so each
+        // worker has a pool of its own.
+        let workers = std::iter::once(pool.clone())
+            .chain((0..options.workers).map(|_| pool.sibling()))
+            .map(|pool| WorkerState {
+                originate: Arc::new(ConnectOriginate::new(
+                    pool,
+                    Arc::clone(&identities),
+                    options.identity.clone(),
+                )),
+                tunnels: AtomicU64::new(0),
+            })
+            .collect();
         let jwks = JwksRegistry::new(options.jwks.clone());
         let dns = DnsCache::new(
             Arc::clone(&options.egress.resolver),
@@ -369,12 +407,45 @@ impl Core {
             providers: Mutex::default(),
             clusters: Mutex::new(HashMap::default()),
             destination_labels: std::sync::RwLock::new(HashMap::default()),
-            originate,
+            workers,
             metrics,
             access_log,
         });
         core.refresh();
         core
+    }
+
+    /// The state of the calling thread's worker; off the workers, the state of the runtime
+    /// the waypoint was started on.
+    pub fn worker(&self) -> &WorkerState {
+        let index = hbone::workers::current().map_or(0, |worker| worker + 1);
+        self.workers.get(index).unwrap_or(&self.workers[0])
+    }
+
+    /// The `connect_originate` stage of the calling thread's worker.
+    pub fn originate(&self) -> &Arc<ConnectOriginate> {
+        &self.worker().originate
+    }
+
+    /// The tunnels each worker has been given so far (empty without workers).
+    pub fn worker_tunnels(&self) -> Vec<u64> {
+        self.workers
+            .iter()
+            .skip(1)
+            .map(|w| w.tunnels.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The endpoints with pooled upstream connections, over every worker's pool.
+    pub fn pooled_endpoints(&self) -> usize {
+        let mut keys: Vec<_> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.originate.pooled_keys())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
     }
 
     /// The options.
@@ -527,7 +598,9 @@ impl Core {
             .flat_map(|e| e.cluster.endpoints().into_iter().map(|s| s.address))
             .collect();
         drop(clusters);
-        self.originate.retain(|addr| live.contains(addr));
+        for worker in &self.workers {
+            worker.originate.retain(|addr| live.contains(addr));
+        }
     }
 
     /// The cluster for `host`'s `port` (and `subset`), created on first use, with the mesh
@@ -954,7 +1027,12 @@ pub struct Waypoint {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     hbone_config: hbone::Config,
+    /// The threads that serve the connections; none = the runtime that runs [`Waypoint::run`].
+    workers: Option<hbone::Workers>,
 }
+
+/// The prefix of the worker threads' names (`waypoint-0`, `waypoint-1`, …).
+pub const WORKER_THREAD_NAME: &str = "waypoint";
 
 impl std::fmt::Debug for Waypoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -965,7 +1043,8 @@ impl std::fmt::Debug for Waypoint {
 }
 
 impl Waypoint {
-    /// Binds `connect_terminate` on `addrs.hbone` with the waypoint's certificate.
+    /// Binds `connect_terminate` on `addrs.hbone` with the waypoint's certificate, and starts
+    /// the worker threads of [`WaypointOptions::workers`].
     pub async fn bind(
         core: Arc<Core>,
         identities: &IdentityManager,
@@ -990,11 +1069,20 @@ impl Waypoint {
                 addr: addrs.hbone,
                 source,
             })?;
+        let count = core.options().workers;
+        let workers = match std::num::NonZeroUsize::new(count) {
+            None => None,
+            Some(n) => Some(
+                hbone::Workers::start(n, WORKER_THREAD_NAME)
+                    .map_err(|source| AppError::Workers { count, source })?,
+            ),
+        };
         Ok(Self {
             core,
             listener,
             tls,
             hbone_config,
+            workers,
         })
     }
 
@@ -1011,7 +1099,14 @@ impl Waypoint {
         let handler = ConnectTerminate::new(Arc::clone(&self.core));
         let server = hbone::Server::new(self.hbone_config, self.tls, handler)
             .map_err(|e| AppError::Hbone(e.to_string()))?;
-        server.run(self.listener, shutdown, deadline).await;
+        match &self.workers {
+            Some(workers) => {
+                server
+                    .run_on(self.listener, workers, shutdown, deadline)
+                    .await;
+            }
+            None => server.run(self.listener, shutdown, deadline).await,
+        }
         Ok(())
     }
 }

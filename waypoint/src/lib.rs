@@ -45,7 +45,8 @@
 //!   (the log phase starts when it ends).
 //! - [`telemetry`]: Istio request metrics (`reporter="waypoint"`) and the Envoy-style access log.
 //! - [`app`]: the shared core (state, compiled configuration, clusters) and the bound HBONE
-//!   listener; [`run`]: the process (certificates, state and configuration watches, admin,
+//!   listener, whose connections are served on worker threads ([`hbone::workers`]), each with
+//!   its own runtime and its own `connect_originate` pools; [`run`]: the process (certificates, state and configuration watches, admin,
 //!   metrics and readiness servers); [`admin`]: `config_dump` and the admin endpoints.
 //! - [`source`]: where the mesh state (a local file or istiod over xDS) and the certificate
 //!   (istiod's CA, a local or plug-in CA) come from, chosen from flags and environment with

@@ -130,6 +130,12 @@ struct Cli {
     /// service denies every request.
     #[arg(long, env = "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS", default_value_t = false, action = clap::ArgAction::Set)]
     multiple_custom_authz_providers: bool,
+    /// Worker threads serving the HBONE connections (Envoy's --concurrency): each runs its
+    /// own single-threaded runtime and keeps its own upstream connections, and serves every
+    /// stream of the connections it is given. 0 = one per CPU core. The admin, metrics,
+    /// readiness, xDS and configuration work runs on a thread of its own.
+    #[arg(long, env = "WAYPOINT_CONCURRENCY", default_value_t = waypoint::app::DEFAULT_WORKERS)]
+    concurrency: usize,
     /// How long resolved addresses of DNS ServiceEntries are used (Istio's
     /// meshConfig.dnsRefreshRate; Go duration).
     #[arg(long, env = "DNS_REFRESH_RATE", default_value = "60s", value_parser = go_duration)]
@@ -288,7 +294,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let log_level: Arc<dyn ztunnel::admin::LogLevel> =
         Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if command.is_none() {
+        // The proxy's traffic runs on its own worker threads (--concurrency); this runtime
+        // keeps the admin, metrics, xDS and configuration work.
+        builder.worker_threads(1);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;
@@ -464,6 +476,10 @@ async fn run(cli: Cli, log_level: Arc<dyn ztunnel::admin::LogLevel>) -> anyhow::
         },
         tracing,
         multiple_custom_authz_providers: cli.multiple_custom_authz_providers,
+        workers: match cli.concurrency {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        },
         downstream: DownstreamLimits {
             max_request_headers_kb: cli.max_request_headers_kb,
             max_headers_count: cli.max_headers_count,

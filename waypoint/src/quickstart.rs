@@ -347,6 +347,7 @@ pub async fn start(opts: &Options) -> Result<Quickstart, QuickstartError> {
         downstream: crate::stages::inbound_vip::limits::DownstreamLimits::default(),
         tracing: crate::telemetry::TracingSettings::default(),
         multiple_custom_authz_providers: false,
+        workers: crate::app::DEFAULT_WORKERS,
     };
     let access_log = AccessLog::writer(AccessLogFormat::Text, tap.clone());
     let waypoint = crate::run::start(config, Some(opts.log_level.clone()), access_log).await?;

@@ -89,6 +89,9 @@ pub struct RunConfig {
     /// providers (istiod's `PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS`; default false: such
     /// a service denies every request).
     pub multiple_custom_authz_providers: bool,
+    /// Worker threads serving the HBONE connections, each with its own single-threaded
+    /// runtime; 0 serves them on the runtime `start` runs on (see [`WaypointOptions::workers`]).
+    pub workers: usize,
 }
 
 /// The Kubernetes source of the L7 configuration: a client of the API server and what to
@@ -221,6 +224,7 @@ pub async fn start(
     options.downstream = config.downstream;
     options.tracing = config.tracing.clone();
     options.multiple_custom_authz_providers = config.multiple_custom_authz_providers;
+    options.workers = config.workers;
     let pool = hbone::Pool::new(hbone::Config::default(), roots.clone())
         .map_err(|e| RunError::Ca(e.to_string()))?;
     let metrics = Arc::new(RequestMetrics::new());

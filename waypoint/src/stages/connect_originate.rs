@@ -474,9 +474,9 @@ impl ConnectOriginate {
         self.lock().retain(|(addr, _), _| keep(addr));
     }
 
-    /// The number of endpoints with pooled connections.
-    pub fn endpoints(&self) -> usize {
-        self.lock().len()
+    /// The endpoints (and TLS settings) with pooled connections.
+    pub fn pooled_keys(&self) -> Vec<(SocketAddr, u64)> {
+        self.lock().keys().copied().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, u64), EndpointConns>> {

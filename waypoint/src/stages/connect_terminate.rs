@@ -32,6 +32,10 @@ impl ConnectTerminate {
 
 impl hbone::Handler for ConnectTerminate {
     async fn handle(&self, request: InboundRequest, responder: Responder) {
+        self.core
+            .worker()
+            .tunnels
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let original_dst = match request.target() {
             Ok(dst) => dst,
             Err(e) => {

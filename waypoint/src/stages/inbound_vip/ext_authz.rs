@@ -177,7 +177,7 @@ impl Listener {
         });
         let response = self
             .core
-            .originate
+            .originate()
             .send(meta, protocol, ConnSettings::default(), request)
             .await
             .map_err(|e| CheckError::Transport(e.to_string()))?;

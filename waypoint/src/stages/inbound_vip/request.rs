@@ -740,7 +740,7 @@ impl Listener {
             }
             log.destination_workload.clone_from(&meta.workload);
             let request = build_request(parts, replay.reader().boxed());
-            let originate = &self.core.originate;
+            let originate = self.core.originate();
             let send = async {
                 if upgrade {
                     originate.send_upgrade(&meta, settings, request).await
@@ -844,7 +844,7 @@ impl Listener {
         tokio::spawn(async move {
             let _picked = picked;
             match core
-                .originate
+                .originate()
                 .send(&meta, protocol, settings, request)
                 .await
             {

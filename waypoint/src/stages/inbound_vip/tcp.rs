@@ -259,7 +259,7 @@ async fn copy_to<IO>(
     report.upstream = Some(meta.address);
     report.workload = meta.workload.clone();
     let cluster = report.cluster.clone().unwrap_or_default();
-    let mut upstream = match core.originate.open(meta, connect_timeout).await {
+    let mut upstream = match core.originate().open(meta, connect_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::info!(%cluster, upstream = %meta.address, error = %e, "TCP upstream connect failed");
