@@ -250,6 +250,62 @@ impl Config {
     }
 }
 
+/// The floor of the automatic worker count.
+const MIN_WORKER_THREADS: usize = 2;
+
+/// The data path's worker threads, by upstream's rule: `ZTUNNEL_WORKER_THREADS` (a number, `N%`
+/// of the cores, or `0` for all of them) if set; else the CPU limit `ZTUNNEL_RESOURCE_CPU_LIMIT`
+/// (raised to the request `ZTUNNEL_RESOURCE_CPU_REQUEST`) if set; else a quarter of the cores
+/// rounded up, but at least the request and at least 2. The cores are
+/// `ZTUNNEL_RESOURCE_CPU_LIMIT`, else `ZTUNNEL_CPU_LIMIT` (the downward API), else `available`
+/// (what the machine has). Read before the runtime starts, so not part of [`Config`].
+pub fn worker_threads(env: &impl Env, available: usize) -> Result<usize, ConfigError> {
+    let limit = cores(env, "ZTUNNEL_RESOURCE_CPU_LIMIT")?;
+    let request = cores(env, "ZTUNNEL_RESOURCE_CPU_REQUEST")?.unwrap_or(0);
+    let machine = match limit {
+        Some(n) => n,
+        None => cores(env, "ZTUNNEL_CPU_LIMIT")?.unwrap_or(available.max(1)),
+    };
+    if let Some(value) = string(env, "ZTUNNEL_WORKER_THREADS") {
+        let name = "ZTUNNEL_WORKER_THREADS";
+        let v = value.trim();
+        let threads = match v.strip_suffix('%') {
+            Some(percent) => {
+                let p: usize = percent
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(name, &value, "expected a number or N% of the cores"))?;
+                if p == 0 || p > 100 {
+                    return Err(invalid(name, &value, "a percentage from 1% to 100%"));
+                }
+                // Rounded up: a share of the cores is at least one thread.
+                (machine * p).div_ceil(100)
+            }
+            None => match v.parse::<usize>() {
+                Ok(0) => machine,
+                Ok(n) => n,
+                Err(_) => {
+                    return Err(invalid(
+                        name,
+                        &value,
+                        "expected a number or N% of the cores",
+                    ));
+                }
+            },
+        };
+        return Ok(threads.max(1));
+    }
+    Ok(match limit {
+        Some(limit) => limit.max(request),
+        None => machine.div_ceil(4).max(request).max(MIN_WORKER_THREADS),
+    })
+}
+
+/// A whole number of cores (Kubernetes' downward API with divisor 1 rounds up); `0` is unset.
+fn cores(env: &impl Env, name: &'static str) -> Result<Option<usize>, ConfigError> {
+    Ok(parse::<usize>(env, name)?.filter(|&n| n > 0))
+}
+
 fn string(env: &impl Env, name: &str) -> Option<String> {
     env.var(name).filter(|v| !v.is_empty())
 }

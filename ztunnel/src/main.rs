@@ -109,7 +109,15 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let log_level = std::sync::Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(command, Command::Run) {
+        let available = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let workers = ztunnel::config::worker_threads(&ztunnel::config::ProcessEnv, available)
+            .context("invalid configuration")?;
+        tracing::info!(workers, "worker threads");
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;

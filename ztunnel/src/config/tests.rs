@@ -280,3 +280,78 @@ fn inpod_mode() {
     assert_eq!(custom.resolv_conf, std::path::Path::new("/tmp/resolv.conf"));
     assert_eq!(custom.cluster_domain, "corp.example");
 }
+
+/// A worker-thread case: the environment, the cores the machine has, the threads expected.
+type WorkerCase = (&'static [(&'static str, &'static str)], usize, usize);
+
+#[test]
+fn worker_threads_follow_upstreams_rule() {
+    let cases: &[WorkerCase] = &[
+        // Automatic: a quarter of the cores rounded up, at least 2.
+        (&[], 2, 2),
+        (&[], 8, 2),
+        (&[], 16, 4),
+        (&[], 64, 16),
+        (&[], 9, 3),
+        // At least the request.
+        (&[("ZTUNNEL_RESOURCE_CPU_REQUEST", "6")], 16, 6),
+        // A limit is the count, raised to the request.
+        (&[("ZTUNNEL_RESOURCE_CPU_LIMIT", "1")], 64, 1),
+        (&[("ZTUNNEL_RESOURCE_CPU_LIMIT", "3")], 64, 3),
+        (
+            &[
+                ("ZTUNNEL_RESOURCE_CPU_LIMIT", "2"),
+                ("ZTUNNEL_RESOURCE_CPU_REQUEST", "4"),
+            ],
+            64,
+            4,
+        ),
+        // The downward API's limit counts as the cores, not as the count.
+        (&[("ZTUNNEL_CPU_LIMIT", "32")], 64, 8),
+        (&[("ZTUNNEL_CPU_LIMIT", "0")], 64, 16),
+        // Explicit: a number, all the cores, a share of them.
+        (&[("ZTUNNEL_WORKER_THREADS", "5")], 2, 5),
+        (&[("ZTUNNEL_WORKER_THREADS", "0")], 12, 12),
+        (&[("ZTUNNEL_WORKER_THREADS", "50%")], 12, 6),
+        (&[("ZTUNNEL_WORKER_THREADS", "10%")], 12, 2),
+        (&[("ZTUNNEL_WORKER_THREADS", "1%")], 2, 1),
+        (
+            &[
+                ("ZTUNNEL_WORKER_THREADS", "0"),
+                ("ZTUNNEL_RESOURCE_CPU_LIMIT", "3"),
+            ],
+            64,
+            3,
+        ),
+        (
+            &[
+                ("ZTUNNEL_WORKER_THREADS", "100%"),
+                ("ZTUNNEL_CPU_LIMIT", "4"),
+            ],
+            64,
+            4,
+        ),
+    ];
+    for (vars, available, expected) in cases {
+        let e: HashMap<&str, &str> = vars.iter().copied().collect();
+        assert_eq!(
+            worker_threads(&e, *available).unwrap(),
+            *expected,
+            "{vars:?} on {available} cores"
+        );
+    }
+    for (name, value) in [
+        ("ZTUNNEL_WORKER_THREADS", "many"),
+        ("ZTUNNEL_WORKER_THREADS", "0%"),
+        ("ZTUNNEL_WORKER_THREADS", "150%"),
+        ("ZTUNNEL_WORKER_THREADS", "-1"),
+        ("ZTUNNEL_RESOURCE_CPU_LIMIT", "500m"),
+        ("ZTUNNEL_CPU_LIMIT", "two"),
+    ] {
+        let e: HashMap<&str, &str> = [(name, value)].into_iter().collect();
+        match worker_threads(&e, 4) {
+            Err(ConfigError::Invalid { name: n, .. }) => assert_eq!(n, name, "{value}"),
+            other => panic!("{name}={value}: expected an error naming it, got {other:?}"),
+        }
+    }
+}
