@@ -114,13 +114,15 @@ fn main() -> anyhow::Result<()> {
         let available = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let workers = ztunnel::config::worker_threads(&ztunnel::config::ProcessEnv, available)
             .context("invalid configuration")?;
-        tracing::info!(workers, "worker threads");
         builder.worker_threads(workers);
     }
     let runtime = builder
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;
+    if matches!(command, Command::Run) {
+        tracing::info!(workers = runtime.metrics().num_workers(), "worker threads");
+    }
     match command {
         Command::Run => runtime.block_on(run(log_level)),
         Command::Quickstart {

@@ -441,3 +441,59 @@ bytes_sent=12 bytes_recv=12"
     );
     assert!(log.contains("drain deadline reached"), "{log}");
 }
+
+/// ZTUNNEL_WORKER_THREADS sets the data path's worker threads; a bad value stops start-up with
+/// an error naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    // A node with no workloads of its own, every port chosen by the OS: nothing it binds can
+    // collide with the other test's processes.
+    let quiet = [
+        ("NODE_NAME", "node-c"),
+        ("ZTUNNEL_BIND_ADDRESS", "127.0.6.9"),
+        ("OUTBOUND_PORT", "0"),
+        ("INBOUND_PLAINTEXT_PORT", "0"),
+        ("INBOUND_HBONE_PORT", "0"),
+    ];
+    let mut node = Ztunnel::spawn(
+        dir.path(),
+        &[quiet.as_slice(), &[("ZTUNNEL_WORKER_THREADS", "3")]].concat(),
+    );
+    let line = node.wait_for_log("worker threads").await;
+    assert!(line.contains("workers=3"), "{line}");
+    // Stopped once started: SIGTERM then drains rather than killing.
+    node.endpoint("readiness").await;
+    node.terminate();
+    assert!(node.exited().await.success());
+
+    // A quarter of the cores rounded up, at least 2, without the variable.
+    let mut node = Ztunnel::spawn(
+        dir.path(),
+        &[quiet.as_slice(), &[("ZTUNNEL_CPU_LIMIT", "12")]].concat(),
+    );
+    let line = node.wait_for_log("worker threads").await;
+    assert!(line.contains("workers=3"), "{line}");
+    // Stopped once started: SIGTERM then drains rather than killing.
+    node.endpoint("readiness").await;
+    node.terminate();
+    assert!(node.exited().await.success());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+        .env_clear()
+        .envs(quiet)
+        .env("LOCAL_XDS_PATH", dir.path().join("mesh.yaml"))
+        .env("LOCAL_CA_DIR", dir.path().join("ca"))
+        .env("ZTUNNEL_WORKER_THREADS", "lots")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ZTUNNEL_WORKER_THREADS=\"lots\""),
+        "the error names the variable and its value: {stderr}"
+    );
+}
