@@ -58,6 +58,11 @@ impl Mesh {
 
     /// Opens a tunnel from the client workload to the server at `addr`.
     async fn open(&self, pool: &Pool, addr: SocketAddr) -> hbone::Tunnel {
+        self.try_open(pool, addr).await.unwrap()
+    }
+
+    /// Tries to open a tunnel from the client workload to the server at `addr`.
+    async fn try_open(&self, pool: &Pool, addr: SocketAddr) -> Result<hbone::Tunnel, Error> {
         pool.connect(
             &self.client,
             vec![self.server_id.clone()],
@@ -65,7 +70,15 @@ impl Mesh {
             &TunnelRequest::new(addr),
         )
         .await
-        .unwrap()
+    }
+
+    /// Asserts that a new connection to the server at `addr` is refused (its listener closed).
+    async fn assert_refused(&self, addr: SocketAddr) {
+        let err = self
+            .try_open(&self.pool(Config::default()), addr)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "got {err:?}");
     }
 }
 
@@ -671,13 +684,8 @@ async fn rotation_mid_connection_keeps_tunnels_and_new_handshakes_use_the_new_ce
 
     // The old certificate has expired: a fresh handshake only succeeds with the new one.
     let fresh = m.pool(Config::default());
-    let mut after = fresh
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
+    let mut after = m
+        .try_open(&fresh, addr)
         .await
         .expect("new handshake presents the rotated certificate");
     let got = finish(&mut after.stream, b"two").await;
@@ -790,15 +798,7 @@ async fn idle_connections_are_released() {
     };
     let pool = m.pool(config);
     for round in 1..=2u64 {
-        let mut t = pool
-            .connect(
-                &m.client,
-                vec![m.server_id.clone()],
-                addr,
-                &TunnelRequest::new(addr),
-            )
-            .await
-            .unwrap();
+        let mut t = m.open(&pool, addr).await;
         t.stream.shutdown().await.unwrap();
         let mut b = Vec::new();
         t.stream.read_to_end(&mut b).await.unwrap();
@@ -826,17 +826,7 @@ async fn drain_lets_inflight_tunnels_finish_and_refuses_new_connections() {
     let got = finish(&mut t.stream, b"finishing").await;
     assert_eq!(got, b"finishing");
     // New: the listener is closed.
-    let err = m
-        .pool(Config::default())
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Connect { .. }), "got {err:?}");
+    m.assert_refused(addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1070,17 +1060,7 @@ async fn workers_serve_each_connection_on_one_worker_in_turn_and_drain() {
     shutdown.drain.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(finish(&mut open.stream, b"last").await, b"last");
-    let err = m
-        .pool(Config::default())
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            addr,
-            &TunnelRequest::new(addr),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Connect { .. }), "got {err:?}");
+    m.assert_refused(addr).await;
     drop((open, pool, pools));
     tokio::time::timeout(Duration::from_secs(10), serve)
         .await

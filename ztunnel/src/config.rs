@@ -269,31 +269,20 @@ pub fn worker_threads(env: &impl Env, available: usize) -> Result<usize, ConfigE
     if let Some(value) = string(env, "ZTUNNEL_WORKER_THREADS") {
         let name = "ZTUNNEL_WORKER_THREADS";
         let v = value.trim();
-        let threads = match v.strip_suffix('%') {
-            Some(percent) => {
-                let p: usize = percent
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid(name, &value, "expected a number or N% of the cores"))?;
-                if p == 0 || p > 100 {
-                    return Err(invalid(name, &value, "a percentage from 1% to 100%"));
-                }
-                // Rounded up: a share of the cores is at least one thread.
-                (machine * p).div_ceil(100)
-            }
-            None => match v.parse::<usize>() {
-                Ok(0) => machine,
-                Ok(n) => n,
-                Err(_) => {
-                    return Err(invalid(
-                        name,
-                        &value,
-                        "expected a number or N% of the cores",
-                    ));
-                }
-            },
+        let (number, share) = match v.strip_suffix('%') {
+            Some(percent) => (percent.trim(), true),
+            None => (v, false),
         };
-        return Ok(threads.max(1));
+        let n: usize = number
+            .parse()
+            .map_err(|_| invalid(name, &value, "expected a number or N% of the cores"))?;
+        return match (share, n) {
+            (true, 0) | (true, 101..) => Err(invalid(name, &value, "a percentage from 1% to 100%")),
+            // Rounded up: a share of the cores is at least one thread.
+            (true, p) => Ok((machine * p).div_ceil(100)),
+            (false, 0) => Ok(machine),
+            (false, n) => Ok(n),
+        };
     }
     Ok(match limit {
         Some(limit) => limit.max(request),

@@ -457,28 +457,16 @@ async fn worker_threads_come_from_the_environment() {
         ("INBOUND_PLAINTEXT_PORT", "0"),
         ("INBOUND_HBONE_PORT", "0"),
     ];
-    let mut node = Ztunnel::spawn(
-        dir.path(),
-        &[quiet.as_slice(), &[("ZTUNNEL_WORKER_THREADS", "3")]].concat(),
-    );
-    let line = node.wait_for_log("worker threads").await;
-    assert!(line.contains("workers=3"), "{line}");
-    // Stopped once started: SIGTERM then drains rather than killing.
-    node.endpoint("readiness").await;
-    node.terminate();
-    assert!(node.exited().await.success());
-
-    // A quarter of the cores rounded up, at least 2, without the variable.
-    let mut node = Ztunnel::spawn(
-        dir.path(),
-        &[quiet.as_slice(), &[("ZTUNNEL_CPU_LIMIT", "12")]].concat(),
-    );
-    let line = node.wait_for_log("worker threads").await;
-    assert!(line.contains("workers=3"), "{line}");
-    // Stopped once started: SIGTERM then drains rather than killing.
-    node.endpoint("readiness").await;
-    node.terminate();
-    assert!(node.exited().await.success());
+    // The variable itself, and without it a quarter of the cores rounded up (at least 2).
+    for setting in [("ZTUNNEL_WORKER_THREADS", "3"), ("ZTUNNEL_CPU_LIMIT", "12")] {
+        let mut node = Ztunnel::spawn(dir.path(), &[quiet.as_slice(), &[setting]].concat());
+        let line = node.wait_for_log("worker threads").await;
+        assert!(line.contains("workers=3"), "{setting:?}: {line}");
+        // Stopped once started: SIGTERM then drains rather than killing.
+        node.endpoint("readiness").await;
+        node.terminate();
+        assert!(node.exited().await.success(), "{setting:?}");
+    }
 
     let out = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
         .env_clear()
