@@ -5,6 +5,10 @@
 //! same application directly. Prints, for each scenario, direct TCP, through the mesh and
 //! their ratio:
 //! - single-connection throughput (median of alternating rounds);
+//! - the ceiling of that ratio on this machine: the same transfer through two plain TCP
+//!   relays (the path's two extra hops, with no TLS, no HTTP/2 and no policy), the CPU cost of
+//!   AES-256-GCM sealing and opening every byte once, and the throughput the two together
+//!   leave when the cores are the limit;
 //! - 64-byte request/response latency p50/p99 (and the p50 the mesh adds);
 //! - new connection + one round trip, per second;
 //! - memory per idle proxied connection (RSS delta over N idle connections);
@@ -372,6 +376,72 @@ struct Bench {
     _b: WorkloadProxy,
     socks5: SocketAddr,
     app: SocketAddr,
+    /// The first of two plain TCP relays in a row in front of the application.
+    relays: SocketAddr,
+}
+
+/// Buffer of each direction of a plain relay: as large as the client's writes.
+const RELAY_BUF: usize = 256 * 1024;
+
+/// A plain TCP relay on loopback that forwards every connection to `to`, byte for byte: the
+/// least a proxy on the path can cost (two socket copies per byte, no TLS, no framing).
+async fn spawn_relay(to: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.5.3:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut up) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut down, &mut up, RELAY_BUF, RELAY_BUF,
+                )
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// CPU time to seal and then open 1 GB in 16 KiB TLS records with AES-256-GCM (the suite
+/// two HBONE peers of this project agree on), on one core: what the mesh's two ends spend
+/// on the cipher for every GB, whatever else they do. Bounded in count and time.
+fn aes_gcm_ms_per_gb() -> f64 {
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[0x42; 32]).unwrap());
+    let mut record = vec![0x5au8; 16 * 1024];
+    let start = Instant::now();
+    let t = cpu_time();
+    let mut bytes = 0u64;
+    for seq in 0u64..200_000 {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&seq.to_be_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut record,
+            )
+            .unwrap();
+        record.extend_from_slice(tag.as_ref());
+        let plain = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut record,
+            )
+            .unwrap()
+            .len();
+        record.truncate(plain);
+        bytes += plain as u64;
+        if start.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+    }
+    cpu_time().saturating_sub(t).as_secs_f64() * 1e3 / (bytes as f64 / 1e9)
 }
 
 /// A node named `name` whose identities are issued by the local CA stored in `ca_dir`
@@ -423,12 +493,14 @@ async fn setup() -> Bench {
     let socks5 = a.socks5.unwrap();
 
     let app = spawn_app(SINK_APP).await;
+    let relays = spawn_relay(spawn_relay(app).await).await;
     Bench {
         _dir: dir,
         _a: a,
         _b: b,
         socks5,
         app,
+        relays,
     }
 }
 
@@ -480,6 +552,11 @@ impl Bench {
         let mut s = socks5_connect(self.socks5, self.app).await;
         s.write_all(&[mode]).await.unwrap();
         s
+    }
+
+    /// A connection through the two plain relays.
+    async fn relayed(&self, mode: u8) -> TcpStream {
+        open_to(None, self.relays, mode).await
     }
 
     async fn open(&self, mesh: bool, mode: u8) -> TcpStream {
@@ -662,6 +739,69 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+/// What the machine leaves for the mesh's throughput, from the same run.
+struct Ceiling {
+    /// Direct TCP, MB/s.
+    direct: f64,
+    /// Through two plain relays, MB/s.
+    relayed: f64,
+    /// Process CPU per GB through the relays.
+    relayed_ms_per_gb: f64,
+    /// One core's CPU per GB to seal and open with AES-256-GCM.
+    aead_ms_per_gb: f64,
+}
+
+impl Ceiling {
+    fn new(direct: f64, relayed: f64, relayed_ms_per_gb: f64, aead_ms_per_gb: f64) -> Self {
+        Ceiling {
+            direct,
+            relayed,
+            relayed_ms_per_gb,
+            aead_ms_per_gb,
+        }
+    }
+
+    /// The relays' throughput with the cipher's CPU added to every GB. When the cores are
+    /// the limit (a 2-core machine running client, two proxies and sink), throughput falls in
+    /// proportion to the CPU per GB; the TLS stack's framing and buffering come on top.
+    fn with_tls(&self) -> f64 {
+        self.relayed * self.relayed_ms_per_gb / (self.relayed_ms_per_gb + self.aead_ms_per_gb)
+    }
+
+    fn relayed_pct(&self) -> f64 {
+        100.0 * self.relayed / self.direct
+    }
+
+    fn with_tls_pct(&self) -> f64 {
+        100.0 * self.with_tls() / self.direct
+    }
+
+    fn print(&self, direct_ms_per_gb: f64) {
+        row(
+            "  ceiling: 2 plain TCP relays",
+            "MB/s",
+            self.direct,
+            self.relayed,
+        );
+        row(
+            "    CPU time per GB moved",
+            "ms/GB",
+            direct_ms_per_gb,
+            self.relayed_ms_per_gb,
+        );
+        println!(
+            "{:<36} {:>12} {:>16.1}  ms/GB    (one core)",
+            "    AES-256-GCM seal + open", "", self.aead_ms_per_gb
+        );
+        row(
+            "  ceiling: relays + AES-GCM (est.)",
+            "MB/s",
+            self.direct,
+            self.with_tls(),
+        );
+    }
+}
+
 /// Rounds of the throughput comparison.
 const ROUNDS: usize = 5;
 
@@ -744,10 +884,10 @@ async fn run(p: Params) {
 
     // Alternate the two paths a few times and keep the median of each: a shared 2-core machine
     // is noisy, and alternating spreads the noise over both.
-    let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    let (mut direct, mut mesh, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     // Diagnostic: the process CPU time (user + sys, all threads) per GB moved, which a busy
     // shared machine disturbs far less than the wall-clock throughput.
-    let (mut cpu_d, mut cpu_m) = (CpuPerByte::default(), CpuPerByte::default());
+    let [mut cpu_d, mut cpu_m, mut cpu_r] = [(); 3].map(|()| CpuPerByte::default());
     for _ in 0..ROUNDS {
         let s = b.direct(b'S').await;
         let t = cpu_time();
@@ -759,6 +899,11 @@ async fn run(p: Params) {
         let (rate, sent) = bulk(s, p.bulk_bytes, p.bulk_time).await;
         cpu_m.add(t, sent);
         mesh.push(rate);
+        let s = b.relayed(b'S').await;
+        let t = cpu_time();
+        let (rate, sent) = bulk(s, p.bulk_bytes, p.bulk_time).await;
+        cpu_r.add(t, sent);
+        relayed.push(rate);
     }
     let (tput_d, tput_m) = (median(&mut direct) / 1e6, median(&mut mesh) / 1e6);
     row("throughput, 1 connection (median)", "MB/s", tput_d, tput_m);
@@ -768,6 +913,15 @@ async fn run(p: Params) {
         cpu_d.ms_per_gb(),
         cpu_m.ms_per_gb(),
     );
+    let ceiling = Ceiling::new(
+        tput_d,
+        median(&mut relayed) / 1e6,
+        cpu_r.ms_per_gb(),
+        tokio::task::spawn_blocking(aes_gcm_ms_per_gb)
+            .await
+            .unwrap(),
+    );
+    ceiling.print(cpu_d.ms_per_gb());
     if std::env::var_os("L4_BULK_ONLY").is_some() {
         return;
     }
@@ -827,6 +981,11 @@ async fn run(p: Params) {
     println!(
         "  throughput >= 35 % of direct         {tput_pct:>7.1} %   {}",
         verdict(tput_pct >= 35.0)
+    );
+    println!(
+        "    ceiling here: two plain relays {:.1} %, with TLS in user space ~{:.1} %",
+        ceiling.relayed_pct(),
+        ceiling.with_tls_pct()
     );
     println!(
         "  RR p50 added <= 50 µs                {added_p50:>7.1} µs  {}",
