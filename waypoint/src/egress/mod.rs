@@ -34,6 +34,7 @@ pub mod tls;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -410,11 +411,13 @@ fn authority_is_address(host: &str, ip: IpAddr) -> bool {
     bare.parse::<IpAddr>().is_ok_and(|a| a == ip)
 }
 
-/// The host of an authority (`host[:port]`, `[v6][:port]`), lower-cased.
-pub fn authority_host(authority: &str) -> String {
+/// The host of an authority (`host[:port]`, `[v6][:port]`), lower-cased; borrowed from
+/// `authority` when it has no upper-case letter.
+pub fn authority_host(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((v6, _)) => return format!("[{}]", v6.to_ascii_lowercase()),
+            // The brackets stay: `[` + address + `]`.
+            Some((v6, _)) => &authority[..v6.len() + 2],
             None => authority,
         }
     } else {
@@ -423,5 +426,9 @@ pub fn authority_host(authority: &str) -> String {
             _ => authority,
         }
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }

@@ -312,6 +312,16 @@ fn authority_hosts() {
     assert_eq!(authority_host("example.com"), "example.com");
     assert_eq!(authority_host("[2001:DB8::1]:80"), "[2001:db8::1]");
     assert_eq!(authority_host("10.0.0.1:80"), "10.0.0.1");
+    assert_eq!(authority_host("[2001:db8::1]"), "[2001:db8::1]");
+    assert_eq!(authority_host("[2001:db8::1"), "[2001:db8::1");
+    assert_eq!(authority_host("host:port"), "host:port");
+    // Already lower case: nothing is allocated.
+    for authority in ["example.com:8080", "[2001:db8::1]:80", "10.0.0.1"] {
+        assert!(
+            matches!(authority_host(authority), std::borrow::Cow::Borrowed(_)),
+            "{authority}"
+        );
+    }
     assert!(authority_is_address(
         "[2001:db8::1]",
         "2001:db8::1".parse().unwrap()

@@ -21,6 +21,51 @@ pub struct ServiceKey {
     pub port: u16,
 }
 
+/// A service port as the table's keys compare, so that a lookup needs no [`ServiceKey`] (and
+/// no copy of the hostname): a `(hostname, port)` pair is one too.
+trait ServiceKeyRef {
+    fn parts(&self) -> (&str, u16);
+}
+
+impl ServiceKeyRef for ServiceKey {
+    fn parts(&self) -> (&str, u16) {
+        (&self.hostname, self.port)
+    }
+}
+
+impl ServiceKeyRef for (&str, u16) {
+    fn parts(&self) -> (&str, u16) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn ServiceKeyRef + 'a> for ServiceKey {
+    fn borrow(&self) -> &(dyn ServiceKeyRef + 'a) {
+        self
+    }
+}
+
+// The same order as `ServiceKey`'s derived one: hostname, then port.
+impl PartialEq for dyn ServiceKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn ServiceKeyRef + '_ {}
+
+impl PartialOrd for dyn ServiceKeyRef + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn ServiceKeyRef + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// The routes of every served service port.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RouteTable {
@@ -38,10 +83,7 @@ fn serialize_values<S: Serializer>(
 impl RouteTable {
     /// The routes of a service port.
     pub fn get(&self, hostname: &str, port: u16) -> Option<&CompiledRoutes> {
-        self.services.get(&ServiceKey {
-            hostname: hostname.to_owned(),
-            port,
-        })
+        self.services.get(&(hostname, port) as &dyn ServiceKeyRef)
     }
 
     /// Every service port, ordered by hostname and port.

@@ -181,12 +181,17 @@ pub fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
 
 /// Formats a version-`00` `traceparent`.
 pub fn format_traceparent(context: SpanContext, sampled: bool) -> String {
-    format!(
+    use std::fmt::Write as _;
+    // 2 + 32 + 16 + 2 digits and 3 dashes, allocated once.
+    let mut out = String::with_capacity(55);
+    let _ = write!(
+        out,
         "00-{:032x}-{:016x}-{:02x}",
         context.trace_id,
         context.span_id,
         u8::from(sampled)
-    )
+    );
+    out
 }
 
 /// A B3 trace id: 16 or 32 hex digits. Returns the id and whether it was short.
@@ -390,20 +395,24 @@ impl RequestTrace {
             headers.remove(name);
         }
         let mut put = |name: HeaderName, value: String| {
-            // Hex digits and dashes are always a valid header value.
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            // Hex digits and dashes are always a valid header value; the string's buffer
+            // becomes the value's.
+            if let Ok(value) = HeaderValue::try_from(value) {
                 headers.insert(name, value);
             }
         };
+        if self.formats.w3c {
+            put(TRACEPARENT, format_traceparent(self.context, self.sampled));
+        }
+        if !(self.formats.b3_multi || self.formats.b3_single) {
+            return self.inject_tracestate(headers);
+        }
         let trace_id = if self.short_trace_id {
             format!("{:016x}", self.context.trace_id)
         } else {
             format!("{:032x}", self.context.trace_id)
         };
         let span_id = format!("{:016x}", self.context.span_id);
-        if self.formats.w3c {
-            put(TRACEPARENT, format_traceparent(self.context, self.sampled));
-        }
         if self.formats.b3_multi {
             put(X_B3_TRACEID, trace_id.clone());
             put(X_B3_SPANID, span_id.clone());
@@ -431,6 +440,11 @@ impl RequestTrace {
             }
             put(B3, value);
         }
+        self.inject_tracestate(headers);
+    }
+
+    /// `tracestate` goes with `traceparent`.
+    fn inject_tracestate(&self, headers: &mut HeaderMap) {
         if self.formats.w3c
             && let Some(state) = &self.tracestate
         {

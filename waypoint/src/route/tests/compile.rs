@@ -830,3 +830,49 @@ spec:
         Some("db-replica.example.com")
     );
 }
+
+#[test]
+fn the_table_finds_each_service_port_by_hostname_and_port() {
+    // Hostnames that prefix one another and ports that sort differently as text.
+    let keys = [
+        ("a.default.svc.cluster.local", 80),
+        ("a.default.svc.cluster.local", 9080),
+        ("a.default.svc.cluster.local", 10000),
+        ("a.default.svc.cluster.localx", 80),
+        ("ab.default.svc.cluster.local", 443),
+        ("b.default.svc.cluster.local", 1),
+    ];
+    let mut table = RouteTable::default();
+    for (host, port) in keys {
+        let key = ServiceKey {
+            hostname: host.to_owned(),
+            port,
+        };
+        let routes = CompiledRoutes {
+            hostname: host.to_owned(),
+            port,
+            source: RouteSource::Default,
+            http: Vec::new(),
+            tcp: Vec::new(),
+        };
+        table.services.insert(key, routes);
+    }
+    for (host, port) in keys {
+        let found = table.get(host, port).expect("compiled service port");
+        assert_eq!((found.hostname.as_str(), found.port), (host, port));
+    }
+    for (host, port) in [
+        ("a.default.svc.cluster.local", 81),
+        ("a.default.svc.cluster.loca", 80),
+        ("ab.default.svc.cluster.local", 80),
+        ("", 80),
+        ("c.default.svc.cluster.local", 1),
+    ] {
+        assert!(table.get(host, port).is_none(), "{host}:{port}");
+    }
+    let order: Vec<_> = table
+        .iter()
+        .map(|r| (r.hostname.as_str(), r.port))
+        .collect();
+    assert_eq!(order, keys, "ordered by hostname, then port");
+}

@@ -94,8 +94,6 @@ enum H1State {
 struct Head {
     /// Bytes of the head so far (leading empty lines excluded).
     bytes: usize,
-    /// The current line's first bytes.
-    line: Vec<u8>,
     /// Whether the request line has been read.
     request_line: bool,
     /// Whether the request line is `CONNECT`.
@@ -113,6 +111,9 @@ pub struct H1Framing {
     state: H1State,
     /// Largest request head, in bytes.
     max_head: usize,
+    /// The current head line's first bytes ([`LINE_KEEP`] at most, `\r` left out). One buffer
+    /// for the connection's whole life: cleared at each line end, allocated once.
+    line: Vec<u8>,
 }
 
 impl Default for H1Framing {
@@ -127,6 +128,7 @@ impl H1Framing {
         Self {
             state: H1State::Head(Head::default()),
             max_head,
+            line: Vec::new(),
         }
     }
 
@@ -154,6 +156,32 @@ impl H1Framing {
                     }
                     n
                 }
+                H1State::Head(head) => {
+                    // A line at a time: the bytes up to the next line end are counted and the
+                    // first of them kept, then the line end is handled.
+                    let newline = bytes.iter().position(|&b| b == b'\n');
+                    let mut text = &bytes[..newline.unwrap_or(bytes.len())];
+                    if head.bytes == 0 {
+                        // A `\r` before a head's first byte belongs to an empty line.
+                        while let [b'\r', rest @ ..] = text {
+                            text = rest;
+                        }
+                    }
+                    head.bytes += text.len();
+                    if head.bytes > self.max_head {
+                        return Err(Violation::RequestHeadersTooLarge);
+                    }
+                    let room = LINE_KEEP.saturating_sub(self.line.len());
+                    self.line
+                        .extend(text.iter().copied().filter(|&b| b != b'\r').take(room));
+                    match newline {
+                        Some(at) => {
+                            self.line_end()?;
+                            at + 1
+                        }
+                        None => bytes.len(),
+                    }
+                }
                 _ => {
                     self.byte(bytes[0])?;
                     1
@@ -164,37 +192,32 @@ impl H1Framing {
         Ok(())
     }
 
+    /// The end of a head line: the request line, a header, or the empty line ending the head.
+    fn line_end(&mut self) -> Result<(), Violation> {
+        let H1State::Head(head) = &mut self.state else {
+            return Ok(());
+        };
+        if head.bytes == 0 {
+            // Empty lines before a request line are ignored.
+            return Ok(());
+        }
+        head.bytes += 1;
+        if self.line.is_empty() {
+            let head = std::mem::take(head);
+            self.state = head.end()?;
+        } else if !head.request_line {
+            head.request_line = true;
+            head.connect = self.line.starts_with(b"CONNECT ");
+        } else {
+            head.header(&self.line);
+        }
+        self.line.clear();
+        Ok(())
+    }
+
+    /// One byte of a chunked body's framing or trailers.
     fn byte(&mut self, b: u8) -> Result<(), Violation> {
         match &mut self.state {
-            H1State::Head(head) => {
-                if b != b'\n' {
-                    if b != b'\r' || head.bytes > 0 {
-                        head.bytes += 1;
-                        if head.bytes > self.max_head {
-                            return Err(Violation::RequestHeadersTooLarge);
-                        }
-                    }
-                    if b != b'\r' && head.line.len() < LINE_KEEP {
-                        head.line.push(b);
-                    }
-                    return Ok(());
-                }
-                if head.bytes == 0 {
-                    // Empty lines before a request line are ignored.
-                    return Ok(());
-                }
-                head.bytes += 1;
-                let line = std::mem::take(&mut head.line);
-                if line.is_empty() {
-                    let head = std::mem::take(head);
-                    self.state = head.end()?;
-                } else if !head.request_line {
-                    head.request_line = true;
-                    head.connect = line.starts_with(b"CONNECT ");
-                } else {
-                    head.header(&line);
-                }
-            }
             H1State::ChunkSize { len, size, ext } => {
                 *len += 1;
                 if *len > CHUNK_LINE_MAX {
@@ -242,7 +265,7 @@ impl H1Framing {
                 b'\n' => *empty = true,
                 _ => *empty = false,
             },
-            H1State::Body(_) | H1State::ChunkData(_) | H1State::Opaque => {}
+            H1State::Head(_) | H1State::Body(_) | H1State::ChunkData(_) | H1State::Opaque => {}
         }
         Ok(())
     }
@@ -633,6 +656,100 @@ mod tests {
         for (input, expected) in cases {
             let got = h1(input).map(|s| s.in_head());
             assert_eq!(&got, expected, "{}", String::from_utf8_lossy(input));
+            // However the bytes are cut: in two at every position, and one at a time.
+            for at in 0..=input.len() {
+                let got = fed_in_pieces(H1Framing::default(), &[&input[..at], &input[at..]]);
+                assert_eq!(
+                    &got,
+                    expected,
+                    "cut at {at}: {}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            let got = fed_in_pieces(H1Framing::default(), &bytes);
+            assert_eq!(
+                &got,
+                expected,
+                "bytewise: {}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    /// Feeds `pieces` in turn, stopping at the first violation; whether a head is pending.
+    fn fed_in_pieces(mut s: H1Framing, pieces: &[&[u8]]) -> Result<bool, Violation> {
+        for piece in pieces {
+            s.feed(piece)?;
+        }
+        Ok(s.in_head())
+    }
+
+    #[test]
+    fn h1_head_lines_are_read_whole_however_they_arrive() {
+        use Violation::*;
+        let long_value = "x".repeat(LINE_KEEP * 2);
+        let cases: Vec<(Vec<u8>, Result<bool, Violation>)> = vec![
+            // Leading empty lines, then a head whose lines carry stray `\r`s.
+            (
+                b"\r\n\r\nPOST / HTTP/1.1\r\ncontent-\rlength: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec(),
+                Err(ContentLengthAndTransferEncoding),
+            ),
+            // A header line longer than what is kept: its name is still read.
+            (
+                format!(
+                    "POST / HTTP/1.1\r\nx-long: {long_value}\r\ncontent-length: 2\r\n\r\nokGET / HTTP/1.1\r\n"
+                )
+                .into_bytes(),
+                Ok(true),
+            ),
+            (
+                format!(
+                    "POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked{long_value}\r\n\r\n"
+                )
+                .into_bytes(),
+                Err(ContentLengthAndTransferEncoding),
+            ),
+            // Bare `\n` line ends.
+            (
+                b"POST / HTTP/1.1\ncontent-length: 1\ncontent-length: 2\n\n".to_vec(),
+                Err(InvalidContentLength),
+            ),
+        ];
+        for (input, expected) in &cases {
+            let name = String::from_utf8_lossy(input);
+            for at in 0..=input.len() {
+                let got = fed_in_pieces(H1Framing::default(), &[&input[..at], &input[at..]]);
+                assert_eq!(&got, expected, "cut at {at}: {name}");
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(
+                &fed_in_pieces(H1Framing::default(), &bytes),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn h1_head_size_leaves_out_leading_empty_lines_and_counts_every_other_byte() {
+        // 26 bytes of head after two empty lines; `\r`s inside the head count.
+        let input = b"\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let head = input.len() - 4;
+        for pieces in [
+            vec![&input[..]],
+            input.chunks(1).collect(),
+            input.chunks(5).collect(),
+        ] {
+            assert_eq!(
+                fed_in_pieces(H1Framing::with_max_head(head), &pieces),
+                Ok(false)
+            );
+            assert_eq!(
+                fed_in_pieces(H1Framing::with_max_head(head - 2), &pieces),
+                Err(Violation::RequestHeadersTooLarge)
+            );
         }
     }
 
