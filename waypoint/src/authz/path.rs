@@ -98,7 +98,7 @@ pub fn normalize_uri(uri: &Uri) -> Result<Option<Uri>, PathError> {
 }
 
 /// Whether the steps would leave the absolute `path` as it is, decided without building
-/// anything: visible ASCII with no `%` or `\\` (nothing to decode or escape), no `//` (nothing
+/// anything: visible ASCII with no `%` or `\` (nothing to decode or escape), no `//` (nothing
 /// to merge) and no `.` or `..` segment (nothing to remove). Most requests' paths are, so they
 /// are normalised without an allocation.
 fn is_normal(path: &str) -> bool {
