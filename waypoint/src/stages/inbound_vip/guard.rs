@@ -656,25 +656,21 @@ mod tests {
         for (input, expected) in cases {
             let got = h1(input).map(|s| s.in_head());
             assert_eq!(&got, expected, "{}", String::from_utf8_lossy(input));
-            // However the bytes are cut: in two at every position, and one at a time.
-            for at in 0..=input.len() {
-                let got = fed_in_pieces(H1Framing::default(), &[&input[..at], &input[at..]]);
-                assert_eq!(
-                    &got,
-                    expected,
-                    "cut at {at}: {}",
-                    String::from_utf8_lossy(input)
-                );
-            }
-            let bytes: Vec<&[u8]> = input.chunks(1).collect();
-            let got = fed_in_pieces(H1Framing::default(), &bytes);
-            assert_eq!(
-                &got,
-                expected,
-                "bytewise: {}",
-                String::from_utf8_lossy(input)
-            );
+            assert_however_cut(input, expected);
         }
+    }
+
+    /// The same outcome however `input` is cut: in two at every position, and one byte at a
+    /// time.
+    fn assert_however_cut(input: &[u8], expected: &Result<bool, Violation>) {
+        let name = String::from_utf8_lossy(input);
+        for at in 0..=input.len() {
+            let got = fed_in_pieces(H1Framing::default(), &[&input[..at], &input[at..]]);
+            assert_eq!(&got, expected, "cut at {at}: {name}");
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        let got = fed_in_pieces(H1Framing::default(), &bytes);
+        assert_eq!(&got, expected, "bytewise: {name}");
     }
 
     /// Feeds `pieces` in turn, stopping at the first violation; whether a head is pending.
@@ -718,17 +714,7 @@ mod tests {
             ),
         ];
         for (input, expected) in &cases {
-            let name = String::from_utf8_lossy(input);
-            for at in 0..=input.len() {
-                let got = fed_in_pieces(H1Framing::default(), &[&input[..at], &input[at..]]);
-                assert_eq!(&got, expected, "cut at {at}: {name}");
-            }
-            let bytes: Vec<&[u8]> = input.chunks(1).collect();
-            assert_eq!(
-                &fed_in_pieces(H1Framing::default(), &bytes),
-                expected,
-                "{name}"
-            );
+            assert_however_cut(input, expected);
         }
     }
 
