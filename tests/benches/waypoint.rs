@@ -8,7 +8,17 @@
 //! ```
 //!
 //! In the baseline the service `reviews` is not bound to the waypoint (its waypoint runs, idle,
-//! off the path). Every request is a `POST /echo` with a 1 KiB body to
+//! off the path). A third path measures the machine's floor for any proxy hop:
+//!
+//! ```text
+//!   relay (127.62.0.1):    client ───TCP───→ relay ───TCP───→ backend reviews-v1 (127.61.0.11)
+//! ```
+//!
+//! a plain TCP relay on one thread of its own (`relay`, a current-thread runtime like each
+//! waypoint worker) that copies bytes both ways (`tokio::io::copy_bidirectional`) and does
+//! nothing else: no TLS, no HTTP/2, no parsing. Its CPU per request is what one user-space hop
+//! costs on this machine at the same load (the socket calls, the wake-ups, the scheduler),
+//! before any proxy work; the goals table prints it beside the waypoint's. Every request is a `POST /echo` with a 1 KiB body to
 //! `reviews.default.svc.cluster.local:9080` (three endpoints); the backend answers `200` with
 //! the same 1 KiB (1 KiB up and 1 KiB down). HTTP/1.1 uses one client connection per
 //! concurrent request; HTTP/2 one client connection carrying all the concurrent streams. Each
@@ -25,7 +35,8 @@
 //! CPU time (getrusage: client, both ztunnels, backends and the waypoint) is reported for
 //! context. The two paths alternate in slices so that the noise of a shared machine falls on
 //! both alike. Every load loop is bounded in count and in time. The waypoint's access log is
-//! disabled (Istio's default); its metrics are on.
+//! disabled (Istio's default); its metrics are on. The process logs as the binaries do: their
+//! subscriber at their default level, `info` (`RUST_LOG` overrides it), to standard error.
 //!
 //! After the run the benchmark fails unless the waypoint counted every request of the
 //! waypoint path and none of the baseline, and the backends received exactly the requests
@@ -43,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ambient_e2e::waypoint::{MeshOptions, Net, WaypointMesh, series};
+use ambient_e2e::waypoint::{APP_PORT, BACKENDS, Backends, MeshOptions, Net, WaypointMesh, series};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -73,6 +84,12 @@ const WAYPOINT_THREAD: &str = waypoint::app::WORKER_THREAD_NAME;
 const GOAL_CPU_US: f64 = 50.0;
 /// The waypoint's request counter.
 const REQUESTS: &str = "istio_requests_total";
+/// The plain relay's thread.
+const RELAY_THREAD: &str = "relay";
+/// The plain relay's listening address.
+const RELAY_ADDR: &str = "127.62.0.1:0";
+/// The paths of each row, in the order they run in a slice.
+const PATHS: [&str; 3] = ["waypoint", "baseline", "relay"];
 
 struct Params {
     /// Requests per row and path (upper bound).
@@ -86,6 +103,11 @@ struct Params {
 }
 
 fn main() {
+    // The binaries' log subscriber and default level, so that every span and event costs
+    // what it costs in the binaries (with no subscriber at all, `tracing` hands the spans of
+    // hyper and h2 to the `log` crate instead). `RUST_LOG` overrides the level.
+    let _log_level = ztunnel::admin::logging::install("info", ztunnel::admin::LogStream::Stderr)
+        .expect("the bench's log subscriber");
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let workers = args
@@ -200,16 +222,25 @@ impl Sender {
     }
 }
 
-/// `concurrency` senders to `dst` through `mesh`: HTTP/1.1 one connection each, HTTP/2 one
+/// Where a path's client connections go.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// To `reviews` through the mesh's client ztunnel (SOCKS5).
+    Mesh(&'a WaypointMesh),
+    /// Straight to the plain relay.
+    Relay(SocketAddr),
+}
+
+/// `concurrency` senders to `reviews` along `via`: HTTP/1.1 one connection each, HTTP/2 one
 /// shared connection.
-async fn open(
-    mesh: &WaypointMesh,
-    dst: SocketAddr,
-    proto: Proto,
-    concurrency: usize,
-) -> Vec<Sender> {
+async fn open(via: Via<'_>, proto: Proto, concurrency: usize) -> Vec<Sender> {
     let connect = || async {
-        let s = mesh.connect(dst).await;
+        let s = match via {
+            Via::Mesh(mesh) => mesh.connect(mesh.net.reviews()).await,
+            Via::Relay(addr) => tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the relay"),
+        };
         s.set_nodelay(true).unwrap();
         TokioIo::new(s)
     };
@@ -296,6 +327,39 @@ async fn load(
         hist.add(h).unwrap();
     }
     (out, done, hist)
+}
+
+/// Starts the plain relay on a thread of its own named [`RELAY_THREAD`] and returns its
+/// address: every connection it accepts is copied both ways to `to`, until either side
+/// closes. The thread lives as long as the process.
+fn spawn_relay(to: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind(RELAY_ADDR).expect("bind the relay");
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::Builder::new()
+        .name(RELAY_THREAD.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let mut outbound = tokio::net::TcpStream::connect(to).await?;
+                        inbound.set_nodelay(true)?;
+                        outbound.set_nodelay(true)?;
+                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+                    });
+                }
+            });
+        })
+        .expect("the relay's thread");
+    addr
 }
 
 /// Process CPU time (user + system, all threads).
@@ -456,7 +520,9 @@ fn waypoint_requests(mesh: &WaypointMesh) -> f64 {
 struct Measured {
     requests: u64,
     elapsed: Duration,
-    waypoint: ThreadsUsage,
+    /// The threads of the path's proxy: the waypoint's on the waypoint and baseline paths (on
+    /// the baseline it is off the path), the relay's on the relay path.
+    proxy: ThreadsUsage,
     process_cpu: Duration,
     backend_conns: u64,
     hist: Option<Histogram<u64>>,
@@ -481,7 +547,8 @@ struct Row {
     concurrency: usize,
     /// The total request rate of a paced row.
     rate: Option<u32>,
-    paths: [Measured; 2],
+    /// In the order of [`PATHS`].
+    paths: [Measured; 3],
 }
 
 impl Row {
@@ -495,30 +562,41 @@ impl Row {
 }
 
 /// Measures one protocol and concurrency (at `rate` requests/s in all, or as fast as they go)
-/// on both meshes (`[waypoint, baseline]`), alternating in slices.
+/// on each path of [`PATHS`] (`paths`: where its connections go, and the backends that answer
+/// them), alternating in slices.
 async fn row(
-    meshes: [&WaypointMesh; 2],
+    paths: [(Via<'_>, &Backends); 3],
     proto: Proto,
     (concurrency, rate): (usize, Option<u32>),
     p: &Params,
 ) -> Row {
     let pace = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / f64::from(r.max(1))));
-    let mut paths = [Measured::default(), Measured::default()];
+    let mut measured = [
+        Measured::default(),
+        Measured::default(),
+        Measured::default(),
+    ];
     let mut senders = Vec::new();
-    for (i, mesh) in meshes.iter().enumerate() {
-        let before = mesh.backends.accepted();
-        let s = open(mesh, mesh.net.reviews(), proto, concurrency).await;
+    for (i, (via, backends)) in paths.iter().enumerate() {
+        let before = backends.accepted();
+        let s = open(*via, proto, concurrency).await;
         let warmup = p.warmup * concurrency as u64;
         let (s, n, _) = load(s, warmup, p.time.max(Duration::from_secs(10)), false, None).await;
         assert_eq!(n, warmup, "warm-up finished in time");
         senders.push(Some(s));
-        paths[i].backend_conns = mesh.backends.accepted() - before;
+        measured[i].backend_conns = backends.accepted() - before;
     }
     for _ in 0..SLICES {
         for (i, slot) in senders.iter_mut().enumerate() {
-            let m = &mut paths[i];
-            let accepted = meshes[i].backends.accepted();
-            let (wp0, proc0) = (threads_usage(WAYPOINT_THREAD), process_cpu());
+            let m = &mut measured[i];
+            let backends = paths[i].1;
+            let threads = if matches!(paths[i].0, Via::Relay(_)) {
+                RELAY_THREAD
+            } else {
+                WAYPOINT_THREAD
+            };
+            let accepted = backends.accepted();
+            let (usage0, proc0) = (threads_usage(threads), process_cpu());
             let start = Instant::now();
             let (s, n, h) = load(
                 slot.take().unwrap(),
@@ -529,9 +607,9 @@ async fn row(
             )
             .await;
             m.elapsed += start.elapsed();
-            m.waypoint.add(threads_usage(WAYPOINT_THREAD).since(wp0));
+            m.proxy.add(threads_usage(threads).since(usage0));
             m.process_cpu += process_cpu().saturating_sub(proc0);
-            m.backend_conns += meshes[i].backends.accepted() - accepted;
+            m.backend_conns += backends.accepted() - accepted;
             m.requests += n;
             match &mut m.hist {
                 Some(all) => all.add(h).unwrap(),
@@ -544,7 +622,7 @@ async fn row(
         proto,
         concurrency,
         rate,
-        paths,
+        paths: measured,
     }
 }
 
@@ -574,12 +652,27 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
         "found {wp_threads} waypoint threads ({WAYPOINT_THREAD:?}, {WAYPOINT_THREAD:?}-N), \
          expected {expected}"
     );
-    let meshes = [&with, &without];
+    // The relay forwards to the baseline mesh's reviews-v1: its requests are counted there.
+    let reviews_v1 = BACKENDS
+        .iter()
+        .find(|(name, ..)| *name == "reviews-v1")
+        .map(|(.., host)| *host)
+        .expect("the reviews-v1 backend");
+    let relay = spawn_relay(SocketAddr::new(
+        std::net::IpAddr::V4(without.net.workload(reviews_v1)),
+        APP_PORT,
+    ));
+    let paths = [
+        (Via::Mesh(&with), &with.backends),
+        (Via::Mesh(&without), &without.backends),
+        (Via::Relay(relay), &without.backends),
+    ];
     let sent_before = [with.backends.requests(), without.backends.requests()];
 
     println!(
-        "waypoint L7 path (127.60.x.x) vs no waypoint (127.61.x.x): POST /echo, 1 KiB request \
-         body answered with the same 1 KiB; service reviews (3 endpoints)"
+        "waypoint L7 path (127.60.x.x) vs no waypoint (127.61.x.x) vs a plain TCP relay \
+         ({relay} → 127.61 reviews-v1): POST /echo, 1 KiB request body answered with the same \
+         1 KiB; service reviews (3 endpoints)"
     );
     println!(
         "waypoint: {}; client, ztunnels and backends: 2 workers; {} CPUs; access log off; \
@@ -616,31 +709,32 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     let mut rows = Vec::new();
     for proto in p.only.clone() {
         for shape in ROWS {
-            let r = row(meshes, proto, shape, &p).await;
+            let r = row(paths, proto, shape, &p).await;
             for (i, m) in r.paths.iter().enumerate() {
                 let per = |x: u64| x as f64 / m.requests.max(1) as f64;
                 println!(
                     "{:<9} {:<9} {:>9} {:>8} {:>7.0} {:>8.1} {:>8.1} {:>8.1} {:>13} {:>8.2} {:>8.1} {:>11} {:>8}",
-                    if i == 0 { "waypoint" } else { "baseline" },
+                    PATHS[i],
                     proto.name(),
                     r.load(),
                     m.requests,
                     m.rps(),
                     m.q_us(0.5),
                     m.q_us(0.99),
-                    m.per_req_us(m.waypoint.cpu),
+                    m.per_req_us(m.proxy.cpu),
                     format!(
                         "{:.0}/{:.0}",
-                        m.per_req_us(m.waypoint.user),
-                        m.per_req_us(m.waypoint.system)
+                        m.per_req_us(m.proxy.user),
+                        m.per_req_us(m.proxy.system)
                     ),
-                    per(m.waypoint.switches),
+                    per(m.proxy.switches),
                     m.per_req_us(m.process_cpu),
-                    format!(
-                        "{:.1}/{:.0}B",
-                        per(m.waypoint.writes),
-                        per(m.waypoint.written)
-                    ),
+                    // The relay sends with send(2), which `syscw` does not count.
+                    if PATHS[i] == "relay" {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1}/{:.0}B", per(m.proxy.writes), per(m.proxy.written))
+                    },
                     m.backend_conns,
                 );
             }
@@ -655,15 +749,16 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     );
     println!(
         "wp CPU: CPU time (µs) of the waypoint's threads ({WAYPOINT_THREAD:?} and {WAYPOINT_THREAD:?}-N; schedstat) per request; \
-         on the baseline rows it is the idle waypoint of the measured mesh (expected ≈ 0). wp \
-         usr/sys: the same split into user and kernel time (stat, 10 ms ticks). wp sw/r: the \
-         waypoint threads' context switches per request (a worker that runs out of work parks \
-         in epoll; each wake-up costs kernel time)."
+         on the baseline rows it is the idle waypoint of the measured mesh (expected ≈ 0), on \
+         the relay rows the relay's thread ({RELAY_THREAD:?}). wp usr/sys: the same split into \
+         user and kernel time (stat, 10 ms ticks). wp sw/r: those threads' context switches \
+         per request (a worker that runs out of work parks in epoll; each wake-up costs kernel \
+         time). The columns that follow are of the same threads."
     );
     println!(
         "proc CPU: the whole process (client, 2 ztunnels, backends, waypoint) per request, µs. \
          wp writes/r: the waypoint's write(2)/writev(2) calls and bytes written (TLS included) \
-         per request. be conns: connections the backends accepted during the row (warm-up \
+         per request (not for the relay, which writes with send(2), uncounted there). be conns: connections the backends accepted during the row (warm-up \
          included)."
     );
 
@@ -680,7 +775,7 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     );
     println!("{}", "-".repeat(94));
     for r in &rows {
-        let [w, b] = &r.paths;
+        let [w, b, _] = &r.paths;
         println!(
             "{:<9} {:>9} {:>12.1}% {:>11.2}x {:>11.2}x {:>14.1} {:>11.1} µs",
             r.proto.name(),
@@ -693,14 +788,16 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
         );
     }
 
-    // Every request of the waypoint path went through the waypoint; none of the baseline.
-    let sent: [u64; 2] = [0, 1].map(|i| {
+    // Every request of the waypoint path went through the waypoint; none of the baseline's
+    // or the relay's. The baseline mesh's backends answered both of those paths.
+    let sent_on = |i: usize| {
         rows.iter().map(|r| r.paths[i].requests).sum::<u64>()
             + rows
                 .iter()
                 .map(|r| p.warmup * r.concurrency as u64)
                 .sum::<u64>()
-    });
+    };
+    let sent = [sent_on(0), sent_on(1) + sent_on(2)];
     let received = [
         with.backends.requests() - sent_before[0],
         without.backends.requests() - sent_before[1],
@@ -718,8 +815,9 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     println!();
     println!(
         "verified: the waypoint counted {} requests ({REQUESTS}) = all sent on its path; the \
-         baseline mesh's waypoint 0 of {}; backends received exactly the requests sent. Backend \
-         connections over the whole run: waypoint path {}, baseline {}.",
+         baseline mesh's waypoint 0 of {} (baseline and relay paths); backends received exactly \
+         the requests sent. Backend connections over the whole run: waypoint path {}, baseline \
+         and relay {}.",
         counted[0],
         sent[1],
         with.backends.accepted(),
@@ -727,17 +825,25 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     );
 
     println!();
-    println!("goal (issue)                                  result");
+    println!(
+        "goal (issue)                                  result        plain relay here  waypoint/relay"
+    );
     for r in &rows {
-        let w = &r.paths[0];
-        let us = w.per_req_us(w.waypoint.cpu);
+        let [w, _, relay] = &r.paths;
+        let us = w.per_req_us(w.proxy.cpu);
+        let floor = relay.per_req_us(relay.proxy.cpu);
         println!(
-            "  waypoint CPU <= {GOAL_CPU_US:.0} µs/req, {:<8} load {:>9} {us:>8.1} µs  {}",
+            "  waypoint CPU <= {GOAL_CPU_US:.0} µs/req, {:<8} load {:>9} {us:>8.1} µs  {:<7} {floor:>8.1} µs {:>12.1}x",
             r.proto.name(),
             r.load(),
-            if us <= GOAL_CPU_US { "met" } else { "NOT met" }
+            if us <= GOAL_CPU_US { "met" } else { "NOT met" },
+            us / floor.max(1e-9),
         );
     }
+    println!(
+        "  (plain relay: the CPU per request of a thread that only copies the same bytes between \
+         two TCP sockets, at the same load: what one user-space hop costs on this machine)"
+    );
     println!(
         "  (Istio publishes ~250 µs per request for its Envoy waypoint: 0.25 vCPU per 1000 rps)"
     );

@@ -266,8 +266,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
     let mut cli = Cli::parse();
     let command = cli.command.take();
     // The quickstart shows the ztunnels' access log (target `access`), not every info line.
@@ -278,22 +276,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Waypoint(_)) => "off",
         Some(Command::Controller { .. }) => "info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
-    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(
-                    std::io::IsTerminal::is_terminal(&std::io::stderr())
-                        && std::env::var_os("NO_COLOR").is_none(),
-                ),
-        )
-        .init();
-    let log_level: Arc<dyn ztunnel::admin::LogLevel> =
-        Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
+    let log_level: Arc<dyn ztunnel::admin::LogLevel> = Arc::new(
+        ztunnel::admin::logging::install(default_filter, ztunnel::admin::LogStream::Stderr)
+            .context("failed to install the log subscriber")?,
+    );
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if command.is_none() {
         // The proxy's traffic runs on its own worker threads (--concurrency); this runtime

@@ -84,8 +84,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     // The quickstart shows the access log (target `access`) by default.
@@ -95,20 +93,10 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { .. } => "warn",
         Command::NodeAgent { .. } => "info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
-    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            // Colours only on a terminal, and never with NO_COLOR set.
-            tracing_subscriber::fmt::layer().with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stdout())
-                    && std::env::var_os("NO_COLOR").is_none(),
-            ),
-        )
-        .init();
-    let log_level = std::sync::Arc::new(ztunnel::admin::ReloadLogLevel::new(reload));
+    let log_level = std::sync::Arc::new(
+        ztunnel::admin::logging::install(default_filter, ztunnel::admin::LogStream::Stdout)
+            .context("failed to install the log subscriber")?,
+    );
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if matches!(command, Command::Run) {
         let available = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);

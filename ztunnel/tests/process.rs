@@ -161,9 +161,19 @@ impl Drop for Ztunnel {
 
 /// `GET path` on `addr`: status and body, or the connect error.
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path).await
+}
+
+/// `method path` (no body) on `addr`: status and body, or the connect error.
+async fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     let status = out
@@ -484,4 +494,55 @@ async fn worker_threads_come_from_the_environment() {
         stderr.contains("ZTUNNEL_WORKER_THREADS=\"lots\""),
         "the error names the variable and its value: {stderr}"
     );
+}
+
+/// The log filter the process starts with (`RUST_LOG`) is the one its admin server reports
+/// (`POST /logging` without parameters) and replaces at runtime: once replaced, the process
+/// logs what the new filter lets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_replaces_the_log_filter_of_the_running_process() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    let mut node = Ztunnel::spawn(
+        dir.path(),
+        &[
+            ("NODE_NAME", "node-d"),
+            ("ZTUNNEL_BIND_ADDRESS", "127.0.6.10"),
+            ("OUTBOUND_PORT", "0"),
+            ("INBOUND_PLAINTEXT_PORT", "0"),
+            ("INBOUND_HBONE_PORT", "0"),
+            // The admin server's own lines are held back at first.
+            ("RUST_LOG", "info,ztunnel::admin=warn"),
+        ],
+    );
+    let admin = node.endpoint("admin").await;
+    let (status, body) = request(admin, "POST", "/logging").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("current log level is ")
+            && body.contains("ztunnel::admin=warn")
+            && body.contains("info"),
+        "{body}"
+    );
+
+    let (status, body) = request(admin, "POST", "/logging?level=debug")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The admin server's info line, which the first filter held back, now gets through.
+    let line = node.wait_for_log("log level changed").await;
+    assert!(
+        line.contains("INFO") && line.contains("level=debug"),
+        "{line}"
+    );
+    let (_, body) = request(admin, "POST", "/logging").await.unwrap();
+    assert_eq!(body, "current log level is debug\n");
+
+    // `reset` restores the start-up filter.
+    let (status, body) = request(admin, "POST", "/logging?reset").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = request(admin, "POST", "/logging").await.unwrap();
+    assert!(body.contains("ztunnel::admin=warn"), "{body}");
+    node.terminate();
+    assert!(node.exited().await.success(), "{}", node.log());
 }

@@ -24,7 +24,7 @@ pub mod serve;
 pub mod server;
 
 pub use self::config_dump::config_dump;
-pub use self::logging::{LogLevel, ReloadLogLevel};
+pub use self::logging::{LogLevel, LogStream, ReloadLogLevel};
 pub use self::metrics::MetricsServer;
 pub use self::readiness::{ReadinessServer, Ready, ReadyTask};
 pub use self::serve::HttpOptions;
