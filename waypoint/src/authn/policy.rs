@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::fast::RandomState as FastHash;
 use serde::Serialize;
 
 use super::jwks::{DEFAULT_FETCH_TIMEOUT, JwksLocation, JwksRegistry};
@@ -48,7 +49,7 @@ pub struct AuthnTable {
     /// The rules applying to every request.
     waypoint: Arc<[Arc<Provider>]>,
     /// The rules of requests to each hostname with service-specific rules.
-    services: HashMap<String, Arc<[Arc<Provider>]>>,
+    services: HashMap<String, Arc<[Arc<Provider>]>, FastHash>,
     /// What each policy attached to, for `config_dump`.
     policies: Vec<PolicySummary>,
 }

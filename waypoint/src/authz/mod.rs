@@ -57,6 +57,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use foldhash::fast::RandomState as FastHash;
 use serde::Serialize;
 
 pub use eval::{Decision, HttpAttributes, PolicyMatch, Reason, RequestAttributes, evaluate};
@@ -166,7 +167,7 @@ impl AuthzOptions {
 #[derive(Debug, Clone, Default)]
 pub struct AuthzTable {
     /// By service hostname.
-    by_host: HashMap<String, Arc<[Arc<Policy>]>>,
+    by_host: HashMap<String, Arc<[Arc<Policy>]>, FastHash>,
     /// The policies that apply to every service of this waypoint (for a hostname the table
     /// does not know, e.g. a service bound after the last compilation).
     waypoint_wide: Arc<[Arc<Policy>]>,

@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use fastrand::Rng;
+use foldhash::fast::RandomState as FastHash;
 use http::{HeaderMap, HeaderValue};
 use serde::Serialize;
 
@@ -224,7 +225,7 @@ struct OutlierCounters {
 #[derive(Debug)]
 struct State {
     endpoints: Vec<Endpoint>,
-    by_address: HashMap<SocketAddr, usize>,
+    by_address: HashMap<SocketAddr, usize, FastHash>,
     /// The hash ring, for consistent-hash clusters.
     ring: Option<Ring>,
     /// Round-robin cursor.
@@ -277,7 +278,7 @@ impl Cluster {
             policy: policy.clone(),
             state: Mutex::new(State {
                 endpoints: Vec::new(),
-                by_address: HashMap::new(),
+                by_address: HashMap::default(),
                 ring: None,
                 cursor,
                 rng,
@@ -326,7 +327,8 @@ impl Cluster {
         let mut state = self.lock();
         let mut previous: HashMap<SocketAddr, Endpoint> =
             state.endpoints.drain(..).map(|e| (e.address, e)).collect();
-        let mut by_address = HashMap::with_capacity(endpoints.len());
+        let mut by_address =
+            HashMap::with_capacity_and_hasher(endpoints.len(), FastHash::default());
         let mut next = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             if by_address.contains_key(&endpoint.address) {

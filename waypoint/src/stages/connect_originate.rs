@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::fast::RandomState as FastHash;
 use hbone::{CertStore, H2Stream, Identity};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -224,7 +225,7 @@ pub struct ConnectOriginate {
     identities: Arc<IdentityManager>,
     identity: Identity,
     /// Pooled connections by endpoint and TLS settings ([`TunnelMetadata::pool_key`]).
-    conns: Mutex<HashMap<(SocketAddr, u64), EndpointConns>>,
+    conns: Mutex<HashMap<(SocketAddr, u64), EndpointConns, FastHash>>,
 }
 
 impl std::fmt::Debug for ConnectOriginate {
@@ -242,7 +243,7 @@ impl ConnectOriginate {
             pool,
             identities,
             identity,
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::default()),
         }
     }
 
@@ -479,7 +480,9 @@ impl ConnectOriginate {
         self.lock().keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, u64), EndpointConns>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, u64), EndpointConns, FastHash>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Invariants (kept by [`MeshStateBuilder`], the only way to change a state):
 //! - `by_addr`, `endpoints` and `by_vip`/`by_host` hold only keys present in `workloads` /
-//!   `services`, and hold each of them exactly once;
+//!   `services`, and hold each of them exactly once; `by_host` holds the same `Arc` as
+//!   `services`;
 //! - `endpoints` is derived from workloads' `services` maps, so it exists for services that have
 //!   not arrived yet and survives a service's removal and re-insertion.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,10 @@ use super::Policy;
 use super::service::Service;
 use super::workload::{NamespacedHostname, NetworkAddress, PortMap, TunnelProtocol, Workload};
 use crate::rbac::Scope;
+
+/// The maps of a snapshot: looked up per connection (and per request by the waypoint), keyed by
+/// control-plane names and addresses, with a per-process random seed.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One immutable snapshot of the mesh: workloads, services and policies, indexed for the
 /// lookups the listeners make per connection. Share it as `Arc<MeshState>`.
@@ -30,8 +35,8 @@ pub struct MeshState {
     services: HashMap<NamespacedHostname, Arc<Service>>,
     /// Service key by VIP (last writer wins on a collision).
     by_vip: HashMap<NetworkAddress, NamespacedHostname>,
-    /// Namespaces holding a service of each hostname.
-    by_host: HashMap<String, BTreeSet<String>>,
+    /// The services of each hostname, by namespace.
+    by_host: HashMap<String, BTreeMap<String, Arc<Service>>>,
     /// Uids of the workloads naming each service in their `services` map.
     endpoints: HashMap<NamespacedHostname, BTreeSet<String>>,
     /// Authorization policies, in file / xDS order.
@@ -103,19 +108,21 @@ impl MeshState {
         hostname: &str,
         preferred_ns: Option<&str>,
     ) -> Vec<&Arc<Service>> {
-        let Some(namespaces) = self.by_host.get(hostname) else {
+        let Some(by_namespace) = self.by_host.get(hostname) else {
             return Vec::new();
         };
-        let mut out: Vec<&Arc<Service>> = namespaces
-            .iter()
-            .filter_map(|ns| {
-                self.services
-                    .get(&NamespacedHostname::new(ns.clone(), hostname))
-            })
-            .collect();
+        let mut out: Vec<&Arc<Service>> = by_namespace.values().collect();
         // Stable sort: namespaces are already in name order.
-        out.sort_by_key(|s| (Some(s.namespace.as_str()) != preferred_ns, !s.canonical));
+        out.sort_by_key(|s| Self::preference(s, preferred_ns));
         out
+    }
+
+    /// The order of [`MeshState::services_by_hostname`] (smallest first).
+    fn preference(service: &Service, preferred_ns: Option<&str>) -> (bool, bool) {
+        (
+            Some(service.namespace.as_str()) != preferred_ns,
+            !service.canonical,
+        )
     }
 
     /// The best service for `hostname` as seen from `preferred_ns` (see
@@ -125,9 +132,11 @@ impl MeshState {
         hostname: &str,
         preferred_ns: Option<&str>,
     ) -> Option<&Arc<Service>> {
-        self.services_by_hostname(hostname, preferred_ns)
-            .into_iter()
-            .next()
+        // The first of the smallest, in namespace order: what the stable sort puts first.
+        self.by_host
+            .get(hostname)?
+            .values()
+            .min_by_key(|s| Self::preference(s, preferred_ns))
     }
 
     /// All services, in no particular order.
@@ -260,11 +269,12 @@ impl MeshStateBuilder {
         for vip in &service.vips {
             s.by_vip.insert(vip.clone(), key.clone());
         }
+        let service = Arc::new(service);
         s.by_host
             .entry(key.hostname.clone())
             .or_default()
-            .insert(key.namespace.clone());
-        s.services.insert(key, Arc::new(service));
+            .insert(key.namespace.clone(), Arc::clone(&service));
+        s.services.insert(key, service);
         previous
     }
 

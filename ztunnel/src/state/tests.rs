@@ -398,13 +398,50 @@ fn services_by_hostname_preference() {
     for (name, ns, want) in cases {
         let got = state.service_by_hostname("shared.example", ns).unwrap();
         assert_eq!(got.namespace, want, "{name}");
-        assert_eq!(
-            state.services_by_hostname("shared.example", ns).len(),
-            3,
-            "{name}"
-        );
+        let all: Vec<&str> = state
+            .services_by_hostname("shared.example", ns)
+            .iter()
+            .map(|s| s.namespace.as_str())
+            .collect();
+        assert_eq!(all.len(), 3, "{name}");
+        assert_eq!(all[0], want, "{name}: the best comes first");
     }
+    let order = |state: &MeshState, ns| -> Vec<String> {
+        state
+            .services_by_hostname("shared.example", ns)
+            .iter()
+            .map(|s| s.namespace.clone())
+            .collect()
+    };
+    assert_eq!(order(&state, Some("c")), ["c", "b", "a"]);
+    assert_eq!(order(&state, None), ["b", "a", "c"]);
     assert!(state.service_by_hostname("other.example", None).is_none());
+
+    // A replaced service is the one found by hostname; without a canonical one, namespace order.
+    let mut b = state.to_builder();
+    let mut replaced = service("b", "shared.example", "10.96.0.9");
+    replaced.canonical = false;
+    assert!(b.insert_service(replaced).is_some());
+    let state = b.build();
+    assert_eq!(order(&state, None), ["a", "b", "c"]);
+    let found = state
+        .service_by_hostname("shared.example", Some("b"))
+        .unwrap();
+    assert_eq!(found.vips, service("b", "shared.example", "10.96.0.9").vips);
+    let mut b = state.to_builder();
+    assert!(
+        b.remove_service(&NamespacedHostname::new("a", "shared.example"))
+            .is_some()
+    );
+    let state = b.build();
+    assert_eq!(order(&state, None), ["b", "c"]);
+    assert_eq!(
+        state
+            .service_by_hostname("shared.example", None)
+            .unwrap()
+            .namespace,
+        "b"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
