@@ -36,7 +36,9 @@
 //! context. The two paths alternate in slices so that the noise of a shared machine falls on
 //! both alike. Every load loop is bounded in count and in time. The waypoint's access log is
 //! disabled (Istio's default); its metrics are on. The process logs as the binaries do: their
-//! subscriber at their default level, `info` (`RUST_LOG` overrides it), to standard error.
+//! subscriber at their default level, `info`, to standard error, except the ztunnels' per-connection
+//! access lines (target `access`), which would interleave with the table; `RUST_LOG` overrides
+//! the filter.
 //!
 //! After the run the benchmark fails unless the waypoint counted every request of the
 //! waypoint path and none of the baseline, and the backends received exactly the requests
@@ -105,9 +107,11 @@ struct Params {
 fn main() {
     // The binaries' log subscriber and default level, so that every span and event costs
     // what it costs in the binaries (with no subscriber at all, `tracing` hands the spans of
-    // hyper and h2 to the `log` crate instead). `RUST_LOG` overrides the level.
-    let _log_level = ztunnel::admin::logging::install("info", ztunnel::admin::LogStream::Stderr)
-        .expect("the bench's log subscriber");
+    // hyper and h2 to the `log` crate instead). The ztunnels' access lines (one per connection,
+    // not per request) are left out so that the table reads cleanly. `RUST_LOG` overrides this.
+    let _log_level =
+        ztunnel::admin::logging::install("info,access=off", ztunnel::admin::LogStream::Stderr)
+            .expect("the bench's log subscriber");
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let workers = args
