@@ -4,7 +4,8 @@
 //! outside the mesh, or TLS to external hosts when a DestinationRule originates it
 //! ([`crate::egress::tls`]), and keeps HTTP client connections over those for reuse:
 //!
-//! - HTTP/2 upstreams: one connection per endpoint, multiplexed;
+//! - HTTP/2 upstreams: one connection per endpoint, multiplexed, its writes coalesced
+//!   ([`Coalesce`]) so that a request's HEADERS and DATA leave together;
 //! - HTTP/1.1 upstreams: idle connections per endpoint, each back in the pool once its response
 //!   body has been read to the end ([`UpstreamBody`]), up to `maxRequestsPerConnection`
 //!   requests;
@@ -34,6 +35,9 @@ use tokio::net::TcpStream;
 use ztunnel::identity::IdentityManager;
 
 use super::inbound_pod::{Transport, TunnelMetadata};
+
+mod coalesce;
+pub use coalesce::Coalesce;
 
 /// The error type of bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -362,9 +366,10 @@ impl ConnectOriginate {
             Some(sender) => sender,
             None => {
                 let io = self.open(meta, settings.connect_timeout).await?;
+                // One write per burst of frames: a request's HEADERS and its first DATA.
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .handshake(TokioIo::new(io))
+                    .handshake(TokioIo::new(Coalesce::new(io)))
                     .await
                     .map_err(|source| OriginateError::Handshake { addr, source })?;
                 tokio::spawn(async move {

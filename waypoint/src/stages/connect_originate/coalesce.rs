@@ -1,0 +1,425 @@
+//! Write coalescing under the upstream HTTP/2 client of `connect_originate`.
+//!
+//! hyper's HTTP/2 client sends a request in two steps: its connection task writes the HEADERS
+//! frame and flushes, and only then does the task that pipes the body run and queue the first
+//! DATA frame, which the connection task writes and flushes again. Over an HBONE tunnel each
+//! flush becomes a DATA frame of the tunnel, a TLS record and a `writev(2)` — twice per request,
+//! for bytes that were all in hand at once.
+//!
+//! [`Coalesce`] sits between that client and its transport (the tunnel, TCP or TLS). It keeps
+//! what the client writes and, on a flush, first yields once to the scheduler, so that tasks
+//! already woken (the body pipe) add their frames; the next flush writes everything kept as one
+//! chunk. A flush with nothing kept passes straight through. At most [`MAX_KEPT`] bytes are
+//! kept: a write beyond that first pushes the kept bytes down.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most bytes kept before a write pushes them down without waiting for a flush.
+pub const MAX_KEPT: usize = 64 * 1024;
+
+/// A transport whose writes are kept until a flush, and whose flushes wait one turn of the
+/// scheduler before they write.
+#[derive(Debug)]
+pub struct Coalesce<T> {
+    inner: T,
+    kept: BytesMut,
+    /// The pending flush has yielded once; the next poll writes.
+    yielded: bool,
+}
+
+impl<T> Coalesce<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            kept: BytesMut::new(),
+            yielded: false,
+        }
+    }
+
+    /// How many bytes are kept, not yet written to the transport.
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Coalesce<T> {
+    /// Writes everything kept to the transport.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.kept.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.kept))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.kept.advance(n);
+        }
+        self.kept.clear();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Room for `len` more bytes, pushing down what is kept if it is full.
+    fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        if self.kept.len() >= MAX_KEPT {
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(len.min(MAX_KEPT - self.kept.len())))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(this.poll_room(cx, buf.len()))?;
+        this.kept.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total = bufs.iter().map(|b| b.len()).sum();
+        let mut room = ready!(this.poll_room(cx, total))?;
+        let n = room;
+        for buf in bufs {
+            if room == 0 {
+                break;
+            }
+            let take = buf.len().min(room);
+            this.kept.extend_from_slice(&buf[..take]);
+            room -= take;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.kept.is_empty() && !this.yielded {
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ready!(this.poll_drain(cx))?;
+        this.yielded = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        this.yielded = false;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Wake, Waker};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A transport that records each write it is given.
+    #[derive(Default, Clone)]
+    struct Recorder {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        flushes: Arc<AtomicUsize>,
+        shut: Arc<AtomicUsize>,
+    }
+
+    impl Recorder {
+        fn writes(&self) -> Vec<Vec<u8>> {
+            self.writes.lock().unwrap().clone()
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn context() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (Arc::clone(&wakes), Waker::from(wakes))
+    }
+
+    #[test]
+    fn a_flush_yields_once_then_writes_everything_kept_as_one_chunk() {
+        let rec = Recorder::default();
+        let mut io = Coalesce::new(rec.clone());
+        let (wakes, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"HEADERS"),
+            Poll::Ready(Ok(7))
+        ));
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "the flush asks to run again"
+        );
+        assert!(rec.writes().is_empty());
+        assert_eq!(rec.flushes.load(Ordering::Relaxed), 0);
+
+        // What another task queues in between joins the same chunk.
+        let bufs = [io::IoSlice::new(b"DA"), io::IoSlice::new(b"TA")];
+        assert!(matches!(
+            Pin::new(&mut io).poll_write_vectored(&mut cx, &bufs),
+            Poll::Ready(Ok(4))
+        ));
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(rec.writes(), [b"HEADERSDATA".to_vec()]);
+        assert_eq!(rec.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(io.kept(), 0);
+
+        // The next flush with new bytes yields again.
+        let _ = Pin::new(&mut io).poll_write(&mut cx, b"PING");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        assert_eq!(rec.writes(), [b"HEADERSDATA".to_vec(), b"PING".to_vec()]);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_flush_with_nothing_kept_passes_straight_through() {
+        let rec = Recorder::default();
+        let mut io = Coalesce::new(rec.clone());
+        let (wakes, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        assert_eq!(rec.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn shutdown_writes_what_is_kept_first() {
+        let rec = Recorder::default();
+        let mut io = Coalesce::new(rec.clone());
+        let (_, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+        let _ = Pin::new(&mut io).poll_write(&mut cx, b"GOAWAY");
+        assert!(Pin::new(&mut io).poll_shutdown(&mut cx).is_ready());
+        assert_eq!(rec.writes(), [b"GOAWAY".to_vec()]);
+        assert_eq!(rec.shut.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn at_most_max_kept_bytes_wait_for_a_flush() {
+        let rec = Recorder::default();
+        let mut io = Coalesce::new(rec.clone());
+        let (_, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+        let big = vec![7u8; MAX_KEPT + 10];
+        let Poll::Ready(Ok(n)) = Pin::new(&mut io).poll_write(&mut cx, &big) else {
+            panic!("the write did not complete");
+        };
+        assert_eq!(n, MAX_KEPT, "a write takes no more than there is room for");
+        assert!(rec.writes().is_empty());
+        let Poll::Ready(Ok(n)) = Pin::new(&mut io).poll_write(&mut cx, &big[n..]) else {
+            panic!("the write did not complete");
+        };
+        assert_eq!(n, 10);
+        assert_eq!(rec.writes().len(), 1, "the full buffer went down first");
+        assert_eq!(rec.writes()[0].len(), MAX_KEPT);
+        assert_eq!(io.kept(), 10);
+    }
+
+    /// The client side of a duplex pipe that counts the writes that carried bytes.
+    struct Counted {
+        io: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+                this.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            polled
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        }
+    }
+
+    /// An HTTP/2 echo server on `io`.
+    fn serve_echo(io: DuplexStream) {
+        let service = hyper::service::service_fn(|request: http::Request<Incoming>| async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
+        });
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), service),
+        );
+    }
+
+    /// Writes the client makes to send one POST with a 1 KiB body (after the connection's
+    /// own frames have settled), and the echoed body.
+    async fn writes_per_request(coalesce: bool) -> (usize, Bytes) {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        serve_echo(server);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counted = Counted {
+            io: client,
+            writes: Arc::clone(&writes),
+        };
+        let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        let mut sender = if coalesce {
+            let (sender, conn) = builder
+                .handshake(TokioIo::new(Coalesce::new(counted)))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender
+        } else {
+            let (sender, conn) = builder.handshake(TokioIo::new(counted)).await.unwrap();
+            tokio::spawn(conn);
+            sender
+        };
+        let post = |body: Bytes| {
+            http::Request::post("http://reviews:9080/echo")
+                .body(Full::new(body))
+                .unwrap()
+        };
+        // The handshake's SETTINGS and their acknowledgements go first.
+        let warm = sender.send_request(post(Bytes::from_static(b"warm"))).await;
+        warm.unwrap().into_body().collect().await.unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let before = writes.load(Ordering::Relaxed);
+        let payload = Bytes::from(vec![b'x'; 1024]);
+        let response = sender.send_request(post(payload)).await.unwrap();
+        let echoed = response.into_body().collect().await.unwrap().to_bytes();
+        (writes.load(Ordering::Relaxed) - before, echoed)
+    }
+
+    /// The reason for the wrapper, through hyper's real client and server on a current-thread
+    /// runtime like the waypoint's workers: the request's HEADERS and DATA leave in one write.
+    #[tokio::test]
+    async fn an_http2_request_with_a_body_leaves_in_one_write() {
+        let (writes, echoed) = writes_per_request(true).await;
+        assert_eq!(echoed.len(), 1024);
+        assert!(echoed.iter().all(|b| *b == b'x'));
+        assert_eq!(writes, 1, "HEADERS and DATA in one write");
+    }
+
+    /// Without the wrapper the same request takes more than one write; if hyper ever sends
+    /// them together by itself, this tells that the wrapper has become unnecessary.
+    #[tokio::test]
+    async fn without_coalescing_the_client_writes_headers_and_data_apart() {
+        let (writes, echoed) = writes_per_request(false).await;
+        assert_eq!(echoed.len(), 1024);
+        assert!(writes >= 2, "{writes} write(s)");
+    }
+
+    /// Bytes written through the wrapper arrive unchanged and in order, also when a write is
+    /// larger than what may be kept.
+    #[tokio::test]
+    async fn bytes_arrive_unchanged_through_the_wrapper() {
+        let (client, mut server) = tokio::io::duplex(16 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut io = Coalesce::new(client);
+        let data: Vec<u8> = (0..(3 * MAX_KEPT + 123)).map(|i| (i % 251) as u8).collect();
+        for chunk in data.chunks(5000) {
+            io.write_all(chunk).await.unwrap();
+        }
+        io.flush().await.unwrap();
+        io.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+    }
+}
