@@ -8,6 +8,13 @@
 //! (rustls sends up to 64 records per call). It holds no buffer of its own: rustls bounds what
 //! it queues (64 KiB); when the queue is full a write sends it first.
 //!
+//! A flush with records queued first lets the tasks that are already ready run, once: it wakes
+//! its own task and returns `Pending`, and sends when polled again. The HTTP/2 connection's
+//! streams are written by other tasks (one per tunnel); when several of them have a frame ready
+//! in the same pass of the scheduler, their frames leave in the flush's one `writev(2)` rather
+//! than one each. With one tunnel busy, it costs a pass through the scheduler's queue and no
+//! write.
+//!
 //! Only for connections past their handshake: the HTTP/2 layer of the [`crate::client`] and
 //! [`crate::server`] connections.
 
@@ -21,11 +28,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) trait TlsSession {
     /// The connection's plaintext writer: what it takes is sealed and queued, not sent.
     fn writer(&mut self) -> rustls::Writer<'_>;
+    /// Whether records are queued for sending.
+    fn wants_write(&self) -> bool;
 }
 
 impl<IO> TlsSession for tokio_rustls::client::TlsStream<IO> {
     fn writer(&mut self) -> rustls::Writer<'_> {
         self.get_mut().1.writer()
+    }
+
+    fn wants_write(&self) -> bool {
+        self.get_ref().1.wants_write()
     }
 }
 
@@ -33,17 +46,26 @@ impl<IO> TlsSession for tokio_rustls::server::TlsStream<IO> {
     fn writer(&mut self) -> rustls::Writer<'_> {
         self.get_mut().1.writer()
     }
+
+    fn wants_write(&self) -> bool {
+        self.get_ref().1.wants_write()
+    }
 }
 
 /// A TLS stream that sends on flush (see the module docs). Reads pass through.
 #[derive(Debug)]
 pub(crate) struct Coalesce<S> {
     inner: S,
+    /// Whether the current flush has already let the ready tasks run.
+    yielded: bool,
 }
 
 impl<S> Coalesce<S> {
     pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            yielded: false,
+        }
     }
 }
 
@@ -92,7 +114,21 @@ impl<S: AsyncWrite + TlsSession + Unpin> AsyncWrite for Coalesce<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if !this.inner.wants_write() {
+            this.yielded = false;
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
+        if !this.yielded {
+            // Once per flush: the tasks ahead in the scheduler's queue may have frames for
+            // this connection (see the module docs).
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.yielded = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -104,6 +140,7 @@ impl<S: AsyncWrite + TlsSession + Unpin> AsyncWrite for Coalesce<S> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -115,10 +152,63 @@ mod tests {
     use crate::identity::Identity;
     use crate::tls;
 
-    /// A connected pair over loopback TLS: (client, server).
+    /// A TCP stream that counts the writes it is given.
+    struct Counted {
+        tcp: TcpStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.writes.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut this.tcp).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.writes.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.tcp.is_write_vectored()
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        }
+    }
+
+    type Client = Coalesce<tokio_rustls::client::TlsStream<Counted>>;
+
+    /// A connected pair over loopback TLS: (client, server, the client's socket writes).
     async fn pair() -> (
-        Coalesce<tokio_rustls::client::TlsStream<TcpStream>>,
+        Client,
         tokio_rustls::server::TlsStream<TcpStream>,
+        Arc<AtomicUsize>,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
@@ -140,18 +230,118 @@ mod tests {
                 .await
                 .unwrap()
         });
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let tcp = Counted {
+            tcp: TcpStream::connect(addr).await.unwrap(),
+            writes: Arc::clone(&writes),
+        };
         let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
         let client = tokio_rustls::TlsConnector::from(client_cfg)
             .connect(name, tcp)
             .await
             .unwrap();
-        (Coalesce::new(client), accept.await.unwrap())
+        (Coalesce::new(client), accept.await.unwrap(), writes)
+    }
+
+    /// A waker that counts its wake-ups.
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A flush with records queued wakes its task and waits one poll before it sends; a flush
+    /// with nothing queued returns at once.
+    #[tokio::test]
+    async fn a_flush_with_records_queued_lets_ready_tasks_run_once() {
+        let (mut client, mut server, writes) = pair().await;
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let mut client = Pin::new(&mut client);
+        assert!(
+            client.as_mut().poll_flush(&mut cx).is_ready(),
+            "nothing queued"
+        );
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        let before = writes.load(Ordering::SeqCst);
+        let written = client.as_mut().poll_write(&mut cx, b"hello");
+        assert!(matches!(written, Poll::Ready(Ok(5))));
+        assert!(client.as_mut().poll_flush(&mut cx).is_pending());
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "its own task woken");
+        assert_eq!(writes.load(Ordering::SeqCst), before, "nothing sent yet");
+        assert!(matches!(
+            client.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writes.load(Ordering::SeqCst), before + 1);
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        // The next flush with records queued yields again.
+        let written = client.as_mut().poll_write(&mut cx, b"again");
+        assert!(matches!(written, Poll::Ready(Ok(5))));
+        assert!(client.as_mut().poll_flush(&mut cx).is_pending());
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    }
+
+    /// What the yield is for, through the `h2` crate on a current-thread runtime as on the
+    /// waypoint's workers: one request wakes the connection's task, seven other streams'
+    /// tasks become ready just after it, and all eight HEADERS leave in one write. Without
+    /// the yield the connection's task runs first and sends the first request's alone.
+    #[tokio::test]
+    async fn frames_of_streams_ready_in_the_same_pass_leave_in_one_write() {
+        let (client, server, writes) = pair().await;
+        tokio::spawn(async move {
+            let mut connection = h2::server::handshake(server).await.unwrap();
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                let _ = respond.send_response(http::Response::new(()), true);
+            }
+        });
+        let (send, connection) = h2::client::handshake(client).await.unwrap();
+        tokio::spawn(connection);
+        let get = || http::Request::get("http://server/").body(()).unwrap();
+        let mut send = send.ready().await.unwrap();
+        // The connection's own frames (SETTINGS and their acknowledgements) go first.
+        let (response, _) = send.send_request(get(), true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let go = Arc::new(tokio::sync::Notify::new());
+        let streams: Vec<_> = (0..7)
+            .map(|_| {
+                let send = send.clone();
+                let go = Arc::clone(&go).notified_owned();
+                tokio::spawn(async move {
+                    go.await;
+                    let mut send = send.ready().await.unwrap();
+                    let (response, _) = send.send_request(get(), true).unwrap();
+                    response.await.unwrap().status()
+                })
+            })
+            .collect();
+        // The seven wait on `go`.
+        tokio::task::yield_now().await;
+        let before = writes.load(Ordering::SeqCst);
+        let (first, _) = send.send_request(get(), true).unwrap();
+        go.notify_waiters();
+        assert_eq!(first.await.unwrap().status(), 200);
+        for stream in streams {
+            assert_eq!(stream.await.unwrap(), 200);
+        }
+        assert_eq!(
+            writes.load(Ordering::SeqCst) - before,
+            1,
+            "eight requests, one write"
+        );
     }
 
     #[tokio::test]
     async fn writes_arrive_after_flush_in_order() {
-        let (mut client, mut server) = pair().await;
+        let (mut client, mut server, _) = pair().await;
         client.write_all(b"one ").await.unwrap();
         let n = client
             .write_vectored(&[IoSlice::new(b"two "), IoSlice::new(b"three")])
@@ -166,7 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn more_than_the_tls_queue_goes_through() {
-        let (mut client, mut server) = pair().await;
+        let (mut client, mut server, _) = pair().await;
         let msg: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
         let expected = msg.clone();
         let reader = tokio::spawn(async move {
