@@ -45,9 +45,10 @@
 //! sent. Run with `cargo bench -p ambient-e2e --bench waypoint` (add `-- --quick` for a
 //! shorter run; `-- --waypoint-workers N` for the waypoint's worker threads, default 2 as in
 //! Istio's published figures; `0` serves the connections on a two-thread work-stealing runtime
-//! named `waypoint` instead). For profiling: `--only h1|h2` runs one protocol's rows,
-//! `--count N` caps the requests per row and path, `--warmup N` sets the warm-up requests per
-//! connection set, and `--seconds S` the time per row and path (all still bounded).
+//! named `waypoint` instead). For profiling: `--only h1|h2` runs one protocol's rows, `--load
+//! 1|16|paced` one load's, `--count N` caps the requests per row and path, `--warmup N` sets the
+//! warm-up requests per connection set, and `--seconds S` the time per row and path (all still
+//! bounded).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -102,6 +103,8 @@ struct Params {
     warmup: u64,
     /// The protocols whose rows run.
     only: Vec<Proto>,
+    /// The rows (indices into [`ROWS`]) that run.
+    loads: Vec<usize>,
 }
 
 fn main() {
@@ -137,6 +140,7 @@ fn main() {
             time: Duration::from_millis(1_000),
             warmup: 200,
             only: Vec::new(),
+            loads: Vec::new(),
         }
     } else {
         Params {
@@ -144,6 +148,7 @@ fn main() {
             time: Duration::from_millis(5_000),
             warmup: 1_000,
             only: Vec::new(),
+            loads: Vec::new(),
         }
     };
     if let Some(n) = flag("--count").and_then(|v| v.parse().ok()) {
@@ -159,6 +164,12 @@ fn main() {
         p.time = Duration::from_secs_f64(s.min(600.0));
     }
     p.only = only;
+    p.loads = match flag("--load").as_deref() {
+        Some("1") => vec![0],
+        Some("16") => vec![1],
+        Some("paced") => vec![2],
+        _ => (0..ROWS.len()).collect(),
+    };
     // With workers the runtime keeps only the waypoint's control work, as in the binary.
     let waypoint_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(if workers == 0 { 2 } else { 1 })
@@ -712,7 +723,7 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
     println!("{}", "-".repeat(130));
     let mut rows = Vec::new();
     for proto in p.only.clone() {
-        for shape in ROWS {
+        for &shape in p.loads.iter().filter_map(|&i| ROWS.get(i)) {
             let r = row(paths, proto, shape, &p).await;
             for (i, m) in r.paths.iter().enumerate() {
                 let per = |x: u64| x as f64 / m.requests.max(1) as f64;
