@@ -48,7 +48,8 @@
 //! named `waypoint` instead). For profiling: `--only h1|h2` runs one protocol's rows, `--load
 //! 1|16|paced` one load's, `--count N` caps the requests per row and path, `--warmup N` sets the
 //! warm-up requests per connection set, and `--seconds S` the time per row and path (all still
-//! bounded).
+//! bounded). `--pin` runs the waypoint's threads on a CPU of their own and every other thread
+//! on the remaining CPUs, as when the waypoint has a node to itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -117,6 +118,7 @@ fn main() {
             .expect("the bench's log subscriber");
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let pin = args.iter().any(|a| a == "--pin");
     let workers = args
         .iter()
         .position(|a| a == "--waypoint-workers")
@@ -183,7 +185,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(p, waypoint_rt.handle().clone(), workers));
+    rt.block_on(run(p, waypoint_rt.handle().clone(), workers, pin));
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -444,6 +446,51 @@ fn named(comm: &str, name: &str) -> bool {
             .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Pins the threads named `name` or `name-<index>` to the last CPU this process may use and
+/// every other thread of the process to the rest, so that nothing else runs on the waypoint's
+/// core (`--pin`). Threads started later inherit their creator's CPUs. Returns the waypoint's
+/// CPU.
+fn pin_threads(name: &str) -> Result<usize, String> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).map_err(|e| e.to_string())?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    let [rest @ .., last] = cpus.as_slice() else {
+        return Err("no CPU allowed".into());
+    };
+    if rest.is_empty() {
+        return Err("--pin needs at least two CPUs".into());
+    }
+    let mut own = CpuSet::new();
+    own.set(*last).map_err(|e| e.to_string())?;
+    let mut others = CpuSet::new();
+    for &c in rest {
+        others.set(c).map_err(|e| e.to_string())?;
+    }
+    let dir = std::fs::read_dir("/proc/self/task").map_err(|e| e.to_string())?;
+    let mut pinned = 0;
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let waypoint = named(&comm, name);
+        let set = if waypoint { &own } else { &others };
+        sched_setaffinity(Pid::from_raw(tid), set).map_err(|e| format!("thread {tid}: {e}"))?;
+        pinned += usize::from(waypoint);
+    }
+    if pinned == 0 {
+        return Err(format!("no thread named {name:?}"));
+    }
+    Ok(*last)
+}
+
 /// Usage of the threads named `name` or `name-<index>`.
 fn threads_usage(name: &str) -> ThreadsUsage {
     let mut usage = ThreadsUsage::default();
@@ -641,7 +688,7 @@ async fn row(
     }
 }
 
-async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
+async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize, pin: bool) {
     let started = Instant::now();
     let mesh = |net: u8, bind: bool, rt: Option<tokio::runtime::Handle>| {
         // The baseline's idle waypoint serves on the bench's runtime: no threads of its own.
@@ -677,6 +724,11 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
         std::net::IpAddr::V4(without.net.workload(reviews_v1)),
         APP_PORT,
     ));
+    let pinned = if pin {
+        Some(pin_threads(WAYPOINT_THREAD).expect("pinning the threads (--pin)"))
+    } else {
+        None
+    };
     let paths = [
         (Via::Mesh(&with), &with.backends),
         (Via::Mesh(&without), &without.backends),
@@ -703,6 +755,12 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize) {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
     );
+    if let Some(cpu) = pinned {
+        println!(
+            "pinned (--pin): the waypoint's threads on CPU {cpu}, every other thread on the \
+             other CPUs"
+        );
+    }
     println!();
     println!(
         "{:<9} {:<9} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8} {:>13} {:>8} {:>8} {:>11} {:>8}",
