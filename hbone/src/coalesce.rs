@@ -140,9 +140,9 @@ impl<S: AsyncWrite + TlsSession + Unpin> AsyncWrite for Coalesce<S> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use test_support::{CountWrites, CountingWaker, WriteCount};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -152,63 +152,13 @@ mod tests {
     use crate::identity::Identity;
     use crate::tls;
 
-    /// A TCP stream that counts the writes it is given.
-    struct Counted {
-        tcp: TcpStream,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Counted {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            this.writes.fetch_add(1, Ordering::SeqCst);
-            Pin::new(&mut this.tcp).poll_write(cx, buf)
-        }
-
-        fn poll_write_vectored(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            this.writes.fetch_add(1, Ordering::SeqCst);
-            Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            self.tcp.is_write_vectored()
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-        }
-    }
-
-    type Client = Coalesce<tokio_rustls::client::TlsStream<Counted>>;
+    type Client = Coalesce<tokio_rustls::client::TlsStream<CountWrites<TcpStream>>>;
 
     /// A connected pair over loopback TLS: (client, server, the client's socket writes).
     async fn pair() -> (
         Client,
         tokio_rustls::server::TlsStream<TcpStream>,
-        Arc<AtomicUsize>,
+        WriteCount,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_generate(dir.path(), "cluster.local").unwrap();
@@ -230,11 +180,8 @@ mod tests {
                 .await
                 .unwrap()
         });
-        let writes = Arc::new(AtomicUsize::new(0));
-        let tcp = Counted {
-            tcp: TcpStream::connect(addr).await.unwrap(),
-            writes: Arc::clone(&writes),
-        };
+        let tcp = CountWrites::new(TcpStream::connect(addr).await.unwrap());
+        let writes = tcp.counter();
         let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
         let client = tokio_rustls::TlsConnector::from(client_cfg)
             .connect(name, tcp)
@@ -243,40 +190,30 @@ mod tests {
         (Coalesce::new(client), accept.await.unwrap(), writes)
     }
 
-    /// A waker that counts its wake-ups.
-    struct CountingWaker(AtomicUsize);
-
-    impl std::task::Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// A flush with records queued wakes its task and waits one poll before it sends; a flush
     /// with nothing queued returns at once.
     #[tokio::test]
     async fn a_flush_with_records_queued_lets_ready_tasks_run_once() {
         let (mut client, mut server, writes) = pair().await;
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(Arc::clone(&counter));
+        let (counter, waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
         let mut client = Pin::new(&mut client);
         assert!(
             client.as_mut().poll_flush(&mut cx).is_ready(),
             "nothing queued"
         );
-        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
-        let before = writes.load(Ordering::SeqCst);
+        assert_eq!(counter.count(), 0);
+        let before = writes.get();
         let written = client.as_mut().poll_write(&mut cx, b"hello");
         assert!(matches!(written, Poll::Ready(Ok(5))));
         assert!(client.as_mut().poll_flush(&mut cx).is_pending());
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "its own task woken");
-        assert_eq!(writes.load(Ordering::SeqCst), before, "nothing sent yet");
+        assert_eq!(counter.count(), 1, "its own task woken");
+        assert_eq!(writes.get(), before, "nothing sent yet");
         assert!(matches!(
             client.as_mut().poll_flush(&mut cx),
             Poll::Ready(Ok(()))
         ));
-        assert_eq!(writes.load(Ordering::SeqCst), before + 1);
+        assert_eq!(writes.get(), before + 1);
         let mut got = [0u8; 5];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
@@ -284,7 +221,7 @@ mod tests {
         let written = client.as_mut().poll_write(&mut cx, b"again");
         assert!(matches!(written, Poll::Ready(Ok(5))));
         assert!(client.as_mut().poll_flush(&mut cx).is_pending());
-        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        assert_eq!(counter.count(), 2);
     }
 
     /// What the yield is for, through the `h2` crate on a current-thread runtime as on the
@@ -325,18 +262,14 @@ mod tests {
             .collect();
         // The seven wait on `go`.
         tokio::task::yield_now().await;
-        let before = writes.load(Ordering::SeqCst);
+        let before = writes.get();
         let (first, _) = send.send_request(get(), true).unwrap();
         go.notify_waiters();
         assert_eq!(first.await.unwrap().status(), 200);
         for stream in streams {
             assert_eq!(stream.await.unwrap(), 200);
         }
-        assert_eq!(
-            writes.load(Ordering::SeqCst) - before,
-            1,
-            "eight requests, one write"
-        );
+        assert_eq!(writes.get() - before, 1, "eight requests, one write");
     }
 
     #[tokio::test]

@@ -137,12 +137,13 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::task::{Wake, Waker};
+    use std::task::Waker;
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper_util::rt::{TokioExecutor, TokioIo};
+    use test_support::{CountWrites, CountingWaker};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
@@ -182,24 +183,10 @@ mod tests {
         }
     }
 
-    /// A waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// A wrapper over a fresh recorder, the recorder, and a waker that counts.
-    fn fixture() -> (Coalesce<Recorder>, Recorder, Arc<Wakes>, Waker) {
+    fn fixture() -> (Coalesce<Recorder>, Recorder, Arc<CountingWaker>, Waker) {
         let rec = Recorder::default();
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(Arc::clone(&wakes));
+        let (wakes, waker) = CountingWaker::new();
         (Coalesce::new(rec.clone()), rec, wakes, waker)
     }
 
@@ -213,11 +200,7 @@ mod tests {
             Poll::Ready(Ok(7))
         ));
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
-        assert_eq!(
-            wakes.0.load(Ordering::Relaxed),
-            1,
-            "the flush asks to run again"
-        );
+        assert_eq!(wakes.count(), 1, "the flush asks to run again");
         assert!(rec.writes().is_empty());
         assert_eq!(rec.flushes.load(Ordering::Relaxed), 0);
 
@@ -240,7 +223,7 @@ mod tests {
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
         assert_eq!(rec.writes(), [b"HEADERSDATA".to_vec(), b"PING".to_vec()]);
-        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+        assert_eq!(wakes.count(), 2);
     }
 
     #[test]
@@ -249,7 +232,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
         assert_eq!(rec.flushes.load(Ordering::Relaxed), 1);
-        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        assert_eq!(wakes.count(), 0);
     }
 
     #[test]
@@ -281,45 +264,6 @@ mod tests {
         assert_eq!(io.kept.len(), 10);
     }
 
-    /// The client side of a duplex pipe that counts the writes that carried bytes.
-    struct Counted {
-        io: DuplexStream,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Counted {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-                this.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            polled
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().io).poll_flush(cx)
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-        }
-    }
-
     /// An HTTP/2 echo server on `io`.
     fn serve_echo(io: DuplexStream) {
         let service = hyper::service::service_fn(|request: http::Request<Incoming>| async move {
@@ -337,11 +281,8 @@ mod tests {
     async fn writes_per_request(coalesce: bool) -> (usize, Bytes) {
         let (client, server) = tokio::io::duplex(256 * 1024);
         serve_echo(server);
-        let writes = Arc::new(AtomicUsize::new(0));
-        let counted = Counted {
-            io: client,
-            writes: Arc::clone(&writes),
-        };
+        let counted = CountWrites::new(client);
+        let writes = counted.counter();
         let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         let mut sender = if coalesce {
             let (sender, conn) = builder
@@ -366,11 +307,11 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        let before = writes.load(Ordering::Relaxed);
+        let before = writes.get();
         let payload = Bytes::from(vec![b'x'; 1024]);
         let response = sender.send_request(post(payload)).await.unwrap();
         let echoed = response.into_body().collect().await.unwrap().to_bytes();
-        (writes.load(Ordering::Relaxed) - before, echoed)
+        (writes.get() - before, echoed)
     }
 
     /// The reason for the wrapper, through hyper's real client and server on a current-thread
