@@ -446,6 +446,43 @@ fn named(comm: &str, name: &str) -> bool {
             .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// One thread of this process.
+struct Thread {
+    /// `/proc/self/task/<tid>`.
+    path: std::path::PathBuf,
+    tid: i32,
+    /// Its name, as `comm` gives it (with the trailing newline).
+    comm: String,
+}
+
+/// The threads of this process, from `/proc/self/task`.
+fn threads() -> std::io::Result<Vec<Thread>> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task")?.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        threads.push(Thread { path, tid, comm });
+    }
+    Ok(threads)
+}
+
+/// The `/proc/self/task/<tid>` directories of the threads named `name` or `name-<index>` (none
+/// when `/proc` cannot be read).
+fn threads_named(name: &str) -> impl Iterator<Item = std::path::PathBuf> {
+    threads()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(move |t| named(&t.comm, name))
+        .map(|t| t.path)
+}
+
 /// Pins the threads named `name` or `name-<index>` to the last CPU this process may use and
 /// every other thread of the process to the rest, so that nothing else runs on the waypoint's
 /// core (`--pin`). Threads started later inherit their creator's CPUs. Returns the waypoint's
@@ -469,19 +506,11 @@ fn pin_threads(name: &str) -> Result<usize, String> {
     for &c in rest {
         others.set(c).map_err(|e| e.to_string())?;
     }
-    let dir = std::fs::read_dir("/proc/self/task").map_err(|e| e.to_string())?;
     let mut pinned = 0;
-    for entry in dir.flatten() {
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let waypoint = named(&comm, name);
+    for thread in threads().map_err(|e| e.to_string())? {
+        let waypoint = named(&thread.comm, name);
         let set = if waypoint { &own } else { &others };
+        let tid = thread.tid;
         sched_setaffinity(Pid::from_raw(tid), set).map_err(|e| format!("thread {tid}: {e}"))?;
         pinned += usize::from(waypoint);
     }
@@ -494,15 +523,7 @@ fn pin_threads(name: &str) -> Result<usize, String> {
 /// Usage of the threads named `name` or `name-<index>`.
 fn threads_usage(name: &str) -> ThreadsUsage {
     let mut usage = ThreadsUsage::default();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return usage;
-    };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !named(&comm, name) {
-            continue;
-        }
+    for path in threads_named(name) {
         let io = std::fs::read_to_string(path.join("io")).unwrap_or_default();
         let field = |key: &str| {
             io.lines()
@@ -533,15 +554,7 @@ fn threads_usage(name: &str) -> ThreadsUsage {
 fn threads_cpu(name: &str) -> (Duration, usize) {
     let mut total = Duration::ZERO;
     let mut threads = 0;
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return (total, 0);
-    };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !named(&comm, name) {
-            continue;
-        }
+    for path in threads_named(name) {
         threads += 1;
         // schedstat: time on CPU (ns), time waiting, timeslices.
         if let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
