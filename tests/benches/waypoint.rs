@@ -104,8 +104,8 @@ struct Params {
     warmup: u64,
     /// The protocols whose rows run.
     only: Vec<Proto>,
-    /// The rows (indices into [`ROWS`]) that run.
-    loads: Vec<usize>,
+    /// The rows of [`ROWS`] that run.
+    loads: Vec<(usize, Option<u32>)>,
 }
 
 fn main() {
@@ -167,10 +167,10 @@ fn main() {
     }
     p.only = only;
     p.loads = match flag("--load").as_deref() {
-        Some("1") => vec![0],
-        Some("16") => vec![1],
-        Some("paced") => vec![2],
-        _ => (0..ROWS.len()).collect(),
+        Some("1") => vec![ROWS[0]],
+        Some("16") => vec![ROWS[1]],
+        Some("paced") => vec![ROWS[2]],
+        _ => ROWS.to_vec(),
     };
     // With workers the runtime keeps only the waypoint's control work, as in the binary.
     let waypoint_rt = tokio::runtime::Builder::new_multi_thread()
@@ -794,7 +794,7 @@ async fn run(p: Params, waypoint_rt: tokio::runtime::Handle, workers: usize, pin
     println!("{}", "-".repeat(130));
     let mut rows = Vec::new();
     for proto in p.only.clone() {
-        for &shape in p.loads.iter().filter_map(|&i| ROWS.get(i)) {
+        for &shape in &p.loads {
             let r = row(paths, proto, shape, &p).await;
             for (i, m) in r.paths.iter().enumerate() {
                 let per = |x: u64| x as f64 / m.requests.max(1) as f64;
