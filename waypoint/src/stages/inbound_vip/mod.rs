@@ -73,6 +73,7 @@
 //! A tunnel detected as TCP is authorized once, on its L4 attributes, before its TCP route
 //! (see `tcp`): a denied connection is closed.
 
+mod activity;
 pub mod detect;
 mod ext_authz;
 pub mod guard;
@@ -91,6 +92,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWrite as _;
 
+use self::activity::Activity;
 use self::detect::{Detected, Prefixed};
 use self::guard::{Guarded, H1Framing, H2Frames, Scanner};
 use self::limits::DownstreamLimits;
@@ -230,8 +232,13 @@ async fn serve_http(
     vip: VipTarget,
 ) {
     let limits = core.options().downstream;
-    let (active, mut activity) = tokio::sync::watch::channel(0usize);
-    let listener = Arc::new(request::Listener::new(core, downstream, vip, active));
+    let activity = Activity::new();
+    let listener = Arc::new(request::Listener::new(
+        core,
+        downstream,
+        vip,
+        Arc::clone(&activity),
+    ));
     let service = service_fn(move |req| {
         let listener = Arc::clone(&listener);
         async move { Ok::<_, Infallible>(listener.handle(req).await) }
@@ -251,7 +258,7 @@ async fn serve_http(
     let idle = DownstreamLimits::enabled(limits.idle_timeout);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = idle_expired(&mut activity, idle) => {
+        () = activity.idle_expired(idle) => {
             tracing::debug!("downstream HTTP connection idle: closing");
             connection.as_mut().graceful_shutdown();
             // HTTP/2 waits for the client to acknowledge the GOAWAY's PING; a client that does
@@ -267,7 +274,7 @@ async fn serve_http(
     drop(connection);
     // A WebSocket spliced off the connection outlives it: the tunnel (and its place under the
     // connection limit) is held until the stream ends.
-    let _ = activity.wait_for(|n| *n == 0).await;
+    activity.drained().await;
 }
 
 /// The HTTP server of the inbound VIP listener, with the downstream limits.
@@ -306,32 +313,6 @@ const IDLE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 
 /// hyper's smallest HTTP/1.1 read buffer.
 const MIN_BUF_SIZE: usize = 8192;
-
-/// Resolves once no request has been in flight for `idle`; never when `idle` is `None` or the
-/// connection's listener is gone.
-async fn idle_expired(
-    activity: &mut tokio::sync::watch::Receiver<usize>,
-    idle: Option<std::time::Duration>,
-) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    loop {
-        // The guards `wait_for` returns are dropped at once: they are not `Send`.
-        let idle_now = activity.wait_for(|n| *n == 0).await.is_ok();
-        if !idle_now {
-            return std::future::pending().await;
-        }
-        let busy_again = tokio::time::timeout(idle, activity.wait_for(|n| *n > 0))
-            .await
-            .map(|woken| woken.is_ok());
-        match busy_again {
-            Err(_) => return,
-            Ok(true) => {}
-            Ok(false) => return std::future::pending().await,
-        }
-    }
-}
 
 /// The tunnel under a downstream HTTP connection. When the connection is done, the tunnel is
 /// ended with END_STREAM rather than reset, so the client's ztunnel sees a clean close.

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
+use super::activity::Activity;
 use super::limits::DownstreamLimits;
 use super::log::RequestLog;
 use super::upgrade::{self, SpliceEnd};
@@ -40,23 +41,7 @@ pub(super) struct Listener {
     /// `inbound-vip|<port>|http|<host>`, the stat prefix of the listener's counters.
     pub(super) name: String,
     /// Requests in flight on the connection (the idle timeout runs while there are none).
-    active: tokio::sync::watch::Sender<usize>,
-}
-
-/// One request in flight, from its head to the end of its response body.
-struct InFlight(tokio::sync::watch::Sender<usize>);
-
-impl InFlight {
-    fn start(active: &tokio::sync::watch::Sender<usize>) -> Self {
-        active.send_modify(|n| *n += 1);
-        Self(active.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
-    }
+    activity: Arc<Activity>,
 }
 
 impl Listener {
@@ -64,7 +49,7 @@ impl Listener {
         core: Arc<Core>,
         downstream: Arc<Downstream>,
         vip: VipTarget,
-        active: tokio::sync::watch::Sender<usize>,
+        activity: Arc<Activity>,
     ) -> Self {
         let source_labels = Arc::new(WorkloadLabels::source(
             downstream.source.as_deref(),
@@ -77,13 +62,13 @@ impl Listener {
             vip,
             source_labels,
             name,
-            active,
+            activity,
         }
     }
 
     /// Runs every phase for one request.
     pub(super) async fn handle(&self, request: Request<Incoming>) -> Response<Observed> {
-        let in_flight = InFlight::start(&self.active);
+        let in_flight = self.activity.start();
         let (mut parts, body) = request.into_parts();
         // Counted before anything is added: HTTP/1.1 heads over the limit never get here
         // (hyper answers 431), HTTP/2 header lists are counted here.
