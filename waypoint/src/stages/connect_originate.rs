@@ -4,8 +4,10 @@
 //! outside the mesh, or TLS to external hosts when a DestinationRule originates it
 //! ([`crate::egress::tls`]), and keeps HTTP client connections over those for reuse:
 //!
-//! - HTTP/2 upstreams: one connection per endpoint, multiplexed, its writes coalesced
-//!   ([`Coalesce`]) so that a request's HEADERS and DATA leave together;
+//! - HTTP/2 upstreams: one connection per endpoint, multiplexed, on the h2 crate directly
+//!   ([`http2`]): each request is driven by the task of the downstream request, with no task of
+//!   its own; the connection's writes are coalesced ([`Coalesce`]) so that the frames queued in
+//!   one turn of the scheduler leave together;
 //! - HTTP/1.1 upstreams: idle connections per endpoint, each back in the pool once its response
 //!   body has been read to the end ([`UpstreamBody`]), up to `maxRequestsPerConnection`
 //!   requests;
@@ -28,8 +30,8 @@ use foldhash::fast::RandomState as FastHash;
 use hbone::{CertStore, H2Stream, Identity};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use ztunnel::identity::IdentityManager;
@@ -37,7 +39,9 @@ use ztunnel::identity::IdentityManager;
 use super::inbound_pod::{Transport, TunnelMetadata};
 
 mod coalesce;
+mod http2;
 pub use coalesce::Coalesce;
+pub use http2::ResponseBody as Http2ResponseBody;
 
 /// The error type of bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,16 +86,16 @@ pub enum OriginateError {
     Handshake {
         /// The endpoint.
         addr: SocketAddr,
-        /// The error.
-        source: hyper::Error,
+        /// The error (hyper's for HTTP/1.1, h2's for HTTP/2).
+        source: BoxError,
     },
     /// The request failed after the connection was up (reset, closed, protocol error).
     #[error("upstream request to {addr} failed: {source}")]
     Request {
         /// The endpoint.
         addr: SocketAddr,
-        /// The error.
-        source: hyper::Error,
+        /// The error (hyper's for HTTP/1.1, h2's for HTTP/2).
+        source: BoxError,
     },
 }
 
@@ -193,7 +197,7 @@ struct Http1Conn {
 #[derive(Default)]
 struct EndpointConns {
     http1: Vec<Http1Conn>,
-    http2: Option<http2::SendRequest<RequestBody>>,
+    http2: Option<http2::Http2Conn>,
 }
 
 /// Per-request connection settings from the cluster's connection pool.
@@ -316,19 +320,26 @@ impl ConnectOriginate {
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|source| OriginateError::Handshake { addr, source })?;
+            .map_err(|source| OriginateError::Handshake {
+                addr,
+                source: source.into(),
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
             }
         });
         let request = to_origin_form(request, UpstreamProtocol::Http1);
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| OriginateError::Request { addr, source })?;
+        let response =
+            sender
+                .send_request(request)
+                .await
+                .map_err(|source| OriginateError::Request {
+                    addr,
+                    source: source.into(),
+                })?;
         Ok(response.map(|inner| UpstreamBody {
-            inner,
+            inner: UpstreamInner::Http1(inner),
             release: None,
         }))
     }
@@ -360,34 +371,40 @@ impl ConnectOriginate {
             conns
                 .get(&key)
                 .and_then(|c| c.http2.clone())
-                .filter(|s| !s.is_closed())
+                .filter(|c| !c.is_closed())
         };
-        let mut sender = match pooled {
-            Some(sender) => sender,
+        let conn = match pooled {
+            Some(conn) => conn,
             None => {
                 let io = self.open(meta, settings.connect_timeout).await?;
-                // One write per burst of frames: a request's HEADERS and its first DATA.
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .handshake(TokioIo::new(Coalesce::new(io)))
+                // One write per burst of frames: the HEADERS and DATA of the requests sent in
+                // one turn of the scheduler.
+                let conn = http2::connect(Coalesce::new(io), addr)
                     .await
-                    .map_err(|source| OriginateError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-                    }
-                });
-                self.lock().entry(key).or_default().http2 = Some(sender.clone());
-                sender
+                    .map_err(|source| OriginateError::Handshake {
+                        addr,
+                        source: source.into(),
+                    })?;
+                self.lock().entry(key).or_default().http2 = Some(conn.clone());
+                conn
             }
         };
-        let request = to_origin_form(request, UpstreamProtocol::Http2);
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| OriginateError::Request { addr, source })?;
-        Ok(response.map(|inner| UpstreamBody {
-            inner,
+        let (mut head, body) = to_origin_form(request, UpstreamProtocol::Http2).into_parts();
+        http2::prepare_head(
+            &head.method,
+            &mut head.headers,
+            hyper::body::Body::size_hint(&body).exact(),
+        );
+        let head = http::Request::from_parts(head, ());
+        let response =
+            http2::exchange(&conn, head, body)
+                .await
+                .map_err(|source| OriginateError::Request {
+                    addr,
+                    source: source.into(),
+                })?;
+        Ok(response.map(|body| UpstreamBody {
+            inner: UpstreamInner::Http2(body),
             release: None,
         }))
     }
@@ -419,7 +436,10 @@ impl ConnectOriginate {
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(io))
                     .await
-                    .map_err(|source| OriginateError::Handshake { addr, source })?;
+                    .map_err(|source| OriginateError::Handshake {
+                        addr,
+                        source: source.into(),
+                    })?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
@@ -430,11 +450,14 @@ impl ConnectOriginate {
         };
         conn.used += 1;
         let request = to_origin_form(request, UpstreamProtocol::Http1);
-        let response = conn
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|source| OriginateError::Request { addr, source })?;
+        let response =
+            conn.sender
+                .send_request(request)
+                .await
+                .map_err(|source| OriginateError::Request {
+                    addr,
+                    source: source.into(),
+                })?;
         // A 101 ends the connection's HTTP/1.1 (the listener refuses it as a protocol error).
         let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
             && settings
@@ -445,7 +468,10 @@ impl ConnectOriginate {
             key,
             conn,
         });
-        Ok(response.map(|inner| UpstreamBody { inner, release }))
+        Ok(response.map(|inner| UpstreamBody {
+            inner: UpstreamInner::Http1(inner),
+            release,
+        }))
     }
 
     /// Puts an HTTP/1.1 connection whose exchange is over back in the pool. The connection
@@ -508,8 +534,13 @@ async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, OriginateError> {
 /// puts the connection back in the pool when it ends (not when it is dropped halfway: hyper
 /// closes such a connection).
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamInner,
     release: Option<Release>,
+}
+
+enum UpstreamInner {
+    Http1(Incoming),
+    Http2(Http2ResponseBody),
 }
 
 /// What returns an HTTP/1.1 connection to the pool.
@@ -534,29 +565,42 @@ impl UpstreamBody {
 
 impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.release = None,
-            _ => {}
+        match &mut this.inner {
+            UpstreamInner::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            UpstreamInner::Http1(body) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => this.release(),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.release(),
+                    Poll::Ready(Some(Err(_))) => this.release = None,
+                    _ => {}
+                }
+                polled.map(|frame| frame.map(|f| f.map_err(BoxError::from)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            UpstreamInner::Http1(body) => body.is_end_stream(),
+            UpstreamInner::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            UpstreamInner::Http1(body) => body.size_hint(),
+            UpstreamInner::Http2(body) => body.size_hint(),
+        }
     }
 }
 
@@ -564,7 +608,9 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body that was never polled because it was empty from the start (204, HEAD,
         // `content-length: 0`) is over too.
-        if hyper::body::Body::is_end_stream(&self.inner) {
+        if let UpstreamInner::Http1(body) = &self.inner
+            && hyper::body::Body::is_end_stream(body)
+        {
             self.release();
         }
     }

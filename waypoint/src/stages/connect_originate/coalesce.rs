@@ -1,14 +1,14 @@
 //! Write coalescing under the upstream HTTP/2 client of `connect_originate`.
 //!
-//! hyper's HTTP/2 client sends a request in two steps: its connection task writes the HEADERS
-//! frame and flushes, and only then does the task that pipes the body run and queue the first
-//! DATA frame, which the connection task writes and flushes again. Over an HBONE tunnel each
-//! flush becomes a DATA frame of the tunnel, a TLS record and a `writev(2)` — twice per request,
-//! for bytes that were all in hand at once.
+//! The client's connection task writes and flushes whatever frames are queued when it runs.
+//! Requests queued by different tasks in the same turn of the scheduler (many downstream
+//! requests at once, or a body that goes on after its HEADERS) would each get a flush of their
+//! own. Over an HBONE tunnel each flush becomes a DATA frame of the tunnel, a TLS record and a
+//! `writev(2)`, for bytes that were all in hand at once.
 //!
 //! [`Coalesce`] sits between that client and its transport (the tunnel, TCP or TLS). It keeps
 //! what the client writes and, on a flush, first yields once to the scheduler, so that tasks
-//! already woken (the body pipe) add their frames; the next flush writes everything kept as one
+//! already woken add their frames; the next flush writes everything kept as one
 //! chunk. A flush with nothing kept passes straight through. At most [`MAX_KEPT`] bytes are
 //! kept: a write beyond that first pushes the kept bytes down.
 //!

@@ -406,7 +406,7 @@ impl Listener {
             filters::restore_upgrade(response.headers_mut(), upgrade);
         }
         log.details = "via_upstream".into();
-        response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+        response.map(BodyExt::boxed)
     }
 
     /// The authenticate phase: the service's RequestAuthentication rules. A verified principal

@@ -1,0 +1,416 @@
+//! The upstream HTTP/2 client of `connect_originate`, on the h2 crate directly.
+//!
+//! One connection per endpoint runs in a task of its own ([`connect`]); each request is driven
+//! by the task of the downstream request that sends it. [`exchange`] opens the stream, pipes
+//! the request body into it and waits for the response head in that one task; only a body
+//! still flowing when the head arrives (a gRPC stream that goes on in both directions) is left
+//! to a task of its own. A request costs no task of its own and no hand-over between tasks.
+//!
+//! The request head is made valid for HTTP/2 first ([`prepare_head`]): the connection-specific
+//! headers HTTP/2 forbids are removed and a `content-length` is set from an exactly known body
+//! size, as hyper's client does. The response body ([`ResponseBody`]) gives back flow-control
+//! capacity as it is read and ends with the trailers, if any.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{RecvStream, SendStream};
+use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{BoxError, RequestBody};
+
+/// Stream flow-control window (hyper's client default).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Connection flow-control window (hyper's client default).
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Largest frame payload accepted.
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// Bytes buffered per stream before a writer waits.
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Largest response header list accepted.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// A pooled HTTP/2 connection: requests are opened with its sender while the connection task
+/// runs.
+#[derive(Clone)]
+pub(super) struct Http2Conn {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Http2Conn {
+    /// Whether the connection has ended (a new one is needed).
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Runs the HTTP/2 handshake over `io` and starts the connection's task.
+pub(super) async fn connect<T>(io: T, addr: SocketAddr) -> Result<Http2Conn, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = Arc::clone(&closed);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+        ended.store(true, Ordering::Release);
+    });
+    Ok(Http2Conn { sender, closed })
+}
+
+/// Removes what HTTP/2 forbids in a request head (RFC 9113 §8.2.2: the connection-specific
+/// headers, and `te` other than `trailers`) and sets `content-length` from an exactly known
+/// body size when the request has none.
+pub(super) fn prepare_head(method: &Method, headers: &mut HeaderMap, exact_size: Option<u64>) {
+    if let Some(named) = headers.remove(CONNECTION) {
+        // Headers the `connection` header names are connection-specific too.
+        for value in named.to_str().unwrap_or_default().split(',') {
+            if let Ok(name) = HeaderName::from_bytes(value.trim().as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+    let te_trailers_only = headers
+        .get_all(TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers_only {
+        headers.remove(TE);
+    }
+    if let Some(len) = exact_size
+        && !headers.contains_key(CONTENT_LENGTH)
+        && (len != 0 || !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS))
+    {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// Why a request over HTTP/2 failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExchangeError {
+    /// The connection could not take the stream, or the stream was reset.
+    #[error(transparent)]
+    Stream(#[from] h2::Error),
+    /// The request body failed before it was sent (the stream is reset).
+    #[error("request body: {0}")]
+    Body(BoxError),
+}
+
+/// Sends `head` with `body` on `conn` and waits for the response head, piping the body
+/// meanwhile. A body still flowing when the head arrives goes on in a task of its own.
+pub(super) async fn exchange(
+    conn: &Http2Conn,
+    head: http::Request<()>,
+    body: RequestBody,
+) -> Result<http::Response<ResponseBody>, ExchangeError> {
+    let mut sender = conn.sender.clone().ready().await?;
+    let end_of_stream = body.is_end_stream();
+    let (response, send) = sender.send_request(head, end_of_stream)?;
+    let pipe = (!end_of_stream).then(|| Pipe {
+        body,
+        send,
+        pending: None,
+    });
+    let (response, pipe) = Exchange {
+        response,
+        pipe,
+        failed: None,
+    }
+    .await?;
+    if let Some(pipe) = pipe {
+        tokio::spawn(async move {
+            if let Err(e) = pipe.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 request body ended early");
+            }
+        });
+    }
+    let (parts, recv) = response.into_parts();
+    let remaining = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    Ok(http::Response::from_parts(
+        parts,
+        ResponseBody {
+            recv,
+            data_done: false,
+            remaining,
+        },
+    ))
+}
+
+/// Waits for the response head while the request body is piped.
+struct Exchange {
+    response: ResponseFuture,
+    pipe: Option<Pipe>,
+    /// The body failed: its error is the request's.
+    failed: Option<BoxError>,
+}
+
+impl Future for Exchange {
+    type Output = Result<(http::Response<RecvStream>, Option<Pipe>), ExchangeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(pipe) = &mut this.pipe {
+            match Pin::new(pipe).poll(cx) {
+                Poll::Ready(Ok(())) => this.pipe = None,
+                Poll::Ready(Err(PipeError::Body(e))) => {
+                    this.pipe = None;
+                    this.failed = Some(e);
+                }
+                // The stream is over (reset by the peer): the response says why.
+                Poll::Ready(Err(PipeError::Stream(_))) => this.pipe = None,
+                Poll::Pending => {}
+            }
+        }
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Err(ExchangeError::Body(e)));
+        }
+        let response = ready!(Pin::new(&mut this.response).poll(cx))?;
+        Poll::Ready(Ok((response, this.pipe.take())))
+    }
+}
+
+/// Why piping a request body stopped early.
+#[derive(Debug, thiserror::Error)]
+enum PipeError {
+    /// Reading the body failed; the stream was reset.
+    #[error("reading the request body: {0}")]
+    Body(BoxError),
+    /// The stream was reset or the connection closed.
+    #[error("stream: {0}")]
+    Stream(h2::Error),
+}
+
+/// Copies a request body into its stream as send capacity allows.
+struct Pipe {
+    body: RequestBody,
+    send: SendStream<Bytes>,
+    /// Data read from the body and not yet all sent.
+    pending: Option<Bytes>,
+}
+
+impl Pipe {
+    fn poll_pipe(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
+        loop {
+            if let Some(data) = &mut self.pending {
+                self.send.reserve_capacity(data.len());
+                let capacity = self.send.capacity();
+                if capacity == 0 {
+                    match ready!(self.send.poll_capacity(cx)) {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Poll::Ready(Err(PipeError::Stream(e))),
+                        None => {
+                            return Poll::Ready(Err(PipeError::Stream(h2::Error::from(
+                                h2::Reason::STREAM_CLOSED,
+                            ))));
+                        }
+                    }
+                }
+                let chunk = data.split_to(capacity.min(data.len()));
+                if data.is_empty() {
+                    self.pending = None;
+                }
+                self.send
+                    .send_data(chunk, false)
+                    .map_err(PipeError::Stream)?;
+                continue;
+            }
+            if let Poll::Ready(reset) = self.send.poll_reset(cx) {
+                let error = match reset {
+                    Ok(reason) => h2::Error::from(reason),
+                    Err(e) => e,
+                };
+                return Poll::Ready(Err(PipeError::Stream(error)));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    self.send
+                        .send_data(Bytes::new(), true)
+                        .map_err(PipeError::Stream)?;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if data.has_remaining() {
+                            self.pending = Some(data);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.send
+                                .send_trailers(trailers)
+                                .map_err(PipeError::Stream)?;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    self.send.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(Err(PipeError::Body(e)));
+                }
+            }
+        }
+    }
+}
+
+impl Future for Pipe {
+    type Output = Result<(), PipeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_pipe(cx)
+    }
+}
+
+/// A response body from an HTTP/2 upstream.
+pub struct ResponseBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `content-length` says is left.
+    remaining: Option<u64>,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut this.remaining {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // A reset with NO_ERROR after the response is an early end, not a failure
+                // (RFC 9113 §8.1).
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                )
+            })
+            .collect()
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = headers.keys().map(|n| n.as_str().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn heads_lose_what_http2_forbids_and_gain_a_content_length() {
+        // (method, headers in, exact body size) → header names out, content-length out
+        let table: &[(Method, &[(&str, &str)], Option<u64>, &[&str], Option<&str>)] = &[
+            (
+                Method::POST,
+                &[
+                    ("connection", "keep-alive, x-hop"),
+                    ("x-hop", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "h2c"),
+                    ("x-app", "kept"),
+                ],
+                Some(1024),
+                &["content-length", "x-app"],
+                Some("1024"),
+            ),
+            // `te: trailers` (gRPC) stays; any other `te` goes.
+            (Method::POST, &[("te", "trailers")], None, &["te"], None),
+            (Method::POST, &[("te", "gzip")], None, &[], None),
+            // A content-length already there is left alone.
+            (
+                Method::POST,
+                &[("content-length", "7")],
+                Some(7),
+                &["content-length"],
+                Some("7"),
+            ),
+            // An empty GET gets none; an empty POST says 0.
+            (Method::GET, &[], Some(0), &[], None),
+            (Method::POST, &[], Some(0), &["content-length"], Some("0")),
+            // A body of unknown size: none.
+            (Method::POST, &[], None, &[], None),
+        ];
+        for (method, input, size, want_names, want_length) in table {
+            let mut h = headers(input);
+            prepare_head(method, &mut h, *size);
+            assert_eq!(names(&h), *want_names, "{method} {input:?}");
+            assert_eq!(
+                h.get(CONTENT_LENGTH).map(|v| v.to_str().expect("ascii")),
+                *want_length,
+                "{method} {input:?}"
+            );
+        }
+    }
+}
