@@ -38,6 +38,10 @@ const MAX_FRAME_SIZE: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Largest response header list accepted.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Body bytes a new stream may queue before the connection has given it send capacity (one
+/// frame): a small body leaves with its HEADERS instead of waiting for a turn of the
+/// connection's task.
+const EAGER_BYTES: usize = 16 * 1024;
 
 /// A pooled HTTP/2 connection: requests are opened with its sender while the connection task
 /// runs.
@@ -136,6 +140,7 @@ pub(super) async fn exchange(
         body,
         send,
         pending: None,
+        eager_done: false,
     });
     let (response, pipe) = Exchange {
         response,
@@ -213,16 +218,24 @@ enum PipeError {
 struct Pipe {
     body: RequestBody,
     send: SendStream<Bytes>,
-    /// Data read from the body and not yet all sent.
-    pending: Option<Bytes>,
+    /// Data read from the body and not yet all sent, and whether it ends the body.
+    pending: Option<(Bytes, bool)>,
+    /// The first chunk was queued without waiting for capacity (at most [`EAGER_BYTES`]).
+    eager_done: bool,
 }
 
 impl Pipe {
     fn poll_pipe(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
         loop {
-            if let Some(data) = &mut self.pending {
-                self.send.reserve_capacity(data.len());
-                let capacity = self.send.capacity();
+            if let Some((data, last)) = &mut self.pending {
+                let eager = !self.eager_done && data.len() <= EAGER_BYTES;
+                self.eager_done = true;
+                let capacity = if eager {
+                    data.len()
+                } else {
+                    self.send.reserve_capacity(data.len());
+                    self.send.capacity()
+                };
                 if capacity == 0 {
                     match ready!(self.send.poll_capacity(cx)) {
                         Some(Ok(_)) => continue,
@@ -235,12 +248,15 @@ impl Pipe {
                     }
                 }
                 let chunk = data.split_to(capacity.min(data.len()));
+                // The body's last bytes carry END_STREAM: no empty frame after them.
+                let end = data.is_empty() && *last;
                 if data.is_empty() {
                     self.pending = None;
                 }
-                self.send
-                    .send_data(chunk, false)
-                    .map_err(PipeError::Stream)?;
+                self.send.send_data(chunk, end).map_err(PipeError::Stream)?;
+                if end {
+                    return Poll::Ready(Ok(()));
+                }
                 continue;
             }
             if let Poll::Ready(reset) = self.send.poll_reset(cx) {
@@ -259,8 +275,14 @@ impl Pipe {
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
+                        let last = self.body.is_end_stream();
                         if data.has_remaining() {
-                            self.pending = Some(data);
+                            self.pending = Some((data, last));
+                        } else if last {
+                            self.send
+                                .send_data(Bytes::new(), true)
+                                .map_err(PipeError::Stream)?;
+                            return Poll::Ready(Ok(()));
                         }
                     }
                     Err(frame) => {
@@ -346,7 +368,182 @@ impl Body for ResponseBody {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
     use super::*;
+
+    const ADDR: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 80);
+
+    /// A request body fed by the test, one chunk at a time; it ends when the sender is dropped.
+    struct Fed(mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    /// What the upstream saw of one request.
+    #[derive(Debug)]
+    struct Seen {
+        head: http::request::Parts,
+        /// The DATA frames' payloads, in order (an empty one included).
+        frames: Vec<Bytes>,
+    }
+
+    /// An HTTP/2 upstream on `io`: answers each request with `200`, echoing every DATA frame
+    /// as it arrives (the response head goes out with the first), then `grpc-status: 0`
+    /// trailers once the request ends.
+    fn upstream(io: tokio::io::DuplexStream) -> mpsc::UnboundedReceiver<Seen> {
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(io).await.expect("server handshake");
+            while let Some(stream) = conn.accept().await {
+                let (request, mut respond) = stream.expect("stream");
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let (head, mut body) = request.into_parts();
+                    let response = http::Response::new(());
+                    let mut send = respond.send_response(response, false).expect("head");
+                    let mut frames = Vec::new();
+                    while let Some(chunk) = body.data().await {
+                        let chunk = chunk.expect("data");
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        if !chunk.is_empty() {
+                            send.send_data(chunk.clone(), false).expect("echo");
+                        }
+                        frames.push(chunk);
+                    }
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    send.send_trailers(trailers).expect("trailers");
+                    let _ = seen_tx.send(Seen { head, frames });
+                });
+            }
+        });
+        seen_rx
+    }
+
+    fn post(headers: &[(&str, &str)], size: Option<u64>) -> http::Request<()> {
+        let mut request = http::Request::builder()
+            .method(Method::POST)
+            .uri("http://reviews.default.svc.cluster.local/echo")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .expect("request");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        let (mut parts, ()) = request.into_parts();
+        prepare_head(&parts.method, &mut parts.headers, size);
+        http::Request::from_parts(parts, ())
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_goes_in_one_frame_and_its_response_comes_back_whole() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let mut seen = upstream(server_io);
+        let conn = connect(client_io, ADDR).await.expect("client handshake");
+
+        let body = http_body_util::Full::new(Bytes::from_static(b"hello"))
+            .map_err(|never| match never {})
+            .boxed();
+        let head = post(&[("connection", "close"), ("te", "trailers")], Some(5));
+        let response = exchange(&conn, head, body).await.expect("exchange");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
+        assert_eq!(trailers.get("grpc-status").expect("grpc-status"), "0");
+
+        let seen = seen.recv().await.expect("request seen");
+        // The body's one chunk carried END_STREAM: no empty DATA frame after it.
+        assert_eq!(seen.frames, vec![Bytes::from_static(b"hello")]);
+        assert_eq!(seen.head.headers.get(CONTENT_LENGTH).expect("length"), "5");
+        assert_eq!(seen.head.headers.get(TE).expect("te"), "trailers");
+        assert!(seen.head.headers.get(CONNECTION).is_none());
+        assert_eq!(
+            seen.head.uri.authority().map(|a| a.as_str()),
+            Some("reviews.default.svc.cluster.local")
+        );
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_peer_window_waits_for_capacity_and_arrives_whole() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let mut seen = upstream(server_io);
+        let conn = connect(client_io, ADDR).await.expect("client handshake");
+        // Four times the 65 535-byte window the upstream starts with.
+        let payload: Bytes = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let body = http_body_util::Full::new(payload.clone())
+            .map_err(|never| match never {})
+            .boxed();
+        let head = post(&[], Some(payload.len() as u64));
+        let response = exchange(&conn, head, body).await.expect("exchange");
+        let echoed = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(echoed, payload);
+        let seen = seen.recv().await.expect("request seen");
+        let received: usize = seen.frames.iter().map(Bytes::len).sum();
+        assert_eq!(received, payload.len());
+    }
+
+    #[tokio::test]
+    async fn a_body_still_flowing_after_the_response_head_goes_on() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let mut seen = upstream(server_io);
+        let conn = connect(client_io, ADDR).await.expect("client handshake");
+
+        let (feed, fed) = mpsc::channel(1);
+        feed.send(Bytes::from_static(b"one")).await.expect("feed");
+        let head = post(&[("te", "trailers")], None);
+        let response = exchange(&conn, head, Fed(fed).boxed())
+            .await
+            .expect("the head arrives while the body is open");
+        let mut body = response.into_body();
+        let first = body.frame().await.expect("frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"one"));
+
+        // The next message is sent only after the first reply: the body is piped on.
+        feed.send(Bytes::from_static(b"two")).await.expect("feed");
+        let second = body.frame().await.expect("frame").expect("data");
+        assert_eq!(
+            second.into_data().expect("data"),
+            Bytes::from_static(b"two")
+        );
+        drop(feed);
+        let last = body.frame().await.expect("frame").expect("trailers");
+        let trailers = last.into_trailers().expect("trailers");
+        assert_eq!(trailers.get("grpc-status").expect("grpc-status"), "0");
+        assert!(body.frame().await.is_none());
+
+        let seen = seen.recv().await.expect("request seen");
+        let data: Vec<Bytes> = seen.frames.into_iter().filter(|f| !f.is_empty()).collect();
+        assert_eq!(
+            data,
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
+        assert!(seen.head.headers.get(CONTENT_LENGTH).is_none());
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         pairs
@@ -368,8 +565,15 @@ mod tests {
 
     #[test]
     fn heads_lose_what_http2_forbids_and_gain_a_content_length() {
-        // (method, headers in, exact body size) → header names out, content-length out
-        let table: &[(Method, &[(&str, &str)], Option<u64>, &[&str], Option<&str>)] = &[
+        /// (method, headers in, exact body size, header names out, content-length out)
+        type Case = (
+            Method,
+            &'static [(&'static str, &'static str)],
+            Option<u64>,
+            &'static [&'static str],
+            Option<&'static str>,
+        );
+        let table: &[Case] = &[
             (
                 Method::POST,
                 &[
