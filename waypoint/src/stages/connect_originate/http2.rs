@@ -21,12 +21,13 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
-use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderValue, Method};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{BoxError, RequestBody};
+use crate::filters;
 
 /// Stream flow-control window (hyper's client default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -84,32 +85,19 @@ where
 }
 
 /// Removes what HTTP/2 forbids in a request head (RFC 9113 §8.2.2: the connection-specific
-/// headers, and `te` other than `trailers`) and sets `content-length` from an exactly known
-/// body size when the request has none.
+/// headers, and `te` other than `trailers`; the listener's own hop-by-hop rule,
+/// [`filters::strip_hop_by_hop`], covers exactly these) and sets `content-length` from an
+/// exactly known body size when the request has none, unless the body is empty and the method
+/// gives a body no meaning (`GET`, `HEAD`, `DELETE`, `CONNECT`; RFC 9110 §8.6).
 pub(super) fn prepare_head(method: &Method, headers: &mut HeaderMap, exact_size: Option<u64>) {
-    if let Some(named) = headers.remove(CONNECTION) {
-        // Headers the `connection` header names are connection-specific too.
-        for value in named.to_str().unwrap_or_default().split(',') {
-            if let Ok(name) = HeaderName::from_bytes(value.trim().as_bytes()) {
-                headers.remove(name);
-            }
-        }
-    }
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
-    }
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
-    let te_trailers_only = headers
-        .get_all(TE)
-        .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers_only {
-        headers.remove(TE);
-    }
+    filters::strip_hop_by_hop(headers);
+    let body_has_meaning = !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+    );
     if let Some(len) = exact_size
         && !headers.contains_key(CONTENT_LENGTH)
-        && (len != 0 || !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS))
+        && (len != 0 || body_has_meaning)
     {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -368,6 +356,8 @@ impl Body for ResponseBody {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderName;
+    use http::header::{CONNECTION, TE};
     use http_body_util::BodyExt;
     use tokio::sync::mpsc;
 
@@ -600,8 +590,9 @@ mod tests {
                 &["content-length"],
                 Some("7"),
             ),
-            // An empty GET gets none; an empty POST says 0.
+            // An empty GET or DELETE gets none; an empty POST says 0.
             (Method::GET, &[], Some(0), &[], None),
+            (Method::DELETE, &[], Some(0), &[], None),
             (Method::POST, &[], Some(0), &["content-length"], Some("0")),
             // A body of unknown size: none.
             (Method::POST, &[], None, &[], None),
