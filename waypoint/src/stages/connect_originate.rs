@@ -41,7 +41,6 @@ use super::inbound_pod::{Transport, TunnelMetadata};
 mod coalesce;
 mod http2;
 pub use coalesce::Coalesce;
-pub use http2::ResponseBody as Http2ResponseBody;
 
 /// The error type of bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -100,6 +99,22 @@ pub enum OriginateError {
 }
 
 impl OriginateError {
+    /// Maps an HTTP client's handshake error with `addr`.
+    fn handshake<E: Into<BoxError>>(addr: SocketAddr) -> impl FnOnce(E) -> Self {
+        move |source| Self::Handshake {
+            addr,
+            source: source.into(),
+        }
+    }
+
+    /// Maps an HTTP client's request error with `addr`.
+    fn request<E: Into<BoxError>>(addr: SocketAddr) -> impl FnOnce(E) -> Self {
+        move |source| Self::Request {
+            addr,
+            source: source.into(),
+        }
+    }
+
     /// Whether the connection could not be established (Envoy `UF`, retry condition
     /// `connect-failure`), as opposed to a reset of an established one (`UC`, `reset`).
     pub fn is_connect_failure(&self) -> bool {
@@ -320,24 +335,17 @@ impl ConnectOriginate {
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|source| OriginateError::Handshake {
-                addr,
-                source: source.into(),
-            })?;
+            .map_err(OriginateError::handshake(addr))?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream upgrade connection ended");
             }
         });
         let request = to_origin_form(request, UpstreamProtocol::Http1);
-        let response =
-            sender
-                .send_request(request)
-                .await
-                .map_err(|source| OriginateError::Request {
-                    addr,
-                    source: source.into(),
-                })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(OriginateError::request(addr))?;
         Ok(response.map(|inner| UpstreamBody {
             inner: UpstreamInner::Http1(inner),
             release: None,
@@ -381,10 +389,7 @@ impl ConnectOriginate {
                 // one turn of the scheduler.
                 let conn = http2::connect(Coalesce::new(io), addr)
                     .await
-                    .map_err(|source| OriginateError::Handshake {
-                        addr,
-                        source: source.into(),
-                    })?;
+                    .map_err(OriginateError::handshake(addr))?;
                 self.lock().entry(key).or_default().http2 = Some(conn.clone());
                 conn
             }
@@ -396,13 +401,9 @@ impl ConnectOriginate {
             hyper::body::Body::size_hint(&body).exact(),
         );
         let head = http::Request::from_parts(head, ());
-        let response =
-            http2::exchange(&conn, head, body)
-                .await
-                .map_err(|source| OriginateError::Request {
-                    addr,
-                    source: source.into(),
-                })?;
+        let response = http2::exchange(&conn, head, body)
+            .await
+            .map_err(OriginateError::request(addr))?;
         Ok(response.map(|body| UpstreamBody {
             inner: UpstreamInner::Http2(body),
             release: None,
@@ -436,10 +437,7 @@ impl ConnectOriginate {
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(io))
                     .await
-                    .map_err(|source| OriginateError::Handshake {
-                        addr,
-                        source: source.into(),
-                    })?;
+                    .map_err(OriginateError::handshake(addr))?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
@@ -450,14 +448,11 @@ impl ConnectOriginate {
         };
         conn.used += 1;
         let request = to_origin_form(request, UpstreamProtocol::Http1);
-        let response =
-            conn.sender
-                .send_request(request)
-                .await
-                .map_err(|source| OriginateError::Request {
-                    addr,
-                    source: source.into(),
-                })?;
+        let response = conn
+            .sender
+            .send_request(request)
+            .await
+            .map_err(OriginateError::request(addr))?;
         // A 101 ends the connection's HTTP/1.1 (the listener refuses it as a protocol error).
         let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS
             && settings
@@ -540,7 +535,7 @@ pub struct UpstreamBody {
 
 enum UpstreamInner {
     Http1(Incoming),
-    Http2(Http2ResponseBody),
+    Http2(http2::ResponseBody),
 }
 
 /// What returns an HTTP/1.1 connection to the pool.

@@ -130,12 +130,7 @@ pub(super) async fn exchange(
         pending: None,
         eager_done: false,
     });
-    let (response, pipe) = Exchange {
-        response,
-        pipe,
-        failed: None,
-    }
-    .await?;
+    let (response, pipe) = Exchange { response, pipe }.await?;
     if let Some(pipe) = pipe {
         tokio::spawn(async move {
             if let Err(e) = pipe.await {
@@ -162,8 +157,6 @@ pub(super) async fn exchange(
 struct Exchange {
     response: ResponseFuture,
     pipe: Option<Pipe>,
-    /// The body failed: its error is the request's.
-    failed: Option<BoxError>,
 }
 
 impl Future for Exchange {
@@ -174,17 +167,14 @@ impl Future for Exchange {
         if let Some(pipe) = &mut this.pipe {
             match Pin::new(pipe).poll(cx) {
                 Poll::Ready(Ok(())) => this.pipe = None,
+                // The body failed: its error is the request's.
                 Poll::Ready(Err(PipeError::Body(e))) => {
-                    this.pipe = None;
-                    this.failed = Some(e);
+                    return Poll::Ready(Err(ExchangeError::Body(e)));
                 }
                 // The stream is over (reset by the peer): the response says why.
                 Poll::Ready(Err(PipeError::Stream(_))) => this.pipe = None,
                 Poll::Pending => {}
             }
-        }
-        if let Some(e) = this.failed.take() {
-            return Poll::Ready(Err(ExchangeError::Body(e)));
         }
         let response = ready!(Pin::new(&mut this.response).poll(cx))?;
         Poll::Ready(Ok((response, this.pipe.take())))
@@ -300,7 +290,7 @@ impl Future for Pipe {
 }
 
 /// A response body from an HTTP/2 upstream.
-pub struct ResponseBody {
+pub(super) struct ResponseBody {
     recv: RecvStream,
     data_done: bool,
     /// What `content-length` says is left.
