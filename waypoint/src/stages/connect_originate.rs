@@ -384,12 +384,7 @@ impl ConnectOriginate {
         let conn = match pooled {
             Some(conn) => conn,
             None => {
-                let io = self.open(meta, settings.connect_timeout).await?;
-                // One write per burst of frames: the HEADERS and DATA of the requests sent in
-                // one turn of the scheduler.
-                let conn = http2::connect(Coalesce::new(io), addr)
-                    .await
-                    .map_err(OriginateError::handshake(addr))?;
+                let conn = Box::pin(self.connect_http2(meta, settings)).await?;
                 self.lock().entry(key).or_default().http2 = Some(conn.clone());
                 conn
             }
@@ -408,6 +403,44 @@ impl ConnectOriginate {
             inner: UpstreamInner::Http2(body),
             release: None,
         }))
+    }
+
+    /// A new HTTP/2 connection to the endpoint of `meta`. Callers box this future: opening a
+    /// connection (a TLS handshake, an HBONE tunnel) holds more state than a whole request
+    /// exchange, and a request's future is as large as its largest step.
+    async fn connect_http2(
+        &self,
+        meta: &TunnelMetadata,
+        settings: ConnSettings,
+    ) -> Result<http2::Http2Conn, OriginateError> {
+        let addr = meta.address;
+        let io = self.open(meta, settings.connect_timeout).await?;
+        // One write per burst of frames: the HEADERS and DATA of the requests sent in one turn
+        // of the scheduler.
+        http2::connect(Coalesce::new(io), addr)
+            .await
+            .map_err(OriginateError::handshake(addr))
+    }
+
+    /// A new HTTP/1.1 connection to the endpoint of `meta`, its driver spawned. Boxed by
+    /// callers, as [`Self::connect_http2`].
+    async fn connect_http1(
+        &self,
+        meta: &TunnelMetadata,
+        settings: ConnSettings,
+    ) -> Result<Http1Conn, OriginateError> {
+        let addr = meta.address;
+        let io = self.open(meta, settings.connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(OriginateError::handshake(addr))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(Http1Conn { sender, used: 0 })
     }
 
     async fn send_http1(
@@ -432,19 +465,7 @@ impl ConnectOriginate {
         };
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => {
-                let io = self.open(meta, settings.connect_timeout).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(OriginateError::handshake(addr))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                });
-                Http1Conn { sender, used: 0 }
-            }
+            None => Box::pin(self.connect_http1(meta, settings)).await?,
         };
         conn.used += 1;
         let request = to_origin_form(request, UpstreamProtocol::Http1);

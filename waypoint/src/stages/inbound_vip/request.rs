@@ -526,7 +526,9 @@ impl Listener {
                 reason = Reason::Custom(*custom);
                 break;
             };
-            let (verdict, outcome) = self.ext_authz(provider, parts, replay).await;
+            // Boxed: the external authorizer's call (a gRPC or HTTP client) is most of the
+            // state a request could hold, and only CUSTOM policies make it.
+            let (verdict, outcome) = Box::pin(self.ext_authz(provider, parts, replay)).await;
             count_ext_authz(metrics, outcome, &self.name);
             match verdict {
                 Verdict::Deny {
@@ -728,7 +730,8 @@ impl Listener {
             let originate = self.core.originate();
             let send = async {
                 if upgrade {
-                    originate.send_upgrade(&meta, settings, request).await
+                    // Boxed: an upgrade opens a connection of its own (see `send_upgrade`).
+                    Box::pin(originate.send_upgrade(&meta, settings, request)).await
                 } else {
                     originate.send(&meta, protocol, settings, request).await
                 }
