@@ -389,14 +389,8 @@ impl ConnectOriginate {
                 conn
             }
         };
-        let (mut head, body) = to_origin_form(request, UpstreamProtocol::Http2).into_parts();
-        http2::prepare_head(
-            &head.method,
-            &mut head.headers,
-            hyper::body::Body::size_hint(&body).exact(),
-        );
-        let head = http::Request::from_parts(head, ());
-        let response = http2::exchange(&conn, head, body)
+        let request = to_origin_form(request, UpstreamProtocol::Http2);
+        let response = http2::exchange(&conn, request)
             .await
             .map_err(OriginateError::request(addr))?;
         Ok(response.map(|body| UpstreamBody {

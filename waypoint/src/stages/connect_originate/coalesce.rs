@@ -292,16 +292,15 @@ mod tests {
             connect(counted, addr).await.unwrap()
         };
         let post = |body: Bytes| {
-            let head = http::Request::post("http://reviews:9080/echo")
-                .header("content-length", body.len())
-                .body(())
-                .unwrap();
             let body = Full::new(body).map_err(|never| match never {}).boxed();
-            (head, body)
+            http::Request::post("http://reviews:9080/echo")
+                .body(body)
+                .unwrap()
         };
         // The handshake's SETTINGS and their acknowledgements go first.
-        let (head, body) = post(Bytes::from_static(b"warm"));
-        let warm = exchange(&conn, head, body).await.unwrap();
+        let warm = exchange(&conn, post(Bytes::from_static(b"warm")))
+            .await
+            .unwrap();
         warm.into_body().collect().await.unwrap();
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -310,9 +309,9 @@ mod tests {
         let mut requests = tokio::task::JoinSet::new();
         for _ in 0..n {
             let conn = conn.clone();
-            let (head, body) = post(Bytes::from(vec![b'x'; 1024]));
+            let request = post(Bytes::from(vec![b'x'; 1024]));
             requests.spawn(async move {
-                let response = exchange(&conn, head, body).await.unwrap();
+                let response = exchange(&conn, request).await.unwrap();
                 response.into_body().collect().await.unwrap().to_bytes()
             });
         }

@@ -6,9 +6,9 @@
 //! still flowing when the head arrives (a gRPC stream that goes on in both directions) is left
 //! to a task of its own. A request costs no task of its own and no hand-over between tasks.
 //!
-//! The request head is made valid for HTTP/2 first ([`prepare_head`]): the connection-specific
-//! headers HTTP/2 forbids are removed and a `content-length` is set from an exactly known body
-//! size, as hyper's client does. The response body ([`ResponseBody`]) gives back flow-control
+//! [`exchange`] makes the request head valid for HTTP/2 first ([`prepare_head`]): the
+//! connection-specific headers HTTP/2 forbids are removed and a `content-length` is set from an
+//! exactly known body size, as hyper's client does. The response body ([`ResponseBody`]) gives back flow-control
 //! capacity as it is read and ends with the trailers, if any.
 
 use std::future::Future;
@@ -89,7 +89,7 @@ where
 /// [`filters::strip_hop_by_hop`], covers exactly these) and sets `content-length` from an
 /// exactly known body size when the request has none, unless the body is empty and the method
 /// gives a body no meaning (`GET`, `HEAD`, `DELETE`, `CONNECT`; RFC 9110 §8.6).
-pub(super) fn prepare_head(method: &Method, headers: &mut HeaderMap, exact_size: Option<u64>) {
+fn prepare_head(method: &Method, headers: &mut HeaderMap, exact_size: Option<u64>) {
     filters::strip_hop_by_hop(headers);
     let body_has_meaning = !matches!(
         *method,
@@ -114,13 +114,16 @@ pub(super) enum ExchangeError {
     Body(BoxError),
 }
 
-/// Sends `head` with `body` on `conn` and waits for the response head, piping the body
-/// meanwhile. A body still flowing when the head arrives goes on in a task of its own.
+/// Sends `request` on `conn`, its head made valid for HTTP/2 ([`prepare_head`]), and waits for
+/// the response head, piping the body meanwhile. A body still flowing when the head arrives
+/// goes on in a task of its own.
 pub(super) async fn exchange(
     conn: &Http2Conn,
-    head: http::Request<()>,
-    body: RequestBody,
+    request: http::Request<RequestBody>,
 ) -> Result<http::Response<ResponseBody>, ExchangeError> {
+    let (mut head, body) = request.into_parts();
+    prepare_head(&head.method, &mut head.headers, body.size_hint().exact());
+    let head = http::Request::from_parts(head, ());
     let mut sender = conn.sender.clone().ready().await?;
     let end_of_stream = body.is_end_stream();
     let (response, send) = sender.send_request(head, end_of_stream)?;
@@ -415,12 +418,12 @@ mod tests {
         seen_rx
     }
 
-    fn post(headers: &[(&str, &str)], size: Option<u64>) -> http::Request<()> {
+    fn post(headers: &[(&str, &str)], body: RequestBody) -> http::Request<RequestBody> {
         let mut request = http::Request::builder()
             .method(Method::POST)
             .uri("http://reviews.default.svc.cluster.local/echo")
             .version(http::Version::HTTP_2)
-            .body(())
+            .body(body)
             .expect("request");
         for (name, value) in headers {
             request.headers_mut().append(
@@ -428,9 +431,7 @@ mod tests {
                 HeaderValue::from_str(value).expect("value"),
             );
         }
-        let (mut parts, ()) = request.into_parts();
-        prepare_head(&parts.method, &mut parts.headers, size);
-        http::Request::from_parts(parts, ())
+        request
     }
 
     #[tokio::test]
@@ -442,8 +443,8 @@ mod tests {
         let body = http_body_util::Full::new(Bytes::from_static(b"hello"))
             .map_err(|never| match never {})
             .boxed();
-        let head = post(&[("connection", "close"), ("te", "trailers")], Some(5));
-        let response = exchange(&conn, head, body).await.expect("exchange");
+        let request = post(&[("connection", "close"), ("te", "trailers")], body);
+        let response = exchange(&conn, request).await.expect("exchange");
         assert_eq!(response.status(), http::StatusCode::OK);
         let collected = response.into_body().collect().await.expect("body");
         let trailers = collected.trailers().cloned().expect("trailers");
@@ -473,8 +474,7 @@ mod tests {
         let body = http_body_util::Full::new(payload.clone())
             .map_err(|never| match never {})
             .boxed();
-        let head = post(&[], Some(payload.len() as u64));
-        let response = exchange(&conn, head, body).await.expect("exchange");
+        let response = exchange(&conn, post(&[], body)).await.expect("exchange");
         let echoed = response
             .into_body()
             .collect()
@@ -495,8 +495,7 @@ mod tests {
 
         let (feed, fed) = mpsc::channel(1);
         feed.send(Bytes::from_static(b"one")).await.expect("feed");
-        let head = post(&[("te", "trailers")], None);
-        let response = exchange(&conn, head, Fed(fed).boxed())
+        let response = exchange(&conn, post(&[("te", "trailers")], Fed(fed).boxed()))
             .await
             .expect("the head arrives while the body is open");
         let mut body = response.into_body();
