@@ -8,6 +8,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::telemetry::trace::put_hex;
+
 /// The `x-request-id` header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -30,18 +32,13 @@ pub fn uuid_v4(roll: u128) -> HeaderValue {
     const VARIANT_MASK: u128 = 0b11 << 62;
     const VARIANT_RFC: u128 = 0b10 << 62;
     let bits = (roll & !VERSION_MASK & !VARIANT_MASK) | VERSION_4 | VARIANT_RFC;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     // 32 hex digits in groups of 8-4-4-4-12, most significant first.
     let mut out = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        let shift = 124 - 4 * nibble;
-        *slot = HEX[((bits >> shift) & 0xF) as usize];
-        nibble += 1;
-    }
+    put_hex(&mut out[0..8], bits >> 96);
+    put_hex(&mut out[9..13], bits >> 80);
+    put_hex(&mut out[14..18], bits >> 64);
+    put_hex(&mut out[19..23], bits >> 48);
+    put_hex(&mut out[24..36], bits);
     // Hex digits and dashes are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

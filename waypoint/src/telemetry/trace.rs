@@ -45,6 +45,56 @@ pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 /// B3 debug flag.
 pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
+/// Every trace header: what [`RequestTrace::inject`] replaces. The index of each is its bit in
+/// [`TraceHeaders`].
+const TRACE_HEADERS: [HeaderName; 8] = [
+    TRACEPARENT,
+    TRACESTATE,
+    B3,
+    X_B3_TRACEID,
+    X_B3_SPANID,
+    X_B3_PARENTSPANID,
+    X_B3_SAMPLED,
+    X_B3_FLAGS,
+];
+
+/// Which trace headers a header map has, found in one pass over its names. Most requests carry
+/// none or one of the eight, and a lookup by name hashes the name each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TraceHeaders(u8);
+
+impl TraceHeaders {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut bits = 0u8;
+        for name in headers.keys() {
+            if let Some(index) = trace_header_index(name.as_str()) {
+                bits |= 1 << index;
+            }
+        }
+        Self(bits)
+    }
+
+    /// Whether the header at `index` of [`TRACE_HEADERS`] is there.
+    fn has(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+}
+
+/// The index in [`TRACE_HEADERS`] of a (lower-case) header name.
+fn trace_header_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "traceparent" => 0,
+        "tracestate" => 1,
+        "b3" => 2,
+        "x-b3-traceid" => 3,
+        "x-b3-spanid" => 4,
+        "x-b3-parentspanid" => 5,
+        "x-b3-sampled" => 6,
+        "x-b3-flags" => 7,
+        _ => return None,
+    })
+}
+
 /// Istio's default sampling percentage (`meshConfig.defaultConfig.tracing.sampling`).
 pub const DEFAULT_SAMPLING_PERCENT: f64 = 1.0;
 
@@ -179,19 +229,45 @@ pub fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
     })
 }
 
+/// Writes the low `4 * out.len()` bits of `value` into `out` as lower-case hex digits, most
+/// significant first (ids are formatted on every request; `format!` takes several times
+/// longer).
+pub fn put_hex(out: &mut [u8], value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    // Two 64-bit halves: a 128-bit shift per digit costs more than the digit.
+    let (high, low) = out.split_at_mut(out.len().saturating_sub(16));
+    let mut half = value as u64;
+    for slot in low.iter_mut().rev() {
+        *slot = DIGITS[(half & 0xF) as usize];
+        half >>= 4;
+    }
+    let mut half = (value >> 64) as u64;
+    for slot in high.iter_mut().rev() {
+        *slot = DIGITS[(half & 0xF) as usize];
+        half >>= 4;
+    }
+}
+
+/// `value` as `N` lower-case hex digits (its low `4 * N` bits).
+fn hex_string<const N: usize>(value: u128) -> String {
+    let mut digits = [0u8; N];
+    put_hex(&mut digits, value);
+    ascii_string(&digits)
+}
+
 /// Formats a version-`00` `traceparent`.
 pub fn format_traceparent(context: SpanContext, sampled: bool) -> String {
-    use std::fmt::Write as _;
-    // 2 + 32 + 16 + 2 digits and 3 dashes, allocated once.
-    let mut out = String::with_capacity(55);
-    let _ = write!(
-        out,
-        "00-{:032x}-{:016x}-{:02x}",
-        context.trace_id,
-        context.span_id,
-        u8::from(sampled)
-    );
-    out
+    // 2 + 32 + 16 + 2 digits and 3 dashes.
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut out[3..35], context.trace_id);
+    put_hex(&mut out[36..52], u128::from(context.span_id));
+    put_hex(&mut out[53..55], u128::from(u8::from(sampled)));
+    ascii_string(&out)
+}
+
+/// `bytes` (hex digits and dashes) as a string.
+fn ascii_string(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap_or_default()
 }
 
 /// A B3 trace id: 16 or 32 hex digits. Returns the id and whether it was short.
@@ -286,17 +362,20 @@ pub fn parse_b3_multi(headers: &HeaderMap) -> Option<B3Context> {
 
 /// Reads the trace context a request arrived with (see the module docs for precedence).
 pub fn extract(headers: &HeaderMap) -> Incoming {
+    let present = TraceHeaders::of(headers);
     let formats = Formats {
-        w3c: headers.contains_key(&TRACEPARENT),
-        b3_single: headers.contains_key(&B3),
-        b3_multi: [&X_B3_TRACEID, &X_B3_SPANID, &X_B3_SAMPLED, &X_B3_FLAGS]
-            .iter()
-            .any(|name| headers.contains_key(*name)),
+        w3c: present.has(0),
+        b3_single: present.has(2),
+        // `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`.
+        b3_multi: [3, 4, 6, 7].into_iter().any(|i| present.has(i)),
     };
     let mut incoming = Incoming {
         formats,
         ..Incoming::default()
     };
+    if formats.is_empty() {
+        return incoming;
+    }
     // More than one `traceparent` is invalid.
     let mut traceparents = headers.get_all(&TRACEPARENT).iter();
     if let (Some(value), None) = (traceparents.next(), traceparents.next())
@@ -382,17 +461,11 @@ impl RequestTrace {
     /// Replaces every trace header of `headers` with this span's context, in
     /// [`RequestTrace::formats`].
     pub fn inject(&self, headers: &mut HeaderMap) {
-        for name in [
-            &TRACEPARENT,
-            &TRACESTATE,
-            &B3,
-            &X_B3_TRACEID,
-            &X_B3_SPANID,
-            &X_B3_PARENTSPANID,
-            &X_B3_SAMPLED,
-            &X_B3_FLAGS,
-        ] {
-            headers.remove(name);
+        let present = TraceHeaders::of(headers);
+        for (index, name) in TRACE_HEADERS.iter().enumerate() {
+            if present.has(index) {
+                headers.remove(name);
+            }
         }
         let mut put = |name: HeaderName, value: String| {
             // Hex digits and dashes are always a valid header value; the string's buffer
@@ -408,16 +481,16 @@ impl RequestTrace {
             return self.inject_tracestate(headers);
         }
         let trace_id = if self.short_trace_id {
-            format!("{:016x}", self.context.trace_id)
+            hex_string::<16>(self.context.trace_id)
         } else {
-            format!("{:032x}", self.context.trace_id)
+            hex_string::<32>(self.context.trace_id)
         };
-        let span_id = format!("{:016x}", self.context.span_id);
+        let span_id = hex_string::<16>(u128::from(self.context.span_id));
         if self.formats.b3_multi {
             put(X_B3_TRACEID, trace_id.clone());
             put(X_B3_SPANID, span_id.clone());
             if let Some(parent) = self.parent_span_id {
-                put(X_B3_PARENTSPANID, format!("{parent:016x}"));
+                put(X_B3_PARENTSPANID, hex_string::<16>(u128::from(parent)));
             }
             if self.debug {
                 put(X_B3_FLAGS, "1".to_owned());
@@ -436,7 +509,8 @@ impl RequestTrace {
             };
             let mut value = format!("{trace_id}-{span_id}-{sampling}");
             if let Some(parent) = self.parent_span_id {
-                value.push_str(&format!("-{parent:016x}"));
+                value.push('-');
+                value.push_str(&hex_string::<16>(u128::from(parent)));
             }
             put(B3, value);
         }
@@ -652,6 +726,51 @@ mod tests {
         for (value, expected) in cases {
             assert_eq!(parse_traceparent(value.as_bytes()), *expected, "{value}");
         }
+    }
+
+    #[test]
+    fn trace_headers_are_found_by_their_index() {
+        for (index, name) in TRACE_HEADERS.iter().enumerate() {
+            assert_eq!(trace_header_index(name.as_str()), Some(index), "{name}");
+            let mut headers = HeaderMap::new();
+            headers.insert("x-other", HeaderValue::from_static("1"));
+            headers.append(name, HeaderValue::from_static("a"));
+            headers.append(name, HeaderValue::from_static("b"));
+            assert_eq!(
+                TraceHeaders::of(&headers),
+                TraceHeaders(1 << index),
+                "{name}"
+            );
+        }
+        assert_eq!(trace_header_index("x-b3"), None);
+        assert_eq!(TraceHeaders::of(&HeaderMap::new()), TraceHeaders(0));
+    }
+
+    #[test]
+    fn hex_digits_match_the_formatter() {
+        let values = [
+            0u128,
+            1,
+            0xf,
+            0x10,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            u128::MAX,
+        ];
+        for value in values {
+            for width in [0usize, 1, 2, 4, 8, 12, 15, 16, 17, 24, 31, 32] {
+                let mut out = vec![b'?'; width];
+                put_hex(&mut out, value);
+                let full = format!("{value:032x}");
+                assert_eq!(
+                    std::str::from_utf8(&out),
+                    Ok(&full[32 - width..]),
+                    "{value:x} in {width} digits"
+                );
+            }
+        }
+        assert_eq!(hex_string::<16>(0xab), "00000000000000ab");
     }
 
     #[test]
@@ -886,6 +1005,28 @@ mod tests {
         );
         assert!(out.get("tracestate").is_none());
         assert_eq!(trace.parent_span_id, None);
+        // Every stale trace header goes, each of its values, and nothing else.
+        let mut out = HeaderMap::new();
+        for name in &TRACE_HEADERS {
+            out.append(name, HeaderValue::from_static("stale"));
+            out.append(name, HeaderValue::from_static("stale too"));
+        }
+        out.insert("x-other", HeaderValue::from_static("kept"));
+        trace.inject(&mut out);
+        let mut left: Vec<_> = out.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        left.sort_by(|a, b| a.0.cmp(b.0));
+        assert_eq!(
+            left,
+            [
+                (
+                    "traceparent",
+                    HeaderValue::from_static(
+                        "00-00000000000000000000000000001234-0000000000000abc-00"
+                    )
+                ),
+                ("x-other", HeaderValue::from_static("kept")),
+            ]
+        );
 
         // W3C continued: same trace id, new parent id, tracestate kept.
         let tp = format!("00-{TRACE}-{SPAN}-01");

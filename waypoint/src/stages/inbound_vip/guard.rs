@@ -159,7 +159,7 @@ impl H1Framing {
                 H1State::Head(head) => {
                     // A line at a time: the bytes up to the next line end are counted and the
                     // first of them kept, then the line end is handled.
-                    let newline = bytes.iter().position(|&b| b == b'\n');
+                    let newline = memchr::memchr(b'\n', bytes);
                     let mut text = &bytes[..newline.unwrap_or(bytes.len())];
                     if head.bytes == 0 {
                         // A `\r` before a head's first byte belongs to an empty line.
@@ -171,9 +171,7 @@ impl H1Framing {
                     if head.bytes > self.max_head {
                         return Err(Violation::RequestHeadersTooLarge);
                     }
-                    let room = LINE_KEEP.saturating_sub(self.line.len());
-                    self.line
-                        .extend(text.iter().copied().filter(|&b| b != b'\r').take(room));
+                    self.keep(text);
                     match newline {
                         Some(at) => {
                             self.line_end()?;
@@ -190,6 +188,20 @@ impl H1Framing {
             bytes = &bytes[used..];
         }
         Ok(())
+    }
+
+    /// Keeps the first bytes of a head line, `\r` left out, up to [`LINE_KEEP`].
+    fn keep(&mut self, text: &[u8]) {
+        let room = LINE_KEEP.saturating_sub(self.line.len());
+        // The usual line has one `\r`, its last byte: the rest is copied as it is.
+        let body = text.strip_suffix(b"\r").unwrap_or(text);
+        let first = &body[..body.len().min(room)];
+        if memchr::memchr(b'\r', first).is_none() {
+            self.line.extend_from_slice(first);
+        } else {
+            self.line
+                .extend(text.iter().copied().filter(|&b| b != b'\r').take(room));
+        }
     }
 
     /// The end of a head line: the request line, a header, or the empty line ending the head.
