@@ -372,13 +372,13 @@ async fn socks5_open(
     let target = match resolve(&inputs, &uid, &destination) {
         Ok(t) => t,
         Err(e) => {
-            let _ = socks5::reply(&mut stream, socks5::Reply::HostUnreachable, bound).await;
             // No address to report: the port asked for on the unspecified address.
             let dst = SocketAddr::new(
                 std::net::Ipv4Addr::UNSPECIFIED.into(),
                 destination_port(&destination),
             );
             Report::unrouted(&inputs, &uid, client, dst, start).fail(&e);
+            let _ = socks5::reply(&mut stream, socks5::Reply::HostUnreachable, bound).await;
             return None;
         }
     };
@@ -470,8 +470,10 @@ async fn proxy(
     let (source, req) = match routed {
         Ok(r) => r,
         Err(e) => {
-            entry.refuse(&mut stream, &e).await;
+            // Counted before the client hears of it: whoever the client tells finds the
+            // failure in the metrics and the access log already.
             Report::unrouted(inputs, uid, client, target, start).fail(&e);
+            entry.refuse(&mut stream, &e).await;
             return None;
         }
     };
@@ -479,8 +481,8 @@ async fn proxy(
     let upstream = match open(inputs, &source, client, &req).await {
         Ok(u) => u,
         Err(e) => {
-            entry.refuse(&mut stream, &e).await;
             report.fail(&e);
+            entry.refuse(&mut stream, &e).await;
             return None;
         }
     };
