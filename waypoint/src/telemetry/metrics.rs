@@ -12,18 +12,21 @@
 //!
 //! [`RequestMetrics::record`] runs once per finished request. The handles of a label set are
 //! registered on first use and cached under the [`RequestLabels`] (whose source and destination
-//! parts are shared `Arc`s), so a recording is a fast hash of the labels (foldhash: the keys
-//! come from the mesh state and configuration, not straight from a client), a read-locked map
-//! lookup, one atomic add and three lock-free histogram pushes. Histogram samples are buffered by the exporter until they are folded into their buckets, which happens
-//! on every render and, so that an unscraped waypoint does not grow without bound, on one
-//! recording out of [`UPKEEP_EVERY`] (or whenever [`RequestMetrics::upkeep`] is called).
+//! parts are shared `Arc`s). Each thread also keeps the handles of the few label sets it
+//! recorded last, found by the identity of those `Arc`s; so a recording is mostly a short scan
+//! of that list, one atomic add and three lock-free histogram pushes. Otherwise it is a fast
+//! hash of the labels (foldhash: the keys come from the mesh state and configuration, not
+//! straight from a client) and a read-locked map lookup. Histogram samples are buffered by the
+//! exporter until they are folded into their buckets, which happens on every render and, so
+//! that an unscraped waypoint does not grow without bound, on one recording out of
+//! [`UPKEEP_EVERY`] (or whenever [`RequestMetrics::upkeep`] is called).
 //!
 //! Label sets are bounded by the mesh state (workloads, services), the status codes and the
 //! flags; nothing a client sends directly becomes a label value.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
@@ -210,6 +213,7 @@ impl HttpStat {
 }
 
 /// The handles of one request label set.
+#[derive(Clone)]
 struct Handles {
     requests: Counter,
     duration: Histogram,
@@ -264,6 +268,47 @@ pub struct RequestMetrics {
     downstream_overflow: Counter,
     /// Recordings so far, to schedule upkeep.
     recorded: AtomicU64,
+    /// Tells this instance's entries in the per-thread [`RECENT`] handles from another's.
+    id: u64,
+}
+
+/// Source of [`RequestMetrics::id`]s.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Label sets each thread recorded last, with their handles, most recent first.
+pub(super) const RECENT_LEN: usize = 8;
+
+thread_local! {
+    /// The handles of the label sets this thread recorded last. A worker's requests mostly
+    /// repeat a few label sets (one connection's source, a few endpoints), and finding them
+    /// here compares two pointers and a few small fields instead of hashing every label
+    /// string and taking the shared map's lock.
+    static RECENT: std::cell::RefCell<Vec<(u64, RequestLabels, Handles)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `a` and `b` are the same label set by identity: the same shared source and
+/// destination labels and equal small fields. Equal sets built separately compare unequal
+/// here (and are then found in the map); the entries hold their `Arc`s, so a pointer seen
+/// equal is never a freed one reused.
+fn same_labels(a: &RequestLabels, b: &RequestLabels) -> bool {
+    // Destructured so that a new field cannot be left out.
+    let RequestLabels {
+        source,
+        destination,
+        request_protocol,
+        response_code,
+        grpc_response_status,
+        response_flags,
+        connection_security_policy,
+    } = a;
+    Arc::ptr_eq(source, &b.source)
+        && Arc::ptr_eq(destination, &b.destination)
+        && *request_protocol == b.request_protocol
+        && *response_code == b.response_code
+        && *grpc_response_status == b.grpc_response_status
+        && *response_flags == b.response_flags
+        && *connection_security_policy == b.connection_security_policy
 }
 
 impl std::fmt::Debug for RequestMetrics {
@@ -372,6 +417,7 @@ impl RequestMetrics {
             clusters: Mutex::new(HashMap::new()),
             listeners: RwLock::new(HashMap::new()),
             recorded: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -394,18 +440,20 @@ impl RequestMetrics {
             h.request_bytes.record(req);
             h.response_bytes.record(resp);
         };
-        let found = {
-            let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
-            cache.get(labels).map(record).is_some()
-        };
-        if !found {
-            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-            // Another thread may have registered it meanwhile; registering twice would be
-            // harmless (the registry deduplicates by key) but wasteful.
-            let handles = cache
-                .entry(labels.clone())
-                .or_insert_with(|| self.register(labels));
-            record(handles);
+        let recent = RECENT.with_borrow(|recent| {
+            recent
+                .iter()
+                .find(|(id, l, _)| *id == self.id && same_labels(l, labels))
+                .map(|(_, _, handles)| record(handles))
+                .is_some()
+        });
+        if !recent {
+            let handles = self.handles(labels);
+            record(&handles);
+            RECENT.with_borrow_mut(|recent| {
+                recent.truncate(RECENT_LEN - 1);
+                recent.insert(0, (self.id, labels.clone(), handles));
+            });
         }
         if self.recorded.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
             self.upkeep();
@@ -442,6 +490,25 @@ impl RequestMetrics {
                     sent: counter(TCP_SENT),
                 }
             })
+            .clone()
+    }
+
+    /// The handles of `labels`, registered on first use.
+    fn handles(&self, labels: &RequestLabels) -> Handles {
+        if let Some(handles) = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(labels)
+        {
+            return handles.clone();
+        }
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have registered it meanwhile; registering twice would be
+        // harmless (the registry deduplicates by key) but wasteful.
+        cache
+            .entry(labels.clone())
+            .or_insert_with(|| self.register(labels))
             .clone()
     }
 

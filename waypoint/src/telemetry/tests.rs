@@ -12,7 +12,7 @@ use ztunnel::state::workload::Workload;
 
 use super::access_log::{JSON_KEYS, civil_from_days, format_rfc3339_millis};
 use super::labels::{LABEL_COUNT, UNKNOWN, grpc_status_from_http};
-use super::metrics::BUCKETS;
+use super::metrics::{BUCKETS, RECENT_LEN};
 use super::*;
 
 fn id(s: &str) -> Identity {
@@ -300,6 +300,53 @@ fn instances_are_independent() {
     a.record(&sleep_to_reviews(), Duration::from_millis(1), 0, 0);
     assert!(a.render().contains("istio_requests_total{"));
     assert!(!b.render().contains("istio_requests_total{"));
+}
+
+#[test]
+fn each_recording_reaches_its_own_series_whatever_each_thread_remembers() {
+    let a = RequestMetrics::new();
+    let b = RequestMetrics::new();
+    let shared = sleep_to_reviews();
+    // Equal labels built apart (other `Arc`s): the same series.
+    let apart = sleep_to_reviews();
+    // More label sets than a thread remembers, interleaved with the others.
+    let codes: Vec<u16> = (0..u16::try_from(2 * RECENT_LEN).unwrap())
+        .map(|i| 300 + i)
+        .collect();
+    for _ in 0..3 {
+        for &code in &codes {
+            let labels = RequestLabels {
+                response_code: code,
+                ..shared.clone()
+            };
+            a.record(&labels, Duration::from_millis(1), 0, 0);
+        }
+        a.record(&shared, Duration::from_millis(1), 0, 0);
+        a.record(&apart, Duration::from_millis(1), 0, 0);
+        // Another instance with the very same labels: its own series.
+        b.record(&shared, Duration::from_millis(1), 0, 0);
+    }
+    let total = |metrics: &RequestMetrics, code: u16| {
+        let text = metrics.render();
+        let series = lines_with(&text, "istio_requests_total{")
+            .into_iter()
+            .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert_eq!(series.len(), 1, "{code}: {text}");
+        series[0].rsplit(' ').next().unwrap().to_owned()
+    };
+    for &code in &codes {
+        assert_eq!(total(&a, code), "3", "code {code}");
+    }
+    assert_eq!(total(&a, 200), "6");
+    assert_eq!(total(&b, 200), "3");
+    assert_eq!(
+        lines_with(&b.render(), "istio_requests_total{").len(),
+        1,
+        "{}",
+        b.render()
+    );
 }
 
 #[test]
