@@ -151,22 +151,29 @@ pub(crate) async fn drive<IO>(mut connection: h2::client::Connection<IO, Bytes>,
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let ping = connection.ping_pong();
-    let keepalive = async {
-        match (ping, config.keepalive_interval) {
-            (Some(ping), Some(interval)) => {
-                keepalive(ping, interval, config.keepalive_timeout).await
-            }
-            _ => std::future::pending().await,
-        }
-    };
+    // The keepalive runs in a task of its own and reports a dead connection through a oneshot:
+    // this task then polls a receiver at each wake-up rather than the keepalive's timer.
+    let (dead_tx, dead_rx) = tokio::sync::oneshot::channel();
+    if let (Some(ping), Some(interval)) = (connection.ping_pong(), config.keepalive_interval) {
+        let timeout = config.keepalive_timeout;
+        tokio::spawn(async move {
+            let mut dead_tx = dead_tx;
+            let reason = tokio::select! {
+                reason = keepalive(ping, interval, timeout) => reason,
+                // The connection ended first.
+                () = dead_tx.closed() => return,
+            };
+            let _ = dead_tx.send(reason);
+        });
+    }
     tokio::select! {
         res = &mut connection => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "hbone client connection closed with error");
             }
         }
-        reason = keepalive => {
+        // Without keepalive the sender is gone at once: `Err`, and the branch is disabled.
+        Ok(reason) = dead_rx => {
             tracing::warn!(%reason, "hbone client connection torn down: keepalive failed");
         }
     }

@@ -830,6 +830,119 @@ async fn drain_lets_inflight_tunnels_finish_and_refuses_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_left_open_past_the_drain_deadline_is_closed() {
+    let m = mesh();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(
+        Config::default(),
+        m.server_tls(),
+        echo_handler(Seen::default()),
+    )
+    .unwrap();
+    let shutdown = Shutdown::default();
+    let deadline = Duration::from_millis(300);
+    let run = tokio::spawn(server.run(listener, shutdown.clone(), deadline));
+    let pool = m.pool(Config::default());
+    let mut t = m.open(&pool, addr).await;
+    t.stream.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    t.stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"before");
+
+    let drained = std::time::Instant::now();
+    shutdown.drain.cancel();
+    // Within the deadline the tunnel still works.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    t.stream.write_all(b"during").await.unwrap();
+    t.stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"during");
+    // The connection got a GOAWAY: no new tunnel on it (and the listener is closed).
+    assert!(m.try_open(&pool, addr).await.is_err());
+    // It is never finished: the deadline closes it, and the server's run ends.
+    let read = tokio::time::timeout(Duration::from_secs(5), t.stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "closed at the drain deadline: {read:?}"
+    );
+    assert!(drained.elapsed() >= deadline, "{:?}", drained.elapsed());
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the server's run ends after the deadline")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_tears_down_a_connection_whose_client_stops_answering_pings() {
+    let m = mesh();
+    // The handler reports when its tunnel ends, and how.
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |_req: InboundRequest, responder: Responder| {
+        let ended = ended_tx.clone();
+        async move {
+            let mut stream = responder.accept(http::HeaderMap::new()).unwrap();
+            let (mut r, mut w) = tokio::io::split(&mut stream);
+            let result = tokio::io::copy(&mut r, &mut w).await;
+            let _ = ended.send(result.map_err(|e| e.kind()));
+        }
+    };
+    let server_config = Config {
+        keepalive_interval: Some(Duration::from_millis(100)),
+        keepalive_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (server, _shutdown) = start_server(&m, server_config, handler).await;
+    // A relay that goes silent with its sockets open, as a vanished node does.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let freeze = tokio_util::sync::CancellationToken::new();
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let (f, h) = (freeze.clone(), held.clone());
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = relay.accept().await {
+            let mut b = TcpStream::connect(server).await.unwrap();
+            let (f, h) = (f.clone(), h.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                    _ = f.cancelled() => {}
+                }
+                h.lock().unwrap().extend([a, b]);
+            });
+        }
+    });
+    // The client sends no PINGs of its own.
+    let pool = m.pool(Config {
+        keepalive_interval: None,
+        ..Config::default()
+    });
+    let mut t = pool
+        .connect(
+            &m.client,
+            vec![m.server_id.clone()],
+            relay_addr,
+            &TunnelRequest::new(relay_addr),
+        )
+        .await
+        .unwrap();
+    t.stream.write_all(b"alive").await.unwrap();
+    let mut buf = [0u8; 5];
+    t.stream.read_exact(&mut buf).await.unwrap();
+    // Several of the server's keepalive rounds pass while the client still answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(ended_rx.try_recv().is_err(), "the tunnel is still up");
+
+    freeze.cancel();
+    // The client neither closes nor sends anything: only the server can end the tunnel.
+    let ended = tokio::time::timeout(Duration::from_secs(3), ended_rx.recv()).await;
+    assert!(
+        matches!(ended, Ok(Some(_))),
+        "the server's side of the tunnel ends once its pings go unanswered: {ended:?}"
+    );
+    assert!(!held.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_keepalive_tears_down_a_dead_connection() {
     let m = mesh();
     let (server, _shutdown) =
