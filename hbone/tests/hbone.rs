@@ -829,6 +829,40 @@ async fn drain_lets_inflight_tunnels_finish_and_refuses_new_connections() {
     m.assert_refused(addr).await;
 }
 
+/// A relay to an HBONE server that can go silent: the sockets stay open but nothing is
+/// forwarded any more, as when a peer node disappears without closing its connections.
+struct FreezingRelay {
+    addr: SocketAddr,
+    /// Cancelled: stop forwarding.
+    freeze: tokio_util::sync::CancellationToken,
+    /// The sockets of the frozen connections, kept open.
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl FreezingRelay {
+    async fn start(server: SocketAddr) -> Self {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let freeze = tokio_util::sync::CancellationToken::new();
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (f, h) = (freeze.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Ok((mut a, _)) = relay.accept().await {
+                let mut b = TcpStream::connect(server).await.unwrap();
+                let (f, h) = (f.clone(), h.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = f.cancelled() => {}
+                    }
+                    h.lock().unwrap().extend([a, b]);
+                });
+            }
+        });
+        Self { addr, freeze, held }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_left_open_past_the_drain_deadline_is_closed() {
     let m = mesh();
@@ -892,54 +926,28 @@ async fn the_server_tears_down_a_connection_whose_client_stops_answering_pings()
         ..Config::default()
     };
     let (server, _shutdown) = start_server(&m, server_config, handler).await;
-    // A relay that goes silent with its sockets open, as a vanished node does.
-    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_addr = relay.local_addr().unwrap();
-    let freeze = tokio_util::sync::CancellationToken::new();
-    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-    let (f, h) = (freeze.clone(), held.clone());
-    tokio::spawn(async move {
-        while let Ok((mut a, _)) = relay.accept().await {
-            let mut b = TcpStream::connect(server).await.unwrap();
-            let (f, h) = (f.clone(), h.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                    _ = f.cancelled() => {}
-                }
-                h.lock().unwrap().extend([a, b]);
-            });
-        }
-    });
+    let relay = FreezingRelay::start(server).await;
     // The client sends no PINGs of its own.
     let pool = m.pool(Config {
         keepalive_interval: None,
         ..Config::default()
     });
-    let mut t = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            relay_addr,
-            &TunnelRequest::new(relay_addr),
-        )
-        .await
-        .unwrap();
-    t.stream.write_all(b"alive").await.unwrap();
+    let mut t = m.open(&pool, relay.addr).await;
     let mut buf = [0u8; 5];
+    t.stream.write_all(b"alive").await.unwrap();
     t.stream.read_exact(&mut buf).await.unwrap();
     // Several of the server's keepalive rounds pass while the client still answers.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(ended_rx.try_recv().is_err(), "the tunnel is still up");
 
-    freeze.cancel();
+    relay.freeze.cancel();
     // The client neither closes nor sends anything: only the server can end the tunnel.
     let ended = tokio::time::timeout(Duration::from_secs(3), ended_rx.recv()).await;
     assert!(
         matches!(ended, Ok(Some(_))),
         "the server's side of the tunnel ends once its pings go unanswered: {ended:?}"
     );
-    assert!(!held.lock().unwrap().is_empty());
+    assert!(!relay.held.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -947,49 +955,22 @@ async fn unanswered_keepalive_tears_down_a_dead_connection() {
     let m = mesh();
     let (server, _shutdown) =
         start_server(&m, Config::default(), echo_handler(Seen::default())).await;
-    // A relay that can go silent: the sockets stay open but nothing is forwarded any more, as
-    // when a peer node disappears without closing its connections.
-    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_addr = relay.local_addr().unwrap();
-    let freeze = tokio_util::sync::CancellationToken::new();
-    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-    let (f, h) = (freeze.clone(), held.clone());
-    tokio::spawn(async move {
-        while let Ok((mut a, _)) = relay.accept().await {
-            let mut b = TcpStream::connect(server).await.unwrap();
-            let (f, h) = (f.clone(), h.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                    _ = f.cancelled() => {}
-                }
-                h.lock().unwrap().extend([a, b]);
-            });
-        }
-    });
+    let relay = FreezingRelay::start(server).await;
     let config = Config {
         keepalive_interval: Some(Duration::from_millis(100)),
         keepalive_timeout: Duration::from_millis(300),
         ..Config::default()
     };
     let pool = m.pool(config);
-    let mut t = pool
-        .connect(
-            &m.client,
-            vec![m.server_id.clone()],
-            relay_addr,
-            &TunnelRequest::new(relay_addr),
-        )
-        .await
-        .unwrap();
-    t.stream.write_all(b"alive").await.unwrap();
+    let mut t = m.open(&pool, relay.addr).await;
     let mut buf = [0u8; 5];
+    t.stream.write_all(b"alive").await.unwrap();
     t.stream.read_exact(&mut buf).await.unwrap();
     // Several keepalive rounds pass while the peer still answers.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pool.connections_pooled(), 1);
 
-    freeze.cancel();
+    relay.freeze.cancel();
     let read = tokio::time::timeout(Duration::from_secs(3), t.stream.read(&mut buf)).await;
     assert!(
         matches!(read, Ok(Err(_))),
@@ -1001,7 +982,7 @@ async fn unanswered_keepalive_tears_down_a_dead_connection() {
         0,
         "the dead connection left the pool"
     );
-    assert!(!held.lock().unwrap().is_empty());
+    assert!(!relay.held.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

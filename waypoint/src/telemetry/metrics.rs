@@ -287,6 +287,29 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The value of `labels` in `map`, made by `register` on first use. Read-locked when it is
+/// there; another thread may register the same labels meanwhile, which the write lock's entry
+/// settles (registering twice would be harmless, the registry deduplicates by key, but
+/// wasteful).
+fn cached<V: Clone>(
+    map: &RwLock<HashMap<RequestLabels, V, FastHash>>,
+    labels: &RequestLabels,
+    register: impl FnOnce() -> V,
+) -> V {
+    if let Some(found) = map
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(labels)
+    {
+        return found.clone();
+    }
+    map.write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(labels.clone())
+        .or_insert_with(register)
+        .clone()
+}
+
 /// Whether `a` and `b` are the same label set by identity: the same shared source and
 /// destination labels and equal small fields. Equal sets built separately compare unequal
 /// here (and are then found in the map); the entries hold their `Arc`s, so a pointer seen
@@ -462,54 +485,28 @@ impl RequestMetrics {
 
     /// The TCP counters of `labels` (registered on first use).
     pub fn tcp(&self, labels: &RequestLabels) -> TcpCounters {
-        if let Some(found) = self
-            .tcp
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(labels)
-        {
-            return found.clone();
-        }
-        let mut cache = self.tcp.write().unwrap_or_else(PoisonError::into_inner);
-        cache
-            .entry(labels.clone())
-            .or_insert_with(|| {
-                let parts: Vec<Label> = labels
-                    .tcp_pairs()
-                    .map(|(k, v)| Label::new(k, v.into_owned()))
-                    .collect();
-                let md = metadata();
-                let counter = |name: &'static str| {
-                    self.recorder
-                        .register_counter(&Key::from_parts(name, parts.clone()), &md)
-                };
-                TcpCounters {
-                    opened: counter(TCP_OPENED),
-                    closed: counter(TCP_CLOSED),
-                    received: counter(TCP_RECEIVED),
-                    sent: counter(TCP_SENT),
-                }
-            })
-            .clone()
+        cached(&self.tcp, labels, || {
+            let parts: Vec<Label> = labels
+                .tcp_pairs()
+                .map(|(k, v)| Label::new(k, v.into_owned()))
+                .collect();
+            let md = metadata();
+            let counter = |name: &'static str| {
+                self.recorder
+                    .register_counter(&Key::from_parts(name, parts.clone()), &md)
+            };
+            TcpCounters {
+                opened: counter(TCP_OPENED),
+                closed: counter(TCP_CLOSED),
+                received: counter(TCP_RECEIVED),
+                sent: counter(TCP_SENT),
+            }
+        })
     }
 
     /// The handles of `labels`, registered on first use.
     fn handles(&self, labels: &RequestLabels) -> Handles {
-        if let Some(handles) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(labels)
-        {
-            return handles.clone();
-        }
-        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        // Another thread may have registered it meanwhile; registering twice would be
-        // harmless (the registry deduplicates by key) but wasteful.
-        cache
-            .entry(labels.clone())
-            .or_insert_with(|| self.register(labels))
-            .clone()
+        cached(&self.cache, labels, || self.register(labels))
     }
 
     /// Registers the handles of a label set.
