@@ -322,36 +322,28 @@ pub async fn serve_connection<H: Handler>(
             _ => std::future::pending().await,
         }
     };
-    let (drain_tx, mut drain_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(watch(shutdown, keepalive, drain_tx, stop_tx));
-    // A finished receiver must not be polled again.
-    let (mut drain_open, mut stop_open) = (true, true);
+    // A `Drain`, then maybe one other event: room for both, so the watcher never waits.
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(watch(shutdown, keepalive, events_tx));
+    // Polled until it ends (the watcher gone): an ended receiver answers at once, forever.
+    let mut watched = true;
     loop {
         tokio::select! {
-            stop = &mut stop_rx, if stop_open => {
-                stop_open = false;
-                match stop {
-                    Ok(Stop::Force) => {
-                        conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                        // Flush the GOAWAY, briefly; the connection is dropped either way.
-                        let _ = tokio::time::timeout(Duration::from_millis(100), std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
-                        return Ok(());
-                    }
-                    Ok(Stop::Dead(reason)) => {
-                        tracing::warn!(%peer_addr, %reason, "hbone server connection torn down: keepalive failed");
-                        return Ok(());
-                    }
-                    // The watcher is gone (its runtime is shutting down): nothing more to wait for.
-                    Err(_) => {}
+            event = events.recv(), if watched => match event {
+                Some(Event::Drain) => conn.graceful_shutdown(),
+                Some(Event::Force) => {
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    // Flush the GOAWAY, briefly; the connection is dropped either way.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
+                    return Ok(());
                 }
-            }
-            drain = &mut drain_rx, if drain_open => {
-                drain_open = false;
-                if drain.is_ok() {
-                    conn.graceful_shutdown();
+                Some(Event::Dead(reason)) => {
+                    tracing::warn!(%peer_addr, %reason, "hbone server connection torn down: keepalive failed");
+                    return Ok(());
                 }
-            }
+                // The watcher is gone (its runtime is shutting down): nothing more to wait for.
+                None => watched = false,
+            },
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
                     let peer = (&peer_identity, peer_certificate.as_ref());
@@ -367,40 +359,42 @@ pub async fn serve_connection<H: Handler>(
     }
 }
 
-/// Why a connection's watcher stops it.
-enum Stop {
-    /// The server's `force` signal.
+/// What a connection's watcher tells its task.
+enum Event {
+    /// The server's `drain` signal: send GOAWAY, let the streams finish.
+    Drain,
+    /// The server's `force` signal: close now.
     Force,
     /// Keepalive PINGs went unanswered, for this reason.
     Dead(String),
 }
 
 /// Watches what ends or drains one connection: the server's shutdown signals and the
-/// keepalive PINGs, in a task of its own. The connection's task polls two oneshot receivers
+/// keepalive PINGs, in a task of its own. The connection's task polls one channel receiver
 /// instead of these timers and cancellation tokens, which it would otherwise poll at each of
-/// its wake-ups, once or twice per request on a busy connection. Ends when it has said `stop`
-/// or the connection's task is gone.
+/// its wake-ups, once or twice per request on a busy connection. Sends at most a `Drain` and
+/// then one of the others, and ends after that or when the connection's task is gone.
 async fn watch(
     shutdown: Shutdown,
     keepalive: impl Future<Output = String>,
-    drain: tokio::sync::oneshot::Sender<()>,
-    mut stop: tokio::sync::oneshot::Sender<Stop>,
+    events: tokio::sync::mpsc::Sender<Event>,
 ) {
     tokio::pin!(keepalive);
-    let mut drain = Some(drain);
-    let reason = loop {
+    let mut draining = false;
+    let last = loop {
         tokio::select! {
-            () = shutdown.force.cancelled() => break Stop::Force,
-            reason = &mut keepalive => break Stop::Dead(reason),
-            () = shutdown.drain.cancelled(), if drain.is_some() => {
-                if let Some(drain) = drain.take() {
-                    let _ = drain.send(());
+            () = shutdown.force.cancelled() => break Event::Force,
+            reason = &mut keepalive => break Event::Dead(reason),
+            () = shutdown.drain.cancelled(), if !draining => {
+                draining = true;
+                if events.send(Event::Drain).await.is_err() {
+                    return;
                 }
             }
-            () = stop.closed() => return,
+            () = events.closed() => return,
         }
     };
-    let _ = stop.send(reason);
+    let _ = events.send(last).await;
 }
 
 /// The task of one tunnel: the handler's future, and 16 bytes besides. The request comes boxed

@@ -46,7 +46,7 @@ pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// Every trace header: what [`RequestTrace::inject`] replaces. The index of each is its bit in
-/// [`TraceHeaders`].
+/// [`TraceHeaders`] ([`trace_header_index`]).
 const TRACE_HEADERS: [HeaderName; 8] = [
     TRACEPARENT,
     TRACESTATE,
@@ -74,9 +74,9 @@ impl TraceHeaders {
         Self(bits)
     }
 
-    /// Whether the header at `index` of [`TRACE_HEADERS`] is there.
-    fn has(self, index: usize) -> bool {
-        self.0 & (1 << index) != 0
+    /// Whether `name` (one of [`TRACE_HEADERS`]) is there.
+    fn has(self, name: &HeaderName) -> bool {
+        trace_header_index(name.as_str()).is_some_and(|index| self.0 & (1 << index) != 0)
     }
 }
 
@@ -364,10 +364,11 @@ pub fn parse_b3_multi(headers: &HeaderMap) -> Option<B3Context> {
 pub fn extract(headers: &HeaderMap) -> Incoming {
     let present = TraceHeaders::of(headers);
     let formats = Formats {
-        w3c: present.has(0),
-        b3_single: present.has(2),
-        // `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`.
-        b3_multi: [3, 4, 6, 7].into_iter().any(|i| present.has(i)),
+        w3c: present.has(&TRACEPARENT),
+        b3_single: present.has(&B3),
+        b3_multi: [&X_B3_TRACEID, &X_B3_SPANID, &X_B3_SAMPLED, &X_B3_FLAGS]
+            .into_iter()
+            .any(|name| present.has(name)),
     };
     let mut incoming = Incoming {
         formats,
@@ -462,8 +463,8 @@ impl RequestTrace {
     /// [`RequestTrace::formats`].
     pub fn inject(&self, headers: &mut HeaderMap) {
         let present = TraceHeaders::of(headers);
-        for (index, name) in TRACE_HEADERS.iter().enumerate() {
-            if present.has(index) {
+        for name in &TRACE_HEADERS {
+            if present.has(name) {
                 headers.remove(name);
             }
         }
