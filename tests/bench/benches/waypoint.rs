@@ -42,7 +42,7 @@
 //!
 //! After the run the benchmark fails unless the waypoint counted every request of the
 //! waypoint path and none of the baseline, and the backends received exactly the requests
-//! sent. Run with `cargo bench -p ambient-e2e --bench waypoint` (add `-- --quick` for a
+//! sent. Run with `cargo bench -p ambient-bench --bench waypoint` (add `-- --quick` for a
 //! shorter run; `-- --waypoint-workers N` for the waypoint's worker threads, default 2 as in
 //! Istio's published figures; `0` serves the connections on a two-thread work-stealing runtime
 //! named `waypoint` instead). For profiling: `--only h1|h2` runs one protocol's rows, `--load
@@ -50,6 +50,12 @@
 //! warm-up requests per connection set, and `--seconds S` the time per row and path (all still
 //! bounded). `--pin` runs the waypoint's threads on a CPU of their own and every other thread
 //! on the remaining CPUs, as when the waypoint has a node to itself.
+//!
+//! The benchmark lives in a package of its own (`tests/bench`) that enables no dependency
+//! feature the binaries do not, so its build of ztunnel, the waypoint and their libraries is the
+//! binaries' code, symbol for symbol. `cargo bench --profile dist` measures the `dist` build;
+//! `scripts/dist bench` measures the shipped build, optimised with the profile of a training run
+//! of this benchmark (see that script).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
