@@ -272,14 +272,7 @@ impl Bench {
 /// Process CPU time (user + system, all threads): the client, both ztunnels and the server.
 /// The kernel's forwarding between the namespaces is partly accounted elsewhere (softirq).
 fn cpu_time() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let tv = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
-    };
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|u| tv(u.user_time()) + tv(u.system_time()))
-        .unwrap_or_default()
+    ambient_e2e::process_cpu_time()
 }
 
 /// Sends bulk data until `bytes` or `time` is reached; returns bytes per second as the sink

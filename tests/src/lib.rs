@@ -45,6 +45,19 @@ use ztunnel::identity::IdentityManager;
 use ztunnel::outbound::request::OutboundContext;
 use ztunnel::state::StateHandle;
 
+/// CPU time of this process so far (user + system, all threads), for the benchmarks. Zero if
+/// the kernel does not say.
+pub fn process_cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| tv(u.user_time()) + tv(u.system_time()))
+        .unwrap_or_default()
+}
+
 /// What a SOCKS5 client asks to connect to.
 #[derive(Clone, Debug)]
 pub enum Target<'a> {

@@ -385,18 +385,6 @@ fn spawn_relay(to: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// Process CPU time (user + system, all threads).
-fn process_cpu() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let tv = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
-    };
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|u| tv(u.user_time()) + tv(u.system_time()))
-        .unwrap_or_default()
-}
-
 /// Clock ticks per second of `/proc/<pid>/task/<tid>/stat` (`sysconf(_SC_CLK_TCK)`: 100 on
 /// every Linux architecture we run on).
 const CLK_TCK: u64 = 100;
@@ -677,7 +665,7 @@ async fn row(
                 WAYPOINT_THREAD
             };
             let accepted = backends.accepted();
-            let (usage0, proc0) = (threads_usage(threads), process_cpu());
+            let (usage0, proc0) = (threads_usage(threads), ambient_e2e::process_cpu_time());
             let start = Instant::now();
             let (s, n, h) = load(
                 slot.take().unwrap(),
@@ -689,7 +677,7 @@ async fn row(
             .await;
             m.elapsed += start.elapsed();
             m.proxy.add(threads_usage(threads).since(usage0));
-            m.process_cpu += process_cpu().saturating_sub(proc0);
+            m.process_cpu += ambient_e2e::process_cpu_time().saturating_sub(proc0);
             m.backend_conns += backends.accepted() - accepted;
             m.requests += n;
             match &mut m.hist {
