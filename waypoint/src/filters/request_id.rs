@@ -5,6 +5,11 @@
 //! kept (the caller's sidecar, ztunnel peer or application generated it, and keeping it is
 //! what lets one request be followed across services); a missing or empty one is replaced by a
 //! fresh random UUID (version 4).
+//!
+//! The id differs on every request, so it is marked sensitive, kept or new: an HTTP/2 upstream
+//! gets it as a never-indexed literal (HPACK, RFC 7541 §6.2.3) rather than as a new entry in
+//! the connection's header table, where ids that never repeat would push out the entries that
+//! do (`x-forwarded-client-cert`, the authority). HTTP/1.1 is not affected.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -14,12 +19,15 @@ use crate::telemetry::trace::put_hex;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Returns the request's `x-request-id`, first setting it to a UUIDv4 made from `roll` (122
-/// random bits are used) when it is absent or empty.
+/// random bits are used) when it is absent or empty. Either way the value is marked sensitive
+/// (never indexed by HPACK).
 pub fn ensure_request_id(headers: &mut HeaderMap, roll: u128) -> HeaderValue {
-    if let Some(existing) = headers.get(&REQUEST_ID).filter(|v| !v.is_empty()) {
+    if let Some(existing) = headers.get_mut(&REQUEST_ID).filter(|v| !v.is_empty()) {
+        existing.set_sensitive(true);
         return existing.clone();
     }
-    let id = uuid_v4(roll);
+    let mut id = uuid_v4(roll);
+    id.set_sensitive(true);
     headers.insert(REQUEST_ID, id.clone());
     id
 }
@@ -69,5 +77,20 @@ mod tests {
         assert_eq!(headers.get(&REQUEST_ID), Some(&id));
         let kept = ensure_request_id(&mut headers, u128::MAX);
         assert_eq!(kept, id);
+    }
+
+    #[test]
+    fn ids_are_never_indexed() {
+        let mut headers = HeaderMap::new();
+        ensure_request_id(&mut headers, 7);
+        assert!(headers[&REQUEST_ID].is_sensitive(), "a new id");
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("from-the-client"));
+        let kept = ensure_request_id(&mut headers, 7);
+        assert_eq!(kept, "from-the-client");
+        assert!(
+            kept.is_sensitive() && headers[&REQUEST_ID].is_sensitive(),
+            "a kept id"
+        );
     }
 }

@@ -22,6 +22,12 @@
 //! The parent context comes from the first valid one of `traceparent`, `b3`, `x-b3-*`. The
 //! upstream gets the context in every format the request carried (an invalid header of a
 //! format is replaced); a request that carried none gets W3C `traceparent`.
+//!
+//! The headers that carry ids (`traceparent`, `b3`, `x-b3-traceid`, `x-b3-spanid`,
+//! `x-b3-parentspanid`) differ on every request, so they are written marked sensitive: an HTTP/2
+//! upstream gets them as never-indexed literals (HPACK, RFC 7541 §6.2.3) and the connection's
+//! header table keeps the entries that repeat. `x-b3-sampled`, `x-b3-flags` and `tracestate`
+//! are indexed as usual.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -93,6 +99,12 @@ fn trace_header_index(name: &str) -> Option<usize> {
         "x-b3-flags" => 7,
         _ => return None,
     })
+}
+
+/// Whether the trace header `name` carries ids (a new value on every request): written
+/// never-indexed (see the module docs).
+fn carries_ids(name: &HeaderName) -> bool {
+    matches!(trace_header_index(name.as_str()), Some(0 | 2..=5))
 }
 
 /// Istio's default sampling percentage (`meshConfig.defaultConfig.tracing.sampling`).
@@ -471,7 +483,8 @@ impl RequestTrace {
         let mut put = |name: HeaderName, value: String| {
             // Hex digits and dashes are always a valid header value; the string's buffer
             // becomes the value's.
-            if let Ok(value) = HeaderValue::try_from(value) {
+            if let Ok(mut value) = HeaderValue::try_from(value) {
+                value.set_sensitive(carries_ids(&name));
                 headers.insert(name, value);
             }
         };
@@ -1041,6 +1054,41 @@ mod tests {
         );
         assert_eq!(out.get("tracestate").unwrap(), "a=b");
         assert_eq!(trace.parent_span_id, Some(ctx().span_id));
+    }
+
+    #[test]
+    fn id_headers_are_never_indexed() {
+        let tp = format!("00-{TRACE}-{SPAN}-01");
+        let b3 = format!("{TRACE}-{SPAN}-1");
+        let incoming = extract(&headers(&[
+            ("traceparent", &tp),
+            ("tracestate", "a=b"),
+            ("b3", &b3),
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-parentspanid", SPAN),
+            ("x-b3-sampled", "1"),
+        ]));
+        let trace = RequestTrace::start(incoming, 7, 0xabc, true);
+        let mut out = HeaderMap::new();
+        trace.inject(&mut out);
+        let mut written: Vec<_> = out
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.is_sensitive()))
+            .collect();
+        written.sort_unstable();
+        assert_eq!(
+            written,
+            [
+                ("b3", true),
+                ("traceparent", true),
+                ("tracestate", false),
+                ("x-b3-parentspanid", true),
+                ("x-b3-sampled", false),
+                ("x-b3-spanid", true),
+                ("x-b3-traceid", true),
+            ]
+        );
     }
 
     #[test]
