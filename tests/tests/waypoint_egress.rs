@@ -2,8 +2,9 @@
 //! the mesh (no ztunnel in front of it), every hop a real socket. `MESH_EXTERNAL` ServiceEntries
 //! with STATIC, DNS and NONE resolution, the outbound traffic policy (`ALLOW_ANY` →
 //! `PassthroughCluster`, `REGISTRY_ONLY` → `BlackHoleCluster`), and TLS origination from a
-//! DestinationRule verified against a test CA. Each test runs its own mesh on its own
-//! `127.<net>.0.0/16`; external hosts live at `127.<net>.2.x`.
+//! DestinationRule verified against a test CA. A backend outside the mesh also reads the
+//! waypoint's upstream HTTP/2 in clear, which shows how its headers are encoded. Each test runs
+//! its own mesh on its own `127.<net>.0.0/16`; external hosts live at `127.<net>.2.x`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -700,4 +701,142 @@ spec:
     client.shutdown().await.unwrap();
     assert_eq!(read_to_end(&mut client).await, b"in clear, sent over TLS");
     assert_eq!(completed(&served, 1).await, 1);
+}
+
+/// An HTTP/2 (prior knowledge) server outside the mesh that answers every request `200` with
+/// no body and records, per connection, the length of each request's header block: what the
+/// waypoint's HPACK encoder made of the request's headers.
+async fn spawn_h2_header_recorder(addr: SocketAddr) -> Arc<std::sync::Mutex<Vec<Vec<usize>>>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let blocks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let recorded = Arc::clone(&blocks);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let recorded = Arc::clone(&recorded);
+            tokio::spawn(async move {
+                let mut preface = [0u8; PREFACE.len()];
+                tcp.read_exact(&mut preface).await.unwrap();
+                assert_eq!(preface, PREFACE);
+                tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+                let index = {
+                    let mut all = recorded.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let mut head = [0u8; 9];
+                while tcp.read_exact(&mut head).await.is_ok() {
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    let mut payload = vec![0u8; len];
+                    tcp.read_exact(&mut payload).await.unwrap();
+                    match kind {
+                        SETTINGS if flags & 1 == 0 => {
+                            tcp.write_all(&frame(SETTINGS, 1, 0, &[])).await.unwrap();
+                        }
+                        PING if flags & 1 == 0 => {
+                            tcp.write_all(&frame(PING, 1, 0, &payload)).await.unwrap();
+                        }
+                        HEADERS => {
+                            assert!(flags & END_HEADERS != 0, "a header block in one frame");
+                            let padding = if flags & PADDED != 0 {
+                                1 + usize::from(payload[0])
+                            } else {
+                                0
+                            };
+                            let priority = if flags & PRIORITY != 0 { 5 } else { 0 };
+                            recorded.lock().unwrap()[index].push(len - padding - priority);
+                            assert!(flags & END_STREAM != 0, "GETs without a body");
+                            // `:status: 200` is entry 8 of HPACK's static table.
+                            let answer = frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
+                            tcp.write_all(&answer).await.unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    blocks
+}
+
+/// The ids that are new on every request (`x-request-id`, `traceparent`) go upstream as
+/// never-indexed literals, so the upstream connection's HPACK table keeps the headers that
+/// repeat. Were the ids indexed, each request would add two entries (about 180 of the table's
+/// 4,096 bytes), and every twenty-odd requests the long `x-forwarded-client-cert` and the
+/// authority would fall out of the table and be sent in full again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_ids_do_not_churn_the_upstream_hpack_table() {
+    let net = Net(77);
+    const HOST: &str = "h2.ext.test";
+    let options = MeshOptions {
+        extra_services: entry_service(net, "h2-ext", HOST, net.vip(50), 8080),
+        ..MeshOptions::default()
+    };
+    let mesh = WaypointMesh::start_with(net, options).await;
+    let blocks =
+        spawn_h2_header_recorder(SocketAddr::new(IpAddr::V4(external(net, 1)), 8081)).await;
+    mesh.apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: h2-ext, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: "{ip}", ports: {{http: 8081}}}}]
+"#,
+        ip = external(net, 1),
+    ));
+    let mut client = mesh
+        .http2::<http_body_util::Full<bytes::Bytes>>(SocketAddr::new(IpAddr::V4(net.vip(50)), 8080))
+        .await;
+    const REQUESTS: usize = 80;
+    for i in 0..REQUESTS {
+        // Paths of one length: `:path` is never indexed, so its length shows in every block.
+        let request = http::Request::get(format!("http://{HOST}:8080/hpack/{i:03}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+    }
+    let blocks = blocks.lock().unwrap().clone();
+    let lengths = blocks.iter().max_by_key(|c| c.len()).unwrap();
+    assert_eq!(
+        lengths.len(),
+        REQUESTS,
+        "one upstream connection carried them all: {blocks:?}"
+    );
+    // The first block brings the headers that repeat; from the second on only the ids (and
+    // the path) are literals, whose Huffman codes differ by a few bytes with the digits drawn.
+    let later = &lengths[1..];
+    let (min, max) = (later.iter().min().unwrap(), later.iter().max().unwrap());
+    assert!(
+        max - min <= 8,
+        "header blocks from the second on: {later:?}"
+    );
+    assert!(
+        lengths[0] > max + 100,
+        "the first block carries the repeated headers: {lengths:?}"
+    );
 }
