@@ -26,8 +26,11 @@
 //! them), creates sockets inside them and captures the inter-node traffic, for suites that run
 //! the real in-pod data path. [`inpod`] starts a node's ztunnel in in-pod mode and its node
 //! agent on such a topology (used by `inpod_netns.rs` and the `inpod` benchmark).
+//! [`h2frames`] writes and reads raw HTTP/2 frames, for suites that work below the codecs
+//! (`waypoint_hardening.rs`, `waypoint_egress.rs`).
 
 pub mod binaries;
+pub mod h2frames;
 pub mod inpod;
 pub mod kube;
 pub mod netns;

@@ -707,22 +707,10 @@ spec:
 /// no body and records, per connection, the length of each request's header block: what the
 /// waypoint's HPACK encoder made of the request's headers.
 async fn spawn_h2_header_recorder(addr: SocketAddr) -> Arc<std::sync::Mutex<Vec<Vec<usize>>>> {
+    use ambient_e2e::h2frames::{
+        ACK, END_HEADERS, END_STREAM, HEADERS, PING, PREFACE, SETTINGS, frame, read_frame,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    const HEADERS: u8 = 1;
-    const SETTINGS: u8 = 4;
-    const PING: u8 = 6;
-    const END_STREAM: u8 = 0x1;
-    const END_HEADERS: u8 = 0x4;
-    const PADDED: u8 = 0x8;
-    const PRIORITY: u8 = 0x20;
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-        let mut out = vec![len[1], len[2], len[3], kind, flags];
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
     let blocks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let recorded = Arc::clone(&blocks);
@@ -739,39 +727,21 @@ async fn spawn_h2_header_recorder(addr: SocketAddr) -> Arc<std::sync::Mutex<Vec<
                     all.push(Vec::new());
                     all.len() - 1
                 };
-                let mut head = [0u8; 9];
-                while tcp.read_exact(&mut head).await.is_ok() {
-                    let len = usize::from(head[0]) << 16
-                        | usize::from(head[1]) << 8
-                        | usize::from(head[2]);
-                    let (kind, flags) = (head[3], head[4]);
-                    let stream =
-                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                    let mut payload = vec![0u8; len];
-                    tcp.read_exact(&mut payload).await.unwrap();
-                    match kind {
-                        SETTINGS if flags & 1 == 0 => {
-                            tcp.write_all(&frame(SETTINGS, 1, 0, &[])).await.unwrap();
-                        }
-                        PING if flags & 1 == 0 => {
-                            tcp.write_all(&frame(PING, 1, 0, &payload)).await.unwrap();
-                        }
+                while let Some(f) = read_frame(&mut tcp).await {
+                    let answer = match f.kind {
+                        SETTINGS if f.flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                        PING if f.flags & ACK == 0 => frame(PING, ACK, 0, &f.payload),
                         HEADERS => {
-                            assert!(flags & END_HEADERS != 0, "a header block in one frame");
-                            let padding = if flags & PADDED != 0 {
-                                1 + usize::from(payload[0])
-                            } else {
-                                0
-                            };
-                            let priority = if flags & PRIORITY != 0 { 5 } else { 0 };
-                            recorded.lock().unwrap()[index].push(len - padding - priority);
-                            assert!(flags & END_STREAM != 0, "GETs without a body");
+                            assert!(f.flags & END_HEADERS != 0, "a header block in one frame");
+                            assert!(f.flags & END_STREAM != 0, "GETs without a body");
+                            let block = f.header_block().unwrap().len();
+                            recorded.lock().unwrap()[index].push(block);
                             // `:status: 200` is entry 8 of HPACK's static table.
-                            let answer = frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
-                            tcp.write_all(&answer).await.unwrap();
+                            frame(HEADERS, END_STREAM | END_HEADERS, f.stream, &[0x88])
                         }
-                        _ => {}
-                    }
+                        _ => continue,
+                    };
+                    tcp.write_all(&answer).await.unwrap();
                 }
             });
         }

@@ -7,6 +7,10 @@
 
 use std::time::Duration;
 
+use ambient_e2e::h2frames::{
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, Frame, GOAWAY, HEADERS, PREFACE, RST_STREAM,
+    SETTINGS, frame, frames,
+};
 use ambient_e2e::waypoint::{
     BACKENDS, DownstreamLimits, MeshOptions, Net, WaypointMesh, get, read_to_close, send, series,
 };
@@ -48,27 +52,8 @@ async fn write_lossy(stream: &mut TcpStream, bytes: &[u8]) {
 
 // --- raw HTTP/2 ---
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 const REFUSED_STREAM: u32 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap();
-    let mut out = len.to_be_bytes()[1..].to_vec();
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// An HPACK integer with an `n`-bit prefix, `flags` in the first byte's high bits.
 fn hpack_int(n: u8, flags: u8, value: usize) -> Vec<u8> {
@@ -110,28 +95,11 @@ fn h2_start() -> Vec<u8> {
     out
 }
 
-/// Frames parsed from `bytes`: (type, flags, stream, payload); a trailing partial frame is
-/// ignored.
-fn frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while rest.len() >= 9 {
-        let len = usize::try_from(u32::from_be_bytes([0, rest[0], rest[1], rest[2]])).unwrap();
-        if rest.len() < 9 + len {
-            break;
-        }
-        let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
-        out.push((rest[3], rest[4], stream, rest[9..9 + len].to_vec()));
-        rest = &rest[9 + len..];
-    }
-    out
-}
-
-fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
+fn goaway_code(frames: &[Frame]) -> Option<u32> {
     frames
         .iter()
-        .find(|f| f.0 == GOAWAY && f.3.len() >= 8)
-        .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
+        .find(|f| f.kind == GOAWAY && f.payload.len() >= 8)
+        .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]))
 }
 
 async fn start(net: Net, downstream: DownstreamLimits) -> WaypointMesh {
@@ -312,7 +280,7 @@ async fn connection_and_stream_limits() {
     let deadline = tokio::time::Instant::now() + BOUND;
     let parsed = loop {
         let parsed = frames(&got);
-        if parsed.iter().any(|f| f.0 == RST_STREAM && f.2 == 5) {
+        if parsed.iter().any(|f| f.kind == RST_STREAM && f.stream == 5) {
             break parsed;
         }
         match tokio::time::timeout_at(deadline, h2.read(&mut buf)).await {
@@ -320,19 +288,22 @@ async fn connection_and_stream_limits() {
             other => panic!("RST_STREAM of stream 5: {other:?} after {:?}", frames(&got)),
         }
     };
-    let settings = parsed.iter().find(|f| f.0 == SETTINGS && f.1 == 0).unwrap();
+    let settings = parsed
+        .iter()
+        .find(|f| f.kind == SETTINGS && f.flags == 0)
+        .unwrap();
     let max_streams = settings
-        .3
+        .payload
         .chunks(6)
         .find(|p| p[..2] == [0, 3])
         .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
     assert_eq!(max_streams, Some(2));
     let reset = parsed
         .iter()
-        .find(|f| f.0 == RST_STREAM && f.2 == 5)
+        .find(|f| f.kind == RST_STREAM && f.stream == 5)
         .unwrap();
     assert_eq!(
-        u32::from_be_bytes(reset.3[..4].try_into().unwrap()),
+        u32::from_be_bytes(reset.payload[..4].try_into().unwrap()),
         REFUSED_STREAM
     );
     assert!(!reached_backend(&mesh, "/stream/5"));
