@@ -101,11 +101,15 @@ fn trace_header_index(name: &str) -> Option<usize> {
     })
 }
 
-/// Whether the trace header `name` carries ids (a new value on every request): written
-/// never-indexed (see the module docs).
-fn carries_ids(name: &HeaderName) -> bool {
-    matches!(trace_header_index(name.as_str()), Some(0 | 2..=5))
-}
+/// The trace headers that carry ids (a new value on every request): written never-indexed (see
+/// the module docs).
+const ID_HEADERS: [HeaderName; 5] = [
+    TRACEPARENT,
+    B3,
+    X_B3_TRACEID,
+    X_B3_SPANID,
+    X_B3_PARENTSPANID,
+];
 
 /// Istio's default sampling percentage (`meshConfig.defaultConfig.tracing.sampling`).
 pub const DEFAULT_SAMPLING_PERCENT: f64 = 1.0;
@@ -484,7 +488,7 @@ impl RequestTrace {
             // Hex digits and dashes are always a valid header value; the string's buffer
             // becomes the value's.
             if let Ok(mut value) = HeaderValue::try_from(value) {
-                value.set_sensitive(carries_ids(&name));
+                value.set_sensitive(ID_HEADERS.contains(&name));
                 headers.insert(name, value);
             }
         };
