@@ -15,7 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::cert::CertStore;
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, OpenStreams};
 use crate::config::Config;
 use crate::error::Error;
 use crate::identity::Identity;
@@ -92,15 +92,16 @@ pub(crate) struct Established {
     pub(crate) peer_identity: Identity,
 }
 
-/// Dials `destination`, authenticates it as one of `expected`, and starts HTTP/2. The caller
-/// spawns [`drive`] on the returned connection.
+/// Dials `destination`, authenticates it as one of `expected`, and starts HTTP/2. `shared` is
+/// what the pool shares with the connection: where the server's signals are recorded, and the
+/// count of its open tunnels. The caller spawns [`drive`] on the returned connection.
 pub(crate) async fn establish(
     config: &Config,
     roots: &[rustls_pki_types::CertificateDer<'static>],
     certs: Arc<CertStore>,
     expected: Vec<Identity>,
     destination: SocketAddr,
-    signals: Arc<ConnSignals>,
+    (signals, streams): (Arc<ConnSignals>, OpenStreams),
     sockets: &dyn crate::socket::SocketFactory,
 ) -> Result<Established, Error> {
     let connect_error = |source| Error::Connect {
@@ -129,7 +130,7 @@ pub(crate) async fn establish(
             .map_err(Error::from_handshake)?;
     let peer_identity = tls::peer_identity(tls_stream.get_ref().1)?;
 
-    let io = Sniff::new(Coalesce::new(tls_stream), signals);
+    let io = Sniff::new(Coalesce::new(tls_stream, streams), signals);
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(config.window_size)
         .initial_connection_window_size(config.connection_window_size)

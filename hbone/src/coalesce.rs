@@ -12,14 +12,18 @@
 //! its own task and returns `Pending`, and sends when polled again. The HTTP/2 connection's
 //! streams are written by other tasks (one per tunnel); when several of them have a frame ready
 //! in the same pass of the scheduler, their frames leave in the flush's one `writev(2)` rather
-//! than one each. With one tunnel busy, it costs a pass through the scheduler's queue and no
-//! write.
+//! than one each. It does so only while more than one stream of the connection is open
+//! ([`OpenStreams`]): with one tunnel there is no other stream whose frames could join, and the
+//! wait would cost a pass through the scheduler's queue and a second poll of the connection's
+//! task for each flush, and save no write.
 //!
 //! Only for connections past their handshake: the HTTP/2 layer of the [`crate::client`] and
 //! [`crate::server`] connections.
 
 use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -52,19 +56,52 @@ impl<IO> TlsSession for tokio_rustls::server::TlsStream<IO> {
     }
 }
 
+/// How many streams of one HTTP/2 connection are open: shared by the connection's writer
+/// (this module's `Coalesce`, or another that waits for other streams' frames before it
+/// writes) and whatever holds the streams (the pool's slots on the client side, an
+/// [`OpenStream`] per stream on the server side).
+pub type OpenStreams = Arc<AtomicU32>;
+
+/// One open stream, counted in its connection's [`OpenStreams`] while it lives.
+#[derive(Debug)]
+pub struct OpenStream(OpenStreams);
+
+impl OpenStream {
+    /// Counts a stream that has just opened.
+    pub fn new(streams: &OpenStreams) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(streams))
+    }
+
+    /// Counts one more on the same connection.
+    pub fn another(&self) -> Self {
+        Self::new(&self.0)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A TLS stream that sends on flush (see the module docs). Reads pass through.
 #[derive(Debug)]
 pub(crate) struct Coalesce<S> {
     inner: S,
     /// Whether the current flush has already let the ready tasks run.
     yielded: bool,
+    /// The connection's open streams: a flush waits for the others' frames only when there
+    /// are others.
+    streams: OpenStreams,
 }
 
 impl<S> Coalesce<S> {
-    pub(crate) fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S, streams: OpenStreams) -> Self {
         Self {
             inner,
             yielded: false,
+            streams,
         }
     }
 }
@@ -119,9 +156,9 @@ impl<S: AsyncWrite + TlsSession + Unpin> AsyncWrite for Coalesce<S> {
             this.yielded = false;
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        if !this.yielded {
-            // Once per flush: the tasks ahead in the scheduler's queue may have frames for
-            // this connection (see the module docs).
+        if !this.yielded && this.streams.load(Ordering::Relaxed) > 1 {
+            // Once per flush: the other streams' tasks ahead in the scheduler's queue may have
+            // frames for this connection (see the module docs).
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -154,8 +191,11 @@ mod tests {
 
     type Client = Coalesce<tokio_rustls::client::TlsStream<CountWrites<TcpStream>>>;
 
-    /// A connected pair over loopback TLS: (client, server, the client's socket writes).
-    async fn pair() -> (
+    /// A connected pair over loopback TLS whose client counts `streams` as its connection's
+    /// open streams: (client, server, the client's socket writes).
+    async fn pair(
+        streams: &OpenStreams,
+    ) -> (
         Client,
         tokio_rustls::server::TlsStream<TcpStream>,
         WriteCount,
@@ -187,14 +227,20 @@ mod tests {
             .connect(name, tcp)
             .await
             .unwrap();
-        (Coalesce::new(client), accept.await.unwrap(), writes)
+        (
+            Coalesce::new(client, Arc::clone(streams)),
+            accept.await.unwrap(),
+            writes,
+        )
     }
 
-    /// A flush with records queued wakes its task and waits one poll before it sends; a flush
-    /// with nothing queued returns at once.
+    /// With other streams open, a flush with records queued wakes its task and waits one poll
+    /// before it sends; a flush with nothing queued returns at once.
     #[tokio::test]
     async fn a_flush_with_records_queued_lets_ready_tasks_run_once() {
-        let (mut client, mut server, writes) = pair().await;
+        let streams = OpenStreams::default();
+        let _open = [OpenStream::new(&streams), OpenStream::new(&streams)];
+        let (mut client, mut server, writes) = pair(&streams).await;
         let (counter, waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
         let mut client = Pin::new(&mut client);
@@ -224,13 +270,64 @@ mod tests {
         assert_eq!(counter.count(), 2);
     }
 
+    /// With one stream open (or none) there are no other streams' frames to wait for: a flush
+    /// sends at once, without waking its task. Once a second stream opens, flushes wait again,
+    /// and when it closes they stop waiting.
+    #[tokio::test]
+    async fn a_flush_with_one_stream_open_sends_at_once() {
+        let streams = OpenStreams::default();
+        let first = OpenStream::new(&streams);
+        let (mut client, mut server, writes) = pair(&streams).await;
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let mut client = Pin::new(&mut client);
+        let before = writes.get();
+        let written = client.as_mut().poll_write(&mut cx, b"alone");
+        assert!(matches!(written, Poll::Ready(Ok(5))));
+        assert!(matches!(
+            client.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(counter.count(), 0, "its task is not woken");
+        assert_eq!(writes.get(), before + 1, "sent by the first poll");
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"alone");
+
+        let second = OpenStream::new(&streams);
+        assert!(matches!(
+            client.as_mut().poll_write(&mut cx, b"two"),
+            Poll::Ready(Ok(3))
+        ));
+        assert!(client.as_mut().poll_flush(&mut cx).is_pending(), "two open");
+        assert_eq!(counter.count(), 1);
+        assert!(client.as_mut().poll_flush(&mut cx).is_ready());
+
+        drop(second);
+        drop(first);
+        assert_eq!(
+            streams.load(Ordering::Relaxed),
+            0,
+            "closed streams uncounted"
+        );
+        assert!(matches!(
+            client.as_mut().poll_write(&mut cx, b"none"),
+            Poll::Ready(Ok(4))
+        ));
+        assert!(client.as_mut().poll_flush(&mut cx).is_ready(), "none open");
+        assert_eq!(counter.count(), 1);
+        assert_eq!(writes.get(), before + 3);
+    }
+
     /// What the yield is for, through the `h2` crate on a current-thread runtime as on the
     /// waypoint's workers: one request wakes the connection's task, seven other streams'
     /// tasks become ready just after it, and all eight HEADERS leave in one write. Without
     /// the yield the connection's task runs first and sends the first request's alone.
     #[tokio::test]
     async fn frames_of_streams_ready_in_the_same_pass_leave_in_one_write() {
-        let (client, server, writes) = pair().await;
+        // As the pool counts them: one slot per request in flight below.
+        let open_streams = OpenStreams::default();
+        let (client, server, writes) = pair(&open_streams).await;
         tokio::spawn(async move {
             let mut connection = h2::server::handshake(server).await.unwrap();
             while let Some(Ok((_, mut respond))) = connection.accept().await {
@@ -262,6 +359,7 @@ mod tests {
             .collect();
         // The seven wait on `go`.
         tokio::task::yield_now().await;
+        let _open: Vec<_> = (0..8).map(|_| OpenStream::new(&open_streams)).collect();
         let before = writes.get();
         let (first, _) = send.send_request(get(), true).unwrap();
         go.notify_waiters();
@@ -274,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_arrive_after_flush_in_order() {
-        let (mut client, mut server, _) = pair().await;
+        let (mut client, mut server, _) = pair(&OpenStreams::default()).await;
         client.write_all(b"one ").await.unwrap();
         let n = client
             .write_vectored(&[IoSlice::new(b"two "), IoSlice::new(b"three")])
@@ -289,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn more_than_the_tls_queue_goes_through() {
-        let (mut client, mut server, _) = pair().await;
+        let (mut client, mut server, _) = pair(&OpenStreams::default()).await;
         let msg: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
         let expected = msg.clone();
         let reader = tokio::spawn(async move {

@@ -24,7 +24,9 @@
 //! - [`stream`]: an HTTP/2 stream as an `AsyncRead + AsyncWrite` byte stream.
 //! - [`socket`]: where outgoing TCP sockets come from (e.g. a pod's network namespace).
 //! - [`copy`]: bidirectional copy with half-close and adaptive buffers.
-//! - `coalesce`: TLS writes sent once per HTTP/2 flush (one `writev` for several frames).
+//! - `coalesce`: TLS writes sent once per HTTP/2 flush (one `writev` for several frames), and
+//!   the count of a connection's open streams ([`OpenStreams`]) that decides whether a flush
+//!   waits for other streams' frames.
 //! - [`config`] and [`error`]: the knobs and the typed errors of all of the above.
 
 pub mod ca;
@@ -50,6 +52,7 @@ pub const HBONE_PORT: u16 = 15008;
 pub use ca::LocalCa;
 pub use cert::{CertStore, WorkloadCertificate};
 pub use client::TunnelRequest;
+pub use coalesce::{OpenStream, OpenStreams};
 pub use config::Config;
 pub use error::Error;
 pub use identity::Identity;

@@ -29,12 +29,13 @@ use tokio::sync::watch;
 
 use crate::cert::CertStore;
 use crate::client::{self, TunnelRequest};
+use crate::coalesce::OpenStreams;
 use crate::config::Config;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::sniff::ConnSignals;
 use crate::socket::SocketFactory;
-use crate::stream::H2Stream;
+use crate::stream::{H2Stream, Hold};
 
 /// How often a tunnel is retried after its connection went away before the server saw it.
 const MAX_ATTEMPTS: usize = 4;
@@ -101,7 +102,8 @@ struct Conn {
     id: u64,
     key: PoolKey,
     limit: u32,
-    streams: AtomicU32,
+    /// Slots taken: the tunnels open or being opened. Shared with the connection's writer.
+    streams: OpenStreams,
     closed: AtomicBool,
     signals: Arc<ConnSignals>,
     setup: watch::Receiver<Setup>,
@@ -286,7 +288,7 @@ impl Pool {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             key: key.clone(),
             limit: self.inner.config.pool_max_streams_per_connection,
-            streams: AtomicU32::new(1),
+            streams: Arc::new(AtomicU32::new(1)),
             closed: AtomicBool::new(false),
             signals,
             setup: rx,
@@ -314,7 +316,7 @@ impl Pool {
                 source,
                 key.destination_identities.clone(),
                 key.destination,
-                conn.signals.clone(),
+                (conn.signals.clone(), Arc::clone(&conn.streams)),
                 self.inner.sockets.as_ref(),
             )
             .await?;
@@ -416,7 +418,7 @@ impl Pool {
             return Err(OpenError::Fatal(Error::Status(parts.status)));
         }
         Ok(Tunnel {
-            stream: H2Stream::new(send_stream, recv, Some(slot)),
+            stream: H2Stream::new(send_stream, recv, Hold::Pool(slot)),
             response_headers: parts.headers,
             peer_identity,
         })

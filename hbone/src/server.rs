@@ -23,12 +23,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::cert::PeerCertificate;
 use crate::client::keepalive;
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, OpenStream, OpenStreams};
 use crate::config::Config;
 use crate::error::Error;
 use crate::headers::{self, TraceParent};
 use crate::identity::Identity;
-use crate::stream::H2Stream;
+use crate::stream::{H2Stream, Hold};
 use crate::tls;
 use crate::workers::Workers;
 
@@ -86,6 +86,8 @@ impl InboundRequest {
 pub struct Responder {
     respond: Option<h2::server::SendResponse<Bytes>>,
     recv: Option<h2::RecvStream>,
+    /// The stream, counted among its connection's open streams until it ends.
+    open: Option<OpenStream>,
 }
 
 impl Responder {
@@ -97,7 +99,8 @@ impl Responder {
         let mut response = http::Response::new(());
         *response.headers_mut() = headers;
         let send = respond.send_response(response, false)?;
-        Ok(H2Stream::new(send, recv, None))
+        let hold = self.open.take().map_or(Hold::None, Hold::Served);
+        Ok(H2Stream::new(send, recv, hold))
     }
 
     /// Refuses the tunnel with `status`.
@@ -282,6 +285,7 @@ pub async fn serve_connection<H: Handler>(
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let deadline = config.tls_handshake_timeout;
+    let streams = OpenStreams::default();
     let handshake = async {
         let tls_stream = acceptor.accept(tcp).await.map_err(Error::from_handshake)?;
         let peer_identity = tls::peer_identity(tls_stream.get_ref().1)?;
@@ -291,7 +295,7 @@ pub async fn serve_connection<H: Handler>(
             .peer_certificates()
             .and_then(|certs| certs.first())
             .map(|leaf| Arc::new(PeerCertificate::new(leaf.clone().into_owned())));
-        let tls_stream = Coalesce::new(tls_stream);
+        let tls_stream = Coalesce::new(tls_stream, Arc::clone(&streams));
         let conn = h2::server::Builder::new()
             .initial_window_size(config.window_size)
             .initial_connection_window_size(config.connection_window_size)
@@ -347,7 +351,8 @@ pub async fn serve_connection<H: Handler>(
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
                     let peer = (&peer_identity, peer_certificate.as_ref());
-                    let Some(call) = check(request, respond, peer, peer_addr, local_addr) else {
+                    let addrs = (peer_addr, local_addr);
+                    let Some(call) = check(request, respond, peer, addrs, &streams) else {
                         continue;
                     };
                     tokio::spawn(tunnel_task(handler.clone(), Box::new(call)));
@@ -436,8 +441,8 @@ fn check(
     request: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     (peer_identity, peer_certificate): (&Identity, Option<&Arc<PeerCertificate>>),
-    peer_addr: SocketAddr,
-    local_addr: SocketAddr,
+    (peer_addr, local_addr): (SocketAddr, SocketAddr),
+    streams: &OpenStreams,
 ) -> Option<(InboundRequest, Responder)> {
     if request.method() != http::Method::CONNECT {
         tracing::debug!(method = %request.method(), %peer_addr, "non-CONNECT request refused");
@@ -460,6 +465,78 @@ fn check(
     let responder = Responder {
         respond: Some(respond),
         recv: Some(recv),
+        open: Some(OpenStream::new(streams)),
     };
     Some((inbound, responder))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    /// The client's side of a test tunnel, kept so that its stream and connection stay open.
+    type ClientSide = (
+        h2::client::SendRequest<Bytes>,
+        h2::client::ResponseFuture,
+        h2::SendStream<Bytes>,
+    );
+
+    /// A `CONNECT` received on an in-memory HTTP/2 connection (no TLS) and checked as the
+    /// server checks it, counted in `streams`.
+    async fn checked(streams: &OpenStreams) -> ((InboundRequest, Responder), ClientSide) {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let accepted = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            accepted
+        });
+        let (client, conn) = h2::client::handshake(c).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("127.0.0.1:8080")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        let (request, respond) = server.await.unwrap();
+        let identity = Identity::new("cluster.local", "default", "sleep").unwrap();
+        let addr: SocketAddr = "127.0.0.1:15008".parse().unwrap();
+        let call = check(request, respond, (&identity, None), (addr, addr), streams).unwrap();
+        (call, (client, response, send))
+    }
+
+    /// A tunnel counts as open on its connection from the moment it is checked until its
+    /// stream is dropped; another writer counted on it holds one more until it is dropped.
+    #[tokio::test]
+    async fn a_served_tunnel_is_counted_open_until_its_stream_is_dropped() {
+        let streams = OpenStreams::default();
+        let open = || streams.load(Ordering::Relaxed);
+        let ((_, responder), _client) = checked(&streams).await;
+        assert_eq!(open(), 1, "checked, not yet answered");
+        let stream = responder.accept(HeaderMap::new()).unwrap();
+        assert_eq!(open(), 1);
+        let writer = stream.count_another_writer().unwrap();
+        assert_eq!(open(), 2);
+        drop(writer);
+        assert_eq!(open(), 1);
+        drop(stream);
+        assert_eq!(open(), 0);
+    }
+
+    /// A refused tunnel, or one dropped unanswered, no longer counts.
+    #[tokio::test]
+    async fn a_refused_tunnel_is_no_longer_counted() {
+        let streams = OpenStreams::default();
+        let ((_, responder), _client) = checked(&streams).await;
+        responder.reject(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(streams.load(Ordering::Relaxed), 0);
+        let ((_, responder), _client) = checked(&streams).await;
+        drop(responder);
+        assert_eq!(streams.load(Ordering::Relaxed), 0);
+    }
 }

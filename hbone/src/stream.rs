@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::coalesce::OpenStream;
 use crate::pool::Slot;
 
 /// An open HBONE tunnel, on either the client or the server side.
@@ -28,9 +29,20 @@ pub struct H2Stream {
     recv_done: bool,
     /// We have ended our side of the stream.
     send_done: bool,
-    /// The pool slot of a client-side tunnel, released when the stream is dropped. Held inline
-    /// (not boxed) so a tunnel costs no allocation of its own.
-    _slot: Option<Slot>,
+    /// What counts the stream as open while it lives. Held inline (not boxed) so a tunnel
+    /// costs no allocation of its own.
+    _hold: Hold,
+}
+
+/// What an [`H2Stream`] holds for its connection until it is dropped.
+pub(crate) enum Hold {
+    /// Nothing (a stream made outside a pool or server connection).
+    None,
+    /// The pool slot of a client-side tunnel (held for its `Drop` only).
+    #[allow(dead_code)]
+    Pool(Slot),
+    /// The server connection's count of open streams.
+    Served(OpenStream),
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -44,14 +56,27 @@ impl std::fmt::Debug for H2Stream {
 }
 
 impl H2Stream {
-    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, slot: Option<Slot>) -> Self {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, hold: Hold) -> Self {
         Self {
             send,
             recv,
             pending: None,
             recv_done: false,
             send_done: false,
-            _slot: slot,
+            _hold: hold,
+        }
+    }
+
+    /// Counts one more open stream on the server connection this stream came in on, for as
+    /// long as the returned value lives; `None` for a stream of a client connection. For a
+    /// tunnel whose bytes are written by several tasks in turn, such as an HTTP/2 connection
+    /// inside it (the request tasks hand their frames to the connection's task): the
+    /// connection's writer then lets ready tasks run before it sends, as it does when several
+    /// tunnels are open, so that frames written in one pass of the scheduler leave together.
+    pub fn count_another_writer(&self) -> Option<OpenStream> {
+        match &self._hold {
+            Hold::Served(open) => Some(open.another()),
+            Hold::None | Hold::Pool(_) => None,
         }
     }
 
@@ -277,7 +302,7 @@ pub(crate) mod tests {
                 .send_response(http::Response::new(()), false)
                 .unwrap();
             tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            H2Stream::new(send, req.into_body(), None)
+            H2Stream::new(send, req.into_body(), Hold::None)
         });
         let (client, conn) = h2::client::handshake(c).await.unwrap();
         tokio::spawn(conn);
@@ -290,7 +315,7 @@ pub(crate) mod tests {
         let (response, send) = client.send_request(req, false).unwrap();
         let recv = response.await.unwrap().into_body();
         (
-            H2Stream::new(send, recv, None),
+            H2Stream::new(send, recv, Hold::None),
             server.await.unwrap(),
             client,
         )

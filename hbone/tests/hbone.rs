@@ -165,6 +165,8 @@ async fn round_trip_carries_identities_and_headers() {
         .await
         .unwrap();
     assert_eq!(tunnel.peer_identity, m.server_id);
+    // A pooled tunnel is counted by its pool slot; only served streams count extra writers.
+    assert!(tunnel.stream.count_another_writer().is_none());
 
     tunnel
         .stream

@@ -411,7 +411,8 @@ impl ConnectOriginate {
         let io = self.open(meta, settings.connect_timeout).await?;
         // One write per burst of frames: the HEADERS and DATA of the requests sent in one turn
         // of the scheduler.
-        http2::connect(Coalesce::new(io), addr)
+        let streams = hbone::OpenStreams::default();
+        http2::connect(Coalesce::new(io, Arc::clone(&streams)), addr, streams)
             .await
             .map_err(OriginateError::handshake(addr))
     }

@@ -7,19 +7,23 @@
 //! `writev(2)`, for bytes that were all in hand at once.
 //!
 //! [`Coalesce`] sits between that client and its transport (the tunnel, TCP or TLS). It keeps
-//! what the client writes and, on a flush, first yields once to the scheduler, so that tasks
-//! already woken add their frames; the next flush writes everything kept as one
-//! chunk. A flush with nothing kept passes straight through. At most [`MAX_KEPT`] bytes are
-//! kept: a write beyond that first pushes the kept bytes down.
+//! what the client writes and, on a flush while more than one request is in flight on the
+//! connection ([`OpenStreams`]), first yields once to the scheduler, so that tasks already
+//! woken add their frames; the next flush writes everything kept as one chunk. With one
+//! request in flight there is nobody else's frame to wait for, and a flush writes at once. A
+//! flush with nothing kept passes straight through. At most [`MAX_KEPT`] bytes are kept: a
+//! write beyond that first pushes the kept bytes down.
 //!
 //! This makes fewer flushes; under it, the tunnel's own TLS layer already sends the records of
 //! one flush in one `writev(2)`.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
+use hbone::OpenStreams;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes kept before a write pushes them down without waiting for a flush.
@@ -33,15 +37,19 @@ pub struct Coalesce<T> {
     kept: BytesMut,
     /// The pending flush has yielded once; the next poll writes.
     yielded: bool,
+    /// The requests in flight on the connection: a flush waits for the others' frames only
+    /// when there are others.
+    streams: OpenStreams,
 }
 
 impl<T> Coalesce<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T) -> Self {
+    /// Wraps `inner`, the transport of a connection whose requests in flight `streams` counts.
+    pub fn new(inner: T, streams: OpenStreams) -> Self {
         Self {
             inner,
             kept: BytesMut::new(),
             yielded: false,
+            streams,
         }
     }
 }
@@ -113,7 +121,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.kept.is_empty() && !this.yielded {
+        if !this.kept.is_empty() && !this.yielded && this.streams.load(Ordering::Relaxed) > 1 {
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -135,7 +143,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
     use std::sync::{Arc, Mutex};
     use std::task::Waker;
 
@@ -183,16 +191,18 @@ mod tests {
         }
     }
 
-    /// A wrapper over a fresh recorder, the recorder, and a waker that counts.
-    fn fixture() -> (Coalesce<Recorder>, Recorder, Arc<CountingWaker>, Waker) {
+    /// A wrapper over a fresh recorder with `in_flight` requests counted on its connection,
+    /// the recorder, and a waker that counts.
+    fn fixture(in_flight: u32) -> (Coalesce<Recorder>, Recorder, Arc<CountingWaker>, Waker) {
         let rec = Recorder::default();
         let (wakes, waker) = CountingWaker::new();
-        (Coalesce::new(rec.clone()), rec, wakes, waker)
+        let streams = Arc::new(AtomicU32::new(in_flight));
+        (Coalesce::new(rec.clone(), streams), rec, wakes, waker)
     }
 
     #[test]
     fn a_flush_yields_once_then_writes_everything_kept_as_one_chunk() {
-        let (mut io, rec, wakes, waker) = fixture();
+        let (mut io, rec, wakes, waker) = fixture(2);
         let mut cx = Context::from_waker(&waker);
 
         assert!(matches!(
@@ -226,9 +236,31 @@ mod tests {
         assert_eq!(wakes.count(), 2);
     }
 
+    /// With one request in flight there are no other tasks' frames to wait for: the flush
+    /// writes at once. When a second request is in flight, flushes yield again.
+    #[test]
+    fn a_flush_with_one_request_in_flight_writes_at_once() {
+        let (mut io, rec, wakes, waker) = fixture(1);
+        let mut cx = Context::from_waker(&waker);
+        let _ = Pin::new(&mut io).poll_write(&mut cx, b"HEADERS");
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(rec.writes(), [b"HEADERS".to_vec()]);
+        assert_eq!(rec.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes.count(), 0, "its task is not woken");
+
+        io.streams.store(2, Ordering::Relaxed);
+        let _ = Pin::new(&mut io).poll_write(&mut cx, b"DATA");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert_eq!(wakes.count(), 1);
+        assert_eq!(rec.writes().len(), 1, "not yet written");
+    }
+
     #[test]
     fn a_flush_with_nothing_kept_passes_straight_through() {
-        let (mut io, rec, wakes, waker) = fixture();
+        let (mut io, rec, wakes, waker) = fixture(2);
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
         assert_eq!(rec.flushes.load(Ordering::Relaxed), 1);
@@ -237,7 +269,7 @@ mod tests {
 
     #[test]
     fn shutdown_writes_what_is_kept_first() {
-        let (mut io, rec, _, waker) = fixture();
+        let (mut io, rec, _, waker) = fixture(2);
         let mut cx = Context::from_waker(&waker);
         let _ = Pin::new(&mut io).poll_write(&mut cx, b"GOAWAY");
         assert!(Pin::new(&mut io).poll_shutdown(&mut cx).is_ready());
@@ -247,7 +279,7 @@ mod tests {
 
     #[test]
     fn at_most_max_kept_bytes_wait_for_a_flush() {
-        let (mut io, rec, _, waker) = fixture();
+        let (mut io, rec, _, waker) = fixture(2);
         let mut cx = Context::from_waker(&waker);
         let big = vec![7u8; MAX_KEPT + 10];
         let Poll::Ready(Ok(n)) = Pin::new(&mut io).poll_write(&mut cx, &big) else {
@@ -286,10 +318,12 @@ mod tests {
         let counted = CountWrites::new(client);
         let writes = counted.counter();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9080));
+        let streams = hbone::OpenStreams::default();
         let conn = if coalesce {
-            connect(Coalesce::new(counted), addr).await.unwrap()
+            let io = Coalesce::new(counted, Arc::clone(&streams));
+            connect(io, addr, streams).await.unwrap()
         } else {
-            connect(counted, addr).await.unwrap()
+            connect(counted, addr, streams).await.unwrap()
         };
         let post = |body: Bytes| {
             let body = Full::new(body).map_err(|never| match never {}).boxed();
@@ -357,7 +391,7 @@ mod tests {
             server.read_to_end(&mut got).await.unwrap();
             got
         });
-        let mut io = Coalesce::new(client);
+        let mut io = Coalesce::new(client, hbone::OpenStreams::default());
         let data: Vec<u8> = (0..(3 * MAX_KEPT + 123)).map(|i| (i % 251) as u8).collect();
         for chunk in data.chunks(5000) {
             io.write_all(chunk).await.unwrap();

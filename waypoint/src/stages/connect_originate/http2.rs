@@ -21,6 +21,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
+use hbone::{OpenStream, OpenStreams};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, Method};
 use hyper::body::{Body, Frame, SizeHint};
@@ -50,6 +51,8 @@ const EAGER_BYTES: usize = 16 * 1024;
 pub(super) struct Http2Conn {
     sender: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    /// The requests in flight, as the connection's writer ([`super::Coalesce`]) counts them.
+    streams: OpenStreams,
 }
 
 impl Http2Conn {
@@ -59,8 +62,13 @@ impl Http2Conn {
     }
 }
 
-/// Runs the HTTP/2 handshake over `io` and starts the connection's task.
-pub(super) async fn connect<T>(io: T, addr: SocketAddr) -> Result<Http2Conn, h2::Error>
+/// Runs the HTTP/2 handshake over `io` and starts the connection's task. Each request in
+/// flight is counted in `streams`, which `io` may share.
+pub(super) async fn connect<T>(
+    io: T,
+    addr: SocketAddr,
+    streams: OpenStreams,
+) -> Result<Http2Conn, h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -81,7 +89,11 @@ where
         }
         ended.store(true, Ordering::Release);
     });
-    Ok(Http2Conn { sender, closed })
+    Ok(Http2Conn {
+        sender,
+        closed,
+        streams,
+    })
 }
 
 /// Removes what HTTP/2 forbids in a request head (RFC 9113 §8.2.2: the connection-specific
@@ -124,6 +136,8 @@ pub(super) async fn exchange(
     let (mut head, body) = request.into_parts();
     prepare_head(&head.method, &mut head.headers, body.size_hint().exact());
     let head = http::Request::from_parts(head, ());
+    // In flight until the head is answered and the body sent, whichever comes last.
+    let open = OpenStream::new(&conn.streams);
     let mut sender = conn.sender.clone().ready().await?;
     let end_of_stream = body.is_end_stream();
     let (response, send) = sender.send_request(head, end_of_stream)?;
@@ -136,6 +150,7 @@ pub(super) async fn exchange(
     let (response, pipe) = Exchange { response, pipe }.await?;
     if let Some(pipe) = pipe {
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = pipe.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 request body ended early");
             }
@@ -438,7 +453,9 @@ mod tests {
     async fn a_request_with_a_body_goes_in_one_frame_and_its_response_comes_back_whole() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let mut seen = upstream(server_io);
-        let conn = connect(client_io, ADDR).await.expect("client handshake");
+        let conn = connect(client_io, ADDR, OpenStreams::default())
+            .await
+            .expect("client handshake");
 
         let body = http_body_util::Full::new(Bytes::from_static(b"hello"))
             .map_err(|never| match never {})
@@ -446,6 +463,7 @@ mod tests {
         let request = post(&[("connection", "close"), ("te", "trailers")], body);
         let response = exchange(&conn, request).await.expect("exchange");
         assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(in_flight(&conn), 0, "answered and its body sent");
         let collected = response.into_body().collect().await.expect("body");
         let trailers = collected.trailers().cloned().expect("trailers");
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
@@ -468,7 +486,9 @@ mod tests {
     async fn a_body_larger_than_the_peer_window_waits_for_capacity_and_arrives_whole() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let mut seen = upstream(server_io);
-        let conn = connect(client_io, ADDR).await.expect("client handshake");
+        let conn = connect(client_io, ADDR, OpenStreams::default())
+            .await
+            .expect("client handshake");
         // Four times the 65 535-byte window the upstream starts with.
         let payload: Bytes = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
         let body = http_body_util::Full::new(payload.clone())
@@ -491,13 +511,16 @@ mod tests {
     async fn a_body_still_flowing_after_the_response_head_goes_on() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let mut seen = upstream(server_io);
-        let conn = connect(client_io, ADDR).await.expect("client handshake");
+        let conn = connect(client_io, ADDR, OpenStreams::default())
+            .await
+            .expect("client handshake");
 
         let (feed, fed) = mpsc::channel(1);
         feed.send(Bytes::from_static(b"one")).await.expect("feed");
         let response = exchange(&conn, post(&[("te", "trailers")], Fed(fed).boxed()))
             .await
             .expect("the head arrives while the body is open");
+        assert_eq!(in_flight(&conn), 1, "its body is still being sent");
         let mut body = response.into_body();
         let first = body.frame().await.expect("frame").expect("data");
         assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"one"));
@@ -522,6 +545,12 @@ mod tests {
             vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
         );
         assert!(seen.head.headers.get(CONTENT_LENGTH).is_none());
+        assert_eq!(in_flight(&conn), 0, "the body has ended");
+    }
+
+    /// The requests `conn` counts in flight.
+    fn in_flight(conn: &Http2Conn) -> u32 {
+        conn.streams.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

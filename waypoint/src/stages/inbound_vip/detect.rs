@@ -143,6 +143,11 @@ impl<IO> Prefixed<IO> {
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
     }
+
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {

@@ -245,13 +245,18 @@ async fn serve_http(
         // server moves a pointer instead of copying that state at every step of its own.
         Box::pin(async move { Ok::<_, Infallible>(listener.handle(req).await) })
     });
-    let scanner = if detect::starts_h2(io.prefix()) {
+    let h2 = detect::starts_h2(io.prefix());
+    let scanner = if h2 {
         Scanner::H2(H2Frames::new(
             limits.max_consecutive_inbound_frames_with_empty_payload,
         ))
     } else {
         Scanner::H1(H1Framing::with_max_head(limits.max_request_header_bytes()))
     };
+    // HTTP/2 answers are written by a task per request, through the connection's task: the
+    // HBONE connection waits for their frames as it does for other tunnels' (see
+    // `H2Stream::count_another_writer`). HTTP/1.1 answers are written by this task alone.
+    let _writers = h2.then(|| io.get_ref().count_another_writer());
     let header_timeout = DownstreamLimits::enabled(limits.request_headers_timeout);
     let io = Guarded::new(EndOnDrop(io), scanner, header_timeout);
     let builder = http_builder(&limits);
