@@ -476,38 +476,17 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-
-    /// The client's side of a test tunnel, kept so that its stream and connection stay open.
-    type ClientSide = (
-        h2::client::SendRequest<Bytes>,
-        h2::client::ResponseFuture,
-        h2::SendStream<Bytes>,
-    );
+    use crate::stream::tests::{ClientSide, connect_pair};
 
     /// A `CONNECT` received on an in-memory HTTP/2 connection (no TLS) and checked as the
-    /// server checks it, counted in `streams`.
+    /// server checks it, counted in `streams`; the client's side is kept so that its stream and
+    /// connection stay open.
     async fn checked(streams: &OpenStreams) -> ((InboundRequest, Responder), ClientSide) {
-        let (c, s) = tokio::io::duplex(64 * 1024);
-        let server = tokio::spawn(async move {
-            let mut conn = h2::server::handshake(s).await.unwrap();
-            let accepted = conn.accept().await.unwrap().unwrap();
-            tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            accepted
-        });
-        let (client, conn) = h2::client::handshake(c).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("127.0.0.1:8080")
-            .body(())
-            .unwrap();
-        let (response, send) = client.send_request(request, false).unwrap();
-        let (request, respond) = server.await.unwrap();
+        let (request, respond, client) = connect_pair().await;
         let identity = Identity::new("cluster.local", "default", "sleep").unwrap();
         let addr: SocketAddr = "127.0.0.1:15008".parse().unwrap();
         let call = check(request, respond, (&identity, None), (addr, addr), streams).unwrap();
-        (call, (client, response, send))
+        (call, client)
     }
 
     /// A tunnel counts as open on its connection from the moment it is checked until its

@@ -291,18 +291,27 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// Both ends of one tunnel over an in-memory HTTP/2 connection (no TLS), and the client's
-    /// request handle (kept so the connection stays open).
-    pub(crate) async fn tunnel_pair() -> (H2Stream, H2Stream, h2::client::SendRequest<Bytes>) {
+    /// The client's side of an in-memory `CONNECT`: its request handle (kept so the connection
+    /// stays open), the response to come and the stream's send half.
+    pub(crate) type ClientSide = (
+        h2::client::SendRequest<Bytes>,
+        h2::client::ResponseFuture,
+        SendStream<Bytes>,
+    );
+
+    /// A `CONNECT` sent over an in-memory HTTP/2 connection (no TLS): the request as the server
+    /// received it, its responder, and the client's side.
+    pub(crate) async fn connect_pair() -> (
+        http::Request<RecvStream>,
+        h2::server::SendResponse<Bytes>,
+        ClientSide,
+    ) {
         let (c, s) = tokio::io::duplex(1 << 20);
         let server = tokio::spawn(async move {
             let mut conn = h2::server::handshake(s).await.unwrap();
-            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
-            let send = respond
-                .send_response(http::Response::new(()), false)
-                .unwrap();
+            let accepted = conn.accept().await.unwrap().unwrap();
             tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            H2Stream::new(send, req.into_body(), Hold::None)
+            accepted
         });
         let (client, conn) = h2::client::handshake(c).await.unwrap();
         tokio::spawn(conn);
@@ -313,12 +322,20 @@ pub(crate) mod tests {
             .body(())
             .unwrap();
         let (response, send) = client.send_request(req, false).unwrap();
+        let (request, respond) = server.await.unwrap();
+        (request, respond, (client, response, send))
+    }
+
+    /// Both ends of one tunnel over an in-memory HTTP/2 connection (no TLS), and the client's
+    /// request handle (kept so the connection stays open).
+    pub(crate) async fn tunnel_pair() -> (H2Stream, H2Stream, h2::client::SendRequest<Bytes>) {
+        let (request, mut respond, (client, response, send)) = connect_pair().await;
+        let answer = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        let far = H2Stream::new(answer, request.into_body(), Hold::None);
         let recv = response.await.unwrap().into_body();
-        (
-            H2Stream::new(send, recv, Hold::None),
-            server.await.unwrap(),
-            client,
-        )
+        (H2Stream::new(send, recv, Hold::None), far, client)
     }
 
     #[tokio::test]
