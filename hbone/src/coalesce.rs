@@ -62,6 +62,12 @@ impl<IO> TlsSession for tokio_rustls::server::TlsStream<IO> {
 /// [`OpenStream`] per stream on the server side).
 pub type OpenStreams = Arc<AtomicU32>;
 
+/// Whether other streams than the one being written are open on the connection `streams`
+/// counts: the condition for a flush to let their tasks run first (see the module docs).
+pub fn others_open(streams: &OpenStreams) -> bool {
+    streams.load(Ordering::Relaxed) > 1
+}
+
 /// One open stream, counted in its connection's [`OpenStreams`] while it lives.
 #[derive(Debug)]
 pub struct OpenStream(OpenStreams);
@@ -156,7 +162,7 @@ impl<S: AsyncWrite + TlsSession + Unpin> AsyncWrite for Coalesce<S> {
             this.yielded = false;
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
-        if !this.yielded && this.streams.load(Ordering::Relaxed) > 1 {
+        if !this.yielded && others_open(&this.streams) {
             // Once per flush: the other streams' tasks ahead in the scheduler's queue may have
             // frames for this connection (see the module docs).
             this.yielded = true;

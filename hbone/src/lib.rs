@@ -52,7 +52,7 @@ pub const HBONE_PORT: u16 = 15008;
 pub use ca::LocalCa;
 pub use cert::{CertStore, WorkloadCertificate};
 pub use client::TunnelRequest;
-pub use coalesce::{OpenStream, OpenStreams};
+pub use coalesce::{OpenStream, OpenStreams, others_open};
 pub use config::Config;
 pub use error::Error;
 pub use identity::Identity;

@@ -19,7 +19,6 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
@@ -121,7 +120,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.kept.is_empty() && !this.yielded && this.streams.load(Ordering::Relaxed) > 1 {
+        if !this.kept.is_empty() && !this.yielded && hbone::others_open(&this.streams) {
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -143,7 +142,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicU32, AtomicUsize};
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::task::Waker;
 
